@@ -1,0 +1,74 @@
+"""Box helpers on NumPy arrays.
+
+The project's one box convention: ``x1, y1, x2, y2`` in 0-based pixels with ``x2`` and ``y2``
+exclusive, so a box is the array slice ``image[y1:y2, x1:x2]`` and its width is ``x2 - x1``.
+This is also what ``torchvision.ops.box_iou`` assumes, so the two agree exactly.
+VOC's 1-based inclusive coordinates are converted in :mod:`rcnn.voc` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Area of each box.
+
+    Args:
+        boxes (ndarray[N, 4]): boxes in ``x1, y1, x2, y2`` format.
+
+    Returns:
+        ndarray[N] (float64): ``(x2 - x1) * (y2 - y1)``, 0 for empty boxes.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    widths = np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
+    heights = np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return widths * heights
+
+
+def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """Intersection over union of every pair of boxes.
+
+    Args:
+        boxes1 (ndarray[N, 4]): boxes in ``x1, y1, x2, y2`` format.
+        boxes2 (ndarray[M, 4]): boxes in ``x1, y1, x2, y2`` format.
+
+    Returns:
+        ndarray[N, M] (float64): IoU of ``boxes1[i]`` with ``boxes2[j]``; 0 for an empty union.
+    """
+    boxes1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
+    boxes2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # [N, M, 2]
+    bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # [N, M, 2]
+    wh = np.clip(bottom_right - top_left, 0, None)  # [N, M, 2]
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip boxes to an image of ``width`` x ``height`` pixels (same dtype as the input)."""
+    boxes = np.array(boxes, copy=True).reshape(-1, 4)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    return boxes
+
+
+def nonempty(boxes: np.ndarray, min_size: int = 1) -> np.ndarray:
+    """Boolean mask of boxes at least ``min_size`` pixels wide and high."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+
+
+def unique_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Distinct boxes in lexicographic ``(x1, y1, x2, y2)`` order, as int32 ``[K, 4]``.
+
+    The order depends only on the set of boxes, not on the order they came in, which makes
+    Selective Search output (same set, shuffled order between runs) reproducible.
+    """
+    boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
+    if len(boxes) == 0:
+        return boxes
+    return np.unique(boxes, axis=0)

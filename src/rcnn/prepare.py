@@ -1,0 +1,166 @@
+"""``rcnn prepare``: VOC images -> Selective Search proposals -> labelled region stores."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rcnn.files import atomic_write_json
+from rcnn.labels import LabelConfig, label_regions
+from rcnn.proposals import ProposalConfig, compute_proposals, default_cache_dir
+from rcnn.regions import RegionSet
+from rcnn.voc import VOCAnnotation, VOCDataset, VOCFormatError, parse_annotation, resolve_classes
+
+logger = logging.getLogger(__name__)
+
+
+class BadImageError(ValueError):
+    """An image could not be used; raised instead of skipping it under ``--strict``."""
+
+
+@dataclass
+class PrepareConfig:
+    voc_root: str
+    out: str
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    classes: list[str] = field(default_factory=lambda: ["car"])
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    workers: int = 0
+    cache_dir: str | None = None  # None = the default cache folder
+    strict: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self.classes = resolve_classes(list(self.classes))
+        if not self.splits:
+            raise ValueError("--split must name at least one split")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")
+
+
+def _load_annotations(voc: VOCDataset, ids: list[str], skipped: list[dict]):
+    """Parses each image's XML; bad files go to ``skipped``."""
+    annotations = {}
+    for image_id in ids:
+        path = voc.annotation_path(image_id)
+        try:
+            ann = parse_annotation(path)
+        except VOCFormatError as err:
+            skipped.append({"image": image_id, "reason": str(err)})
+            continue
+        if not ann.objects:
+            skipped.append({"image": image_id, "reason": f"{path}: has no <object>"})
+            continue
+        annotations[image_id] = ann
+    return annotations
+
+
+def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, size):
+    objects = ann.select(classes, keep_difficult)
+    boxes = np.array([o.box for o in objects], dtype=np.int32).reshape(-1, 4)
+    labels = np.array([classes.index(o.name) + 1 for o in objects], dtype=np.int16)
+    width, height = size
+    if (ann.width, ann.height) != (width, height):
+        logger.warning(
+            "%s: XML says %dx%d but the image is %dx%d; boxes clipped to the image",
+            ann.image_id,
+            ann.width,
+            ann.height,
+            width,
+            height,
+        )
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], labels[keep]
+
+
+def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[RegionSet, dict]:
+    """Builds one split's region set and its summary."""
+    start = time.perf_counter()
+    ids = voc.select_images(split, cfg.classes)
+    skipped: list[dict] = []
+    annotations = _load_annotations(voc, ids, skipped)
+    kept_ids = list(annotations)
+    paths = [str(voc.image_path(i)) for i in kept_ids]
+    cache_dir = cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir()
+    results = compute_proposals(paths, cfg.proposals, cache_dir, cfg.workers, cfg.progress)
+
+    image_paths, sizes, parts = [], [], []
+    num_proposals = cached = 0
+    for image_id, result in zip(kept_ids, results, strict=True):
+        if result.error or len(result.boxes) == 0:
+            skipped.append(
+                {
+                    "image": image_id,
+                    "reason": result.error or f"{result.path}: Selective Search found no proposals",
+                }
+            )
+            continue
+        num_proposals += len(result.boxes)
+        cached += result.cached
+        gt_boxes, gt_labels = _ground_truth(
+            annotations[image_id], cfg.classes, cfg.labels.keep_difficult, result.size
+        )
+        boxes, labels, ious = label_regions(result.boxes, gt_boxes, gt_labels, cfg.labels)
+        parts.append((np.full(len(labels), len(image_paths), np.int32), boxes, labels, ious))
+        image_paths.append(str(Path(result.path).resolve()))
+        sizes.append(result.size)
+
+    for bad in skipped:
+        logger.warning("skipped image %s: %s", bad["image"], bad["reason"])
+    if skipped and cfg.strict:
+        raise BadImageError(
+            f"--strict: {len(skipped)} bad image(s) in split '{split}', first: "
+            f"{skipped[0]['reason']}"
+        )
+    if not image_paths:
+        first = f"; first: {skipped[0]['reason']}" if skipped else ""
+        raise VOCFormatError(f"split '{split}' of {voc.root}: no usable image{first}")
+
+    index, boxes, labels, ious = (np.concatenate(a) for a in zip(*parts, strict=True))
+    info = {
+        "split": split,
+        "voc_root": str(voc.root.resolve()),
+        "labels": cfg.labels.to_dict(),
+        "proposals": cfg.proposals.cache_tag(),
+    }
+    regions = RegionSet(image_paths, index, boxes, labels, ious, cfg.classes, sizes, info)
+    summary = {
+        "images": len(image_paths),
+        "skipped": skipped,
+        "proposals": num_proposals,
+        "from_cache": cached,
+        "regions": len(regions),
+        "positives": regions.num_positive,
+        "negatives": regions.num_negative,
+        "positives_per_class": {
+            c: int(np.count_nonzero(labels == k + 1)) for k, c in enumerate(cfg.classes)
+        },
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return regions, summary
+
+
+def run_prepare(cfg: PrepareConfig) -> dict:
+    """Prepares every split, writes ``OUT/{split}/`` and ``OUT/summary.json``."""
+    voc = VOCDataset(cfg.voc_root)
+    out = Path(cfg.out)
+    summaries = {}
+    for split in cfg.splits:
+        regions, summaries[split] = prepare_split(cfg, voc, split)
+        regions.save(out / split)
+    summary = {
+        "voc_root": str(voc.root.resolve()),
+        "classes": cfg.classes,
+        "labels": cfg.labels.to_dict(),
+        "proposals": {"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
+        "splits": summaries,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,201 @@
+"""Selective Search region proposals, computed in parallel and cached on disk.
+
+OpenCV returns the same set of boxes in a different order from run to run, so boxes are stored
+deduplicated in lexicographic order: the same image and parameters always give the same bytes.
+The cache is keyed by the image's content and the parameters, and every entry is written to a
+temporary file first and renamed into place, so a run killed at any moment leaves only whole
+entries behind and the next run reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rcnn.boxes import clip_boxes, nonempty, unique_boxes
+from rcnn.files import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+MODES = ("quality", "fast")
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    mode: str = "quality"
+    max_side: int = 0  # resize so the longer side is at most this before searching; 0 = off
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_side < 0 or 0 < self.max_side < 32:
+            raise ValueError(f"--max-side must be 0 (off) or >= 32, got {self.max_side}")
+
+    def cache_tag(self) -> str:
+        # OpenCV's version is part of the key: another release may segment differently.
+        return f"selective-search/{self.mode}/max_side={self.max_side}/opencv={cv2.__version__}"
+
+
+@dataclass
+class ProposalResult:
+    path: str
+    boxes: np.ndarray | None  # int32 [K, 4] in the project convention; None on error
+    size: tuple[int, int] = (0, 0)  # width, height of the full-size image
+    cached: bool = False
+    error: str = ""
+
+
+def default_cache_dir() -> Path:
+    """``$RCNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/rcnn``, else ``~/.cache/rcnn``."""
+    if os.environ.get("RCNN_CACHE_DIR"):
+        return Path(os.environ["RCNN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rcnn"
+
+
+def selective_search(image_bgr: np.ndarray, config: ProposalConfig) -> np.ndarray:
+    """Selective Search boxes of one BGR uint8 image, as unique sorted int32 ``[K, 4]``."""
+    height, width = image_bgr.shape[:2]
+    scale = 1.0
+    if config.max_side and max(height, width) > config.max_side:
+        scale = config.max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+    search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    search.setBaseImage(image_bgr)
+    if config.mode == "fast":
+        search.switchToSelectiveSearchFast()
+    else:
+        search.switchToSelectiveSearchQuality()
+    rects = np.asarray(search.process(), dtype=np.float64).reshape(-1, 4)  # x, y, w, h
+    boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / scale
+    boxes = clip_boxes(np.round(boxes).astype(np.int32), width, height)
+    return unique_boxes(boxes[nonempty(boxes)])
+
+
+class ProposalCache:
+    """Content-addressed store of proposals: ``root/proposals/ab/abcdef....npz``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root) / "proposals"
+
+    @staticmethod
+    def key(image_bytes: bytes, config: ProposalConfig) -> str:
+        digest = hashlib.sha256(config.cache_tag().encode())
+        digest.update(image_bytes)
+        return digest.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> tuple[np.ndarray, tuple[int, int]] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                return data["boxes"], tuple(int(v) for v in data["size"])
+        except Exception as err:  # a damaged entry is recomputed, never trusted
+            logger.warning("ignoring unreadable cache entry %s (%s)", path, err)
+            return None
+
+    def put(self, key: str, boxes: np.ndarray, size: tuple[int, int]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, boxes=boxes.astype(np.int32), size=np.asarray(size, dtype=np.int32))
+        atomic_write_bytes(self.path(key), buf.getvalue())
+
+
+def _lookup(path: str, config: ProposalConfig, cache: ProposalCache | None):
+    """Reads the image file and returns ``(bytes, key, ProposalResult or None)``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return None, "", ProposalResult(path, None, error=f"{path}: cannot read image ({err})")
+    key = ProposalCache.key(data, config)
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return data, key, ProposalResult(path, hit[0], hit[1], cached=True)
+    return data, key, None
+
+
+def _compute_one(job: tuple[str, ProposalConfig, str | None]) -> ProposalResult:
+    path, config, cache_root = job
+    cache = ProposalCache(cache_root) if cache_root else None
+    data, key, result = _lookup(path, config, cache)
+    if result is not None:
+        return result
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return ProposalResult(path, None, error=f"{path}: not a readable image (corrupt JPEG?)")
+    boxes = selective_search(image, config)
+    size = (image.shape[1], image.shape[0])
+    if cache is not None:
+        cache.put(key, boxes, size)
+    return ProposalResult(path, boxes, size)
+
+
+def _init_worker() -> None:
+    # One OpenCV thread per process: the parallelism is across images.
+    cv2.setNumThreads(1)
+
+
+def compute_proposals(
+    image_paths: list[str],
+    config: ProposalConfig,
+    cache_dir: str | Path | None,
+    workers: int = 0,
+    progress: bool = True,
+) -> list[ProposalResult]:
+    """Proposals for every image, in the order given.
+
+    Cached images are answered in this process; the rest are searched in ``workers`` processes
+    (0 = one per core). Errors (unreadable or corrupt images) come back in ``result.error``.
+    """
+    cache = ProposalCache(cache_dir) if cache_dir is not None else None
+    results: list[ProposalResult | None] = [None] * len(image_paths)
+    todo = []
+    for i, path in enumerate(image_paths):
+        _, _, hit = _lookup(path, config, cache)
+        if hit is not None:
+            results[i] = hit
+        else:
+            todo.append(i)
+    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+    cache_root = str(cache_dir) if cache_dir is not None else None
+    jobs = [(image_paths[i], config, cache_root) for i in todo]
+    bar = tqdm(
+        total=len(image_paths),
+        initial=len(image_paths) - len(todo),
+        desc="proposals",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        if workers <= 1:
+            done = map(_compute_one, jobs)
+            pool = None
+        else:
+            # Not "fork": a child forked while OpenCV's or torch's thread pools hold a lock
+            # can hang forever.
+            methods = mp.get_all_start_methods()
+            context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+            pool = context.Pool(workers, initializer=_init_worker)
+            done = pool.imap(_compute_one, jobs)
+        try:
+            for i, result in zip(todo, done, strict=True):
+                results[i] = result
+                bar.update(1)
+        finally:
+            if pool is not None:
+                pool.terminate()
+    return results

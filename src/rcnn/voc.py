@@ -1,0 +1,250 @@
+"""Reader for PASCAL VOC-format datasets.
+
+Expected layout under the VOC root (the folder that holds ``Annotations``)::
+
+    Annotations/{id}.xml
+    JPEGImages/{id}.jpg
+    ImageSets/Main/{split}.txt            one image id per line
+    ImageSets/Main/{class}_{split}.txt    "{id} {flag}": 1 present, 0 only difficult, -1 absent
+
+This module is the only place that knows VOC's 1-based inclusive box coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+LAYOUT_HINT = (
+    "expected a VOC layout: Annotations/{id}.xml, JPEGImages/{id}.jpg, "
+    "ImageSets/Main/{split}.txt (try `rcnn synth DIR` for an example)"
+)
+
+
+class VOCFormatError(ValueError):
+    """A VOC file is missing, malformed or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VOCObject:
+    name: str
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2; 0-based, x2/y2 exclusive
+    difficult: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class VOCAnnotation:
+    image_id: str
+    filename: str
+    width: int  # 0 when the XML has no usable <size>
+    height: int
+    objects: tuple[VOCObject, ...]
+
+    def select(self, classes: list[str], keep_difficult: bool) -> list[VOCObject]:
+        """Objects of the given classes, without difficult ones unless ``keep_difficult``."""
+        return [
+            o for o in self.objects if o.name in classes and (keep_difficult or not o.difficult)
+        ]
+
+
+def voc_to_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[int, int, int, int]:
+    """Converts a VOC box to the project convention.
+
+    VOC pixels are numbered from 1 and ``xmax``/``ymax`` are the last pixel inside the box, so
+    pixel column ``xmin`` is index ``xmin - 1`` and the exclusive end index is ``xmax`` itself.
+    Some VOC files hold fractional coordinates; they are rounded first.
+    """
+    xmin, ymin, xmax, ymax = (int(round(float(v))) for v in (xmin, ymin, xmax, ymax))
+    return xmin - 1, ymin - 1, xmax, ymax
+
+
+def _text(node: ET.Element, tag: str, path: Path, default: str | None = None) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        if default is not None:
+            return default
+        raise VOCFormatError(f"{path}: missing <{tag}>")
+    return child.text.strip()
+
+
+def _parse_object(node: ET.Element, index: int, width: int, height: int, path: Path) -> VOCObject:
+    name = _text(node, "name", path)
+    bndbox = node.find("bndbox")
+    if bndbox is None:
+        raise VOCFormatError(f"{path}: object {index} ('{name}') has no <bndbox>")
+    try:
+        coords = [float(_text(bndbox, tag, path)) for tag in ("xmin", "ymin", "xmax", "ymax")]
+    except ValueError as err:
+        raise VOCFormatError(f"{path}: object {index} ('{name}'): bad coordinate ({err})") from err
+    x1, y1, x2, y2 = voc_to_box(*coords)
+    if width > 0 and height > 0:
+        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            logger.warning(
+                "%s: object %d ('%s') box %s reaches outside the %dx%d image; clipped",
+                path,
+                index,
+                name,
+                coords,
+                width,
+                height,
+            )
+        x1, y1, x2, y2 = cx1, cy1, cx2, cy2
+    if x2 <= x1 or y2 <= y1:
+        raise VOCFormatError(
+            f"{path}: object {index} ('{name}') has an empty box {coords} "
+            f"(VOC boxes are 1-based with xmin <= xmax, inside the {width}x{height} image)"
+        )
+    difficult = _text(node, "difficult", path, default="0") == "1"
+    truncated = _text(node, "truncated", path, default="0") == "1"
+    return VOCObject(name, (x1, y1, x2, y2), difficult, truncated)
+
+
+def parse_annotation(path: str | Path) -> VOCAnnotation:
+    """Parses one VOC XML file.
+
+    Raises:
+        VOCFormatError: the file is missing, not XML, or has a bad object; the message names it.
+    """
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError as err:
+        raise VOCFormatError(f"{path}: annotation not found; {LAYOUT_HINT}") from err
+    except ET.ParseError as err:
+        raise VOCFormatError(f"{path}: malformed XML ({err})") from err
+    size = root.find("size")
+    try:
+        width = int(float(_text(size, "width", path))) if size is not None else 0
+        height = int(float(_text(size, "height", path))) if size is not None else 0
+    except (ValueError, VOCFormatError):
+        width = height = 0
+    objects = tuple(
+        _parse_object(node, i, width, height, path) for i, node in enumerate(root.iter("object"))
+    )
+    filename = _text(root, "filename", path, default=f"{path.stem}.jpg")
+    return VOCAnnotation(path.stem, filename, width, height, objects)
+
+
+def resolve_classes(names: list[str]) -> list[str]:
+    """Expands ``["all"]`` to the 20 VOC classes and rejects duplicates or empty lists."""
+    if names == ["all"]:
+        return list(VOC_CLASSES)
+    if not names:
+        raise ValueError("--classes must name at least one class (or 'all')")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--classes has duplicates: {names}")
+    if "background" in names or "__background__" in names:
+        raise ValueError("--classes must not name 'background': label 0 is always background")
+    return list(names)
+
+
+def read_id_file(path: Path) -> list[str]:
+    """Image ids from an ``ImageSets/Main/{split}.txt`` file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {LAYOUT_HINT}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_class_flags(path: Path) -> dict[str, int]:
+    """``{id: flag}`` from an ``ImageSets/Main/{class}_{split}.txt`` file."""
+    flags = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
+            raise VOCFormatError(f"{path}:{lineno}: expected '<id> <1|0|-1>', got {line!r}")
+        flags[parts[0]] = int(parts[1])
+    return flags
+
+
+class VOCDataset:
+    """One VOC root: file locations, split ids and image selection."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            if not (self.root / sub).is_dir():
+                raise FileNotFoundError(f"{self.root / sub} not found; {LAYOUT_HINT}")
+
+    def annotation_path(self, image_id: str) -> Path:
+        return self.root / "Annotations" / f"{image_id}.xml"
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def split_path(self, split: str, cls: str | None = None) -> Path:
+        name = f"{cls}_{split}.txt" if cls else f"{split}.txt"
+        return self.root / "ImageSets" / "Main" / name
+
+    def select_images(self, split: str, classes: list[str]) -> list[str]:
+        """Ids of the split's images that show at least one chosen class.
+
+        As in the reference recipe, an image is chosen when its ``{class}_{split}.txt`` flag is 1
+        for any chosen class. Where those files are absent, ``{split}.txt`` is read and an image
+        is chosen when its XML has a non-difficult object of a chosen class (the same rule).
+        """
+        flag_paths = [self.split_path(split, c) for c in classes]
+        if all(p.is_file() for p in flag_paths):
+            chosen: set[str] = set()
+            for p in flag_paths:
+                chosen.update(i for i, flag in read_class_flags(p).items() if flag == 1)
+            ids = sorted(chosen)
+        else:
+            ids = self._select_from_xml(split, classes)
+        if not ids:
+            raise VOCFormatError(
+                f"split '{split}' of {self.root} has no image with a (non-difficult) "
+                f"object of {classes}; check --classes and {self.split_path(split)}"
+            )
+        return ids
+
+    def _select_from_xml(self, split: str, classes: list[str]) -> list[str]:
+        ids, seen_names = [], set()
+        for image_id in read_id_file(self.split_path(split)):
+            try:
+                ann = parse_annotation(self.annotation_path(image_id))
+            except VOCFormatError as err:
+                # Keep it: prepare reports and skips it with the same message.
+                logger.debug("selection: %s", err)
+                ids.append(image_id)
+                continue
+            seen_names.update(o.name for o in ann.objects)
+            if ann.select(classes, keep_difficult=False):
+                ids.append(image_id)
+        unknown = [c for c in classes if c not in seen_names and c not in VOC_CLASSES]
+        if unknown:
+            raise ValueError(
+                f"--classes: unknown class {unknown}: not a VOC class and not in any annotation "
+                f"of split '{split}' (names found: {sorted(seen_names)})"
+            )
+        return ids

@@ -1,0 +1,136 @@
+import pytest
+
+from rcnn.voc import (
+    VOC_CLASSES,
+    VOCDataset,
+    VOCFormatError,
+    parse_annotation,
+    resolve_classes,
+    voc_to_box,
+)
+
+from .conftest import write_xml
+
+
+def test_voc_to_box_is_zero_based_exclusive():
+    # VOC pixel 1..10 inclusive is ten pixels: indices 0..9, exclusive end 10.
+    assert voc_to_box(1, 1, 10, 20) == (0, 0, 10, 20)
+    assert voc_to_box("48.6", "240", "195", "371") == (48, 239, 195, 371)
+
+
+def test_parse_one_object(tmp_path):
+    path = tmp_path / "a.xml"
+    write_xml(path, "a.jpg", (500, 333), [("car", (141, 50, 500, 330), False)])
+    ann = parse_annotation(path)
+    assert (ann.image_id, ann.width, ann.height) == ("a", 500, 333)
+    assert len(ann.objects) == 1
+    obj = ann.objects[0]
+    assert (obj.name, obj.box, obj.difficult, obj.truncated) == (
+        "car",
+        (140, 49, 500, 330),
+        False,
+        False,
+    )
+
+
+def test_parse_several_and_difficult(tmp_path):
+    path = tmp_path / "b.xml"
+    objects = [("car", (1, 1, 10, 10), False), ("dog", (5, 5, 20, 20), False),
+               ("car", (30, 30, 40, 40), True)]  # fmt: skip
+    write_xml(path, "b.jpg", (64, 64), objects)
+    ann = parse_annotation(path)
+    assert [o.name for o in ann.objects] == ["car", "dog", "car"]
+    assert [o.difficult for o in ann.objects] == [False, False, True]
+    assert [o.box for o in ann.select(["car"], keep_difficult=False)] == [(0, 0, 10, 10)]
+    assert len(ann.select(["car"], keep_difficult=True)) == 2
+
+
+def test_parse_no_objects(tmp_path):
+    path = tmp_path / "c.xml"
+    write_xml(path, "c.jpg", (64, 64), [])
+    assert parse_annotation(path).objects == ()
+
+
+def test_malformed_xml_names_file(tmp_path):
+    path = tmp_path / "bad.xml"
+    path.write_text("<annotation><object>")
+    with pytest.raises(VOCFormatError, match="bad.xml: malformed XML"):
+        parse_annotation(path)
+
+
+def test_missing_xml_names_file(tmp_path):
+    with pytest.raises(VOCFormatError, match="nope.xml: annotation not found"):
+        parse_annotation(tmp_path / "nope.xml")
+
+
+def test_empty_box_is_an_error(tmp_path):
+    path = tmp_path / "e.xml"
+    write_xml(path, "e.jpg", (64, 64), [("car", (20, 5, 10, 30), False)])
+    with pytest.raises(VOCFormatError, match=r"e.xml: object 0 \('car'\) has an empty box"):
+        parse_annotation(path)
+
+
+def test_box_outside_image_is_clipped_or_rejected(tmp_path, caplog):
+    path = tmp_path / "o.xml"
+    write_xml(path, "o.jpg", (64, 48), [("car", (50, 40, 80, 60), False)])
+    assert parse_annotation(path).objects[0].box == (49, 39, 64, 48)
+    assert "reaches outside" in caplog.text
+    write_xml(path, "o.jpg", (64, 48), [("car", (70, 10, 90, 20), False)])
+    with pytest.raises(VOCFormatError, match="empty box"):
+        parse_annotation(path)
+
+
+def test_resolve_classes():
+    assert resolve_classes(["all"]) == list(VOC_CLASSES)
+    assert resolve_classes(["car", "bus"]) == ["car", "bus"]
+    with pytest.raises(ValueError, match="--classes has duplicates"):
+        resolve_classes(["car", "car"])
+    with pytest.raises(ValueError, match="background"):
+        resolve_classes(["background"])
+
+
+def test_select_images_from_class_files(small_voc):
+    voc = VOCDataset(small_voc)
+    # 000004 has only a dog: flag -1 for car.
+    assert voc.select_images("train", ["car"]) == ["000001", "000002", "000003"]
+
+
+def test_select_images_from_xml_without_class_files(small_voc):
+    for f in (small_voc / "ImageSets" / "Main").glob("car_*.txt"):
+        f.unlink()
+    voc = VOCDataset(small_voc)
+    assert voc.select_images("train", ["car"]) == ["000001", "000002", "000003"]
+    assert voc.select_images("train", ["dog"]) == ["000002", "000004"]
+    assert voc.select_images("train", ["car", "dog"]) == ["000001", "000002", "000003", "000004"]
+
+
+def test_only_difficult_image_not_selected(make_voc):
+    root = make_voc([("1", "train", [("car", (5, 5, 30, 30), True)]),
+                     ("2", "train", [("car", (5, 5, 30, 30), False)])])  # fmt: skip
+    assert VOCDataset(root).select_images("train", ["car"]) == ["2"]
+
+
+def test_unknown_class(small_voc):
+    with pytest.raises(ValueError, match=r"--classes: unknown class \['zebra-car'\]"):
+        VOCDataset(small_voc).select_images("train", ["zebra-car"])
+
+
+def test_missing_folders_and_split_files(small_voc, tmp_path):
+    with pytest.raises(FileNotFoundError, match="Annotations not found; expected a VOC layout"):
+        VOCDataset(tmp_path / "nowhere")
+    voc = VOCDataset(small_voc)
+    with pytest.raises(FileNotFoundError, match="test.txt not found"):
+        voc.select_images("test", ["car"])
+
+
+def test_empty_split(small_voc):
+    main = small_voc / "ImageSets" / "Main"
+    (main / "car_val.txt").write_text("000005 -1\n000006 -1\n")
+    with pytest.raises(VOCFormatError, match="split 'val' .* has no image"):
+        VOCDataset(small_voc).select_images("val", ["car"])
+
+
+def test_malformed_class_file(small_voc):
+    (small_voc / "ImageSets" / "Main" / "car_val.txt").write_text("000005 yes\n")
+    with pytest.raises(VOCFormatError, match=r"car_val.txt:1: expected"):
+        VOCDataset(small_voc).select_images("val", ["car"])
