@@ -11,8 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rcnn synth demo/voc --images 40 --seed 0
-	$(VENV)/bin/rcnn prepare --voc-root demo/voc --out demo/regions --mode fast
+	$(VENV)/bin/rcnn demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

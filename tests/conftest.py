@@ -82,3 +82,24 @@ def small_voc(make_voc):
         ("000006", "val", [("car", (8, 8, 40, 40), False)]),
     ]
     return make_voc(specs)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A tiny prepared region dataset (train and val stores), built once per test session."""
+    from rcnn.prepare import PrepareConfig, run_prepare
+    from rcnn.proposals import ProposalConfig
+    from rcnn.synth import make_synthetic_voc
+
+    root = tmp_path_factory.mktemp("prepared")
+    make_synthetic_voc(root / "voc", 8, seed=1, image_size=(128, 96))
+    cfg = PrepareConfig(
+        str(root / "voc"),
+        str(root / "regions"),
+        workers=1,
+        progress=False,
+        proposals=ProposalConfig("fast"),
+        cache_dir=str(root / "cache"),
+    )
+    run_prepare(cfg)
+    return root / "regions"

@@ -14,15 +14,17 @@ def as_dict(boxes, labels, ious):
 
 
 def test_seed_preset_hand_built():
-    proposals = np.array([
-        [0, 0, 10, 10],    # IoU 1      -> positive
-        [0, 0, 10, 6],     # IoU 0.6    -> positive
-        [0, 0, 10, 5],     # IoU 0.5    -> positive (>= 0.5)
-        [0, 0, 10, 4],     # IoU 0.4    -> negative
-        [8, 8, 18, 18],    # IoU 4/196  -> negative (area 100 > 20)
-        [9, 9, 13, 13],    # IoU 1/115, area 16 <= 1/5 * 100 -> dropped
-        [20, 20, 40, 40],  # IoU 0      -> dropped in seed
-    ])  # fmt: skip
+    proposals = np.array(
+        [
+            [0, 0, 10, 10],  # IoU 1      -> positive
+            [0, 0, 10, 6],  # IoU 0.6    -> positive
+            [0, 0, 10, 5],  # IoU 0.5    -> positive (>= 0.5)
+            [0, 0, 10, 4],  # IoU 0.4    -> negative
+            [8, 8, 18, 18],  # IoU 4/196  -> negative (area 100 > 20)
+            [9, 9, 13, 13],  # IoU 1/115, area 16 <= 1/5 * 100 -> dropped
+            [20, 20, 40, 40],  # IoU 0      -> dropped in seed
+        ]
+    )
     got = as_dict(*label_regions(proposals, GT, [1], PRESETS["seed"]))
     assert got == {
         (0, 0, 10, 4): (BACKGROUND, 0.4),

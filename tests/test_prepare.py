@@ -22,13 +22,17 @@ from .conftest import write_xml
 
 def config(voc, out, cache, **kw):
     kw.setdefault("proposals", ProposalConfig("fast"))
-    return PrepareConfig(voc_root=str(voc), out=str(out), cache_dir=str(cache), workers=1,
-                         progress=False, **kw)  # fmt: skip
+    return PrepareConfig(
+        voc_root=str(voc), out=str(out), cache_dir=str(cache), workers=1, progress=False, **kw
+    )
 
 
 def store_files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*.*"))
-            if p.name != "summary.json"}  # fmt: skip
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*.*"))
+        if p.name != "summary.json"
+    }
 
 
 def test_end_to_end_regions_are_consistent(small_voc, tmp_path):
@@ -37,8 +41,11 @@ def test_end_to_end_regions_are_consistent(small_voc, tmp_path):
     assert [Path(p).name for p in train.image_paths] == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert train.classes == ["car"]
     s = summary["splits"]["train"]
-    assert (s["images"], s["positives"], s["negatives"]) == (3, train.num_positive,
-                                                              train.num_negative)  # fmt: skip
+    assert (s["images"], s["positives"], s["negatives"]) == (
+        3,
+        train.num_positive,
+        train.num_negative,
+    )
     assert s["positives"] > 0 and s["negatives"] > 0 and s["skipped"] == []
     # Every stored label agrees with a recomputation against the image's own ground truth.
     gts = {0: [[10, 10, 50, 40]], 1: [[40, 20, 90, 60]], 2: [[5, 30, 45, 70]]}  # difficult out
@@ -61,8 +68,9 @@ def test_two_runs_give_identical_files(small_voc, tmp_path):
 
 def test_rerun_with_other_thresholds_uses_cache(small_voc, tmp_path):
     run_prepare(config(small_voc, tmp_path / "a", tmp_path / "cache"))
-    summary = run_prepare(config(small_voc, tmp_path / "b", tmp_path / "cache",
-                                 labels=PRESETS["paper"]))  # fmt: skip
+    summary = run_prepare(
+        config(small_voc, tmp_path / "b", tmp_path / "cache", labels=PRESETS["paper"])
+    )
     assert summary["splits"]["train"]["from_cache"] == 3
     assert summary["splits"]["val"]["from_cache"] == 2
 
@@ -129,8 +137,17 @@ def test_image_with_no_proposals_is_skipped(small_voc, tmp_path):
 def test_cli_errors_name_flag_or_file(small_voc, tmp_path, capsys):
     assert main(["prepare", "--voc-root", str(tmp_path / "x"), "--out", str(tmp_path)]) == 2
     assert "Annotations not found" in capsys.readouterr().err
-    args = ["prepare", "--voc-root", str(small_voc), "--out", str(tmp_path / "o"),
-            "--cache-dir", str(tmp_path / "c"), "--mode", "fast"]  # fmt: skip
+    args = [
+        "prepare",
+        "--voc-root",
+        str(small_voc),
+        "--out",
+        str(tmp_path / "o"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--mode",
+        "fast",
+    ]
     assert main([*args, "--pos-iou", "0.3"]) == 2
     assert "--neg-iou-max (0.5) must not exceed --pos-iou (0.3)" in capsys.readouterr().err
     assert main([*args, "--classes", "unicorn"]) == 2
@@ -139,9 +156,25 @@ def test_cli_errors_name_flag_or_file(small_voc, tmp_path, capsys):
 
 def test_cli_synth_then_prepare(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "voc"), "--images", "6", "--size", "96x72"]) == 0
-    assert main(["prepare", "--voc-root", str(tmp_path / "voc"), "--out", str(tmp_path / "out"),
-                 "--cache-dir", str(tmp_path / "c"), "--mode", "fast", "--workers", "2",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare",
+                "--voc-root",
+                str(tmp_path / "voc"),
+                "--out",
+                str(tmp_path / "out"),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--mode",
+                "fast",
+                "--workers",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "positives" in out and "train" in out and "summary.json" in out
     assert len(RegionSet.load(tmp_path / "out" / "train")) > 0
@@ -151,9 +184,23 @@ def test_killed_run_reuses_cache_and_matches_clean_run(make_voc, tmp_path):
     specs = [(f"{i:03d}", "train", [("car", (20 + i, 20, 120, 90), False)]) for i in range(12)]
     voc = make_voc(specs, size=(200, 150))
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "rcnn", "prepare", "--voc-root", str(voc), "--split", "train",
-           "--out", str(tmp_path / "killed"), "--cache-dir", str(cache), "--workers", "1",
-           "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rcnn",
+        "prepare",
+        "--voc-root",
+        str(voc),
+        "--split",
+        "train",
+        "--out",
+        str(tmp_path / "killed"),
+        "--cache-dir",
+        str(cache),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(cache.rglob("*.npz"))) < 3 and time.monotonic() < deadline:

@@ -35,8 +35,11 @@ def test_parse_one_object(tmp_path):
 
 def test_parse_several_and_difficult(tmp_path):
     path = tmp_path / "b.xml"
-    objects = [("car", (1, 1, 10, 10), False), ("dog", (5, 5, 20, 20), False),
-               ("car", (30, 30, 40, 40), True)]  # fmt: skip
+    objects = [
+        ("car", (1, 1, 10, 10), False),
+        ("dog", (5, 5, 20, 20), False),
+        ("car", (30, 30, 40, 40), True),
+    ]
     write_xml(path, "b.jpg", (64, 64), objects)
     ann = parse_annotation(path)
     assert [o.name for o in ann.objects] == ["car", "dog", "car"]
@@ -105,8 +108,12 @@ def test_select_images_from_xml_without_class_files(small_voc):
 
 
 def test_only_difficult_image_not_selected(make_voc):
-    root = make_voc([("1", "train", [("car", (5, 5, 30, 30), True)]),
-                     ("2", "train", [("car", (5, 5, 30, 30), False)])])  # fmt: skip
+    root = make_voc(
+        [
+            ("1", "train", [("car", (5, 5, 30, 30), True)]),
+            ("2", "train", [("car", (5, 5, 30, 30), False)]),
+        ]
+    )
     assert VOCDataset(root).select_images("train", ["car"]) == ["2"]
 
 

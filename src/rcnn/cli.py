@@ -7,6 +7,7 @@ Each ``_cmd_<name>`` turns parsed flags into the stage's config object and calls
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -177,9 +178,266 @@ def format_prepare_summary(summary: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+def _add_train(sub) -> None:
+    from rcnn.train import BEST_METRICS, PRESETS
+
+    p = sub.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="fine-tune a CNN on the prepared regions",
+        description="Fine-tune an ImageNet classifier (AlexNet by default) on warped regions "
+        "with balanced batches (32 object + 96 background regions), validating on the whole "
+        "val split every epoch. Writes RUN/config.json, metrics.csv, curves.png, last.pt, "
+        "best.pt and model.pth (best weights as a plain state dict).\n\nPresets (flags "
+        "override them):\n"
+        "  seed          the recipe: SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), 25 epochs\n"
+        "  lr-1e-4       remedy 1: lr 1e-4\n"
+        "  weight-decay  remedy 2: L2 weight decay 1e-4\n"
+        "  adam          remedy 3: Adam (lr 1e-4)\n"
+        "  remedies      all three: Adam, lr 1e-4, weight decay 1e-4\n"
+        "  paper         Girshick et al.: context pad 16, weight decay 5e-4, 10x lr on the "
+        "new layer",
+    )
+    p.add_argument("--data", help="`rcnn prepare` output folder (with train/ and val/)")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN from its last.pt (its config is reused; --epochs may extend it)",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="seed", help="hyper-parameters")
+    p.add_argument(
+        "--backbone",
+        help="torchvision classifier: alexnet (default), vgg16, resnet50, mobilenet_v3_large, ...",
+    )
+    p.add_argument(
+        "--weights",
+        help="imagenet (default; downloaded once by torchvision), none "
+        "(random init), or a path to a state dict",
+    )
+    p.add_argument("--epochs", type=int, help="epochs (default 25)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
+    p.add_argument("--lr-step", type=int, help="StepLR step in epochs (default 7)")
+    p.add_argument("--lr-gamma", type=float, help="StepLR factor (default 0.1)")
+    p.add_argument("--head-lr-mult", type=float, help="lr multiplier of the new layer (default 1)")
+    p.add_argument("--num-pos", type=int, help="object regions per batch (default 32)")
+    p.add_argument("--num-neg", type=int, help="background regions per batch (default 96)")
+    p.add_argument("--input-size", type=int, help="warp size in pixels (default 227)")
+    p.add_argument(
+        "--context-pad",
+        type=int,
+        help="pixels of context around each warped region (default 0; R-CNN used 16)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=["imagenet", "half"],
+        help="input normalization: the "
+        "backbone's ImageNet mean/std (default) or the recipe's 0.5/0.5",
+    )
+    p.add_argument(
+        "--val-max",
+        type=int,
+        help="validate on a fixed subset of this many regions (default 0 = all)",
+    )
+    p.add_argument(
+        "--best-metric",
+        choices=BEST_METRICS,
+        help="what best.pt maximises (default val_balanced_acc; val_loss is minimised)",
+    )
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 2)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    p.add_argument(
+        "--pipeline",
+        choices=["auto", "device", "loader"],
+        help="where regions are "
+        "warped: device (all images on the GPU, batched roi_align; default on CUDA) "
+        "or loader (DataLoader workers with OpenCV; default on CPU)",
+    )
+    p.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument("--seed", type=int, help="seed of sampling, flips and dropout (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cmd_train(args) -> None:
+    from rcnn.train import TrainConfig, resume_config, run_train, train_config
+
+    # Every TrainConfig field with a flag of the same name; unset flags are None.
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")]
+    flags = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    flags.pop("progress", None)
+    progress = False if args.no_progress else None
+    if args.resume:
+        cfg = resume_config(args.resume, progress=progress, **flags)
+        run_train(cfg, resume=True)
+        return
+    if not args.data or not args.out:
+        raise ValueError("--data and --out are required (or --resume RUN)")
+    cfg = train_config(args.preset, data=args.data, out=args.out, progress=progress, **flags)
+    run_train(cfg)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        formatter_class=_Formatter,
+        help="metrics of a checkpoint on a region set",
+        description="Evaluate a checkpoint (a run folder means its best.pt) on every region of a "
+        "split: loss, accuracy, balanced accuracy, the accuracy the recipe's 32:96 batch mix "
+        "would show, per-class precision/recall, average precision and the confusion matrix. "
+        "Writes metrics.json, pr.png (precision-recall) and examples.png.",
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .pt file")
+    p.add_argument("--data", required=True, help="`rcnn prepare` output folder or a region store")
+    p.add_argument("--split", default="val", help="split inside --data")
+    p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when present)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_evaluate(args) -> None:
+    from rcnn.evaluate import run_evaluate
+
+    metrics = run_evaluate(
+        args.checkpoint,
+        args.data,
+        args.split,
+        args.out,
+        args.device,
+        args.workers,
+        not args.no_progress,
+    )
+    print(metrics["report"])
+    print(f"metrics, pr.png and examples.png in {metrics['out']}")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        formatter_class=_Formatter,
+        help="overlay the curves of several runs",
+        description="One figure overlaying the validation loss, a metric and the training loss "
+        "of several runs, and a table of their best epochs; e.g. the recipe against its three "
+        "remedies (presets seed, lr-1e-4, weight-decay, adam).",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders of `rcnn train`")
+    p.add_argument("--out", default="compare.png", help="figure to write")
+    p.add_argument(
+        "--metric",
+        default="val_balanced_acc",
+        choices=["val_balanced_acc", "val_acc", "val_recipe_acc", "val_object_ap"],
+        help="metric that picks each run's best epoch",
+    )
+
+
+def _cmd_compare(args) -> None:
+    from rcnn.evaluate import run_compare
+
+    print(run_compare(args.runs, args.out, args.metric))
+    print(f"figure: {args.out}")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        formatter_class=_Formatter,
+        help="the whole pipeline, offline, on synthetic data",
+        description="Synthesize a VOC-format car dataset, prepare regions (fast Selective "
+        "Search), fine-tune AlexNet (ImageNet weights when they are in the torch cache, else "
+        "random initialisation), evaluate, and draw predictions. A few minutes on a 2-core CPU.",
+    )
+    p.add_argument("--out", default="rcnn-demo", help="folder for everything the demo writes")
+    p.add_argument("--images", type=int, default=60, help="synthetic images")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs")
+    p.add_argument("--input-size", type=int, default=112, help="warp size (the recipe uses 227)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cmd_demo(args) -> None:
+    from rcnn.demo import DemoConfig, run_demo
+
+    run_demo(
+        DemoConfig(
+            out=args.out,
+            images=args.images,
+            epochs=args.epochs,
+            input_size=args.input_size,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    )
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        formatter_class=_Formatter,
+        help="regions/s of the input pipeline or of training steps",
+        description="Measure regions per second of the training input pipeline (`loader`: "
+        "warped, normalized batches on the device) or of full training steps (`train`: input, "
+        "forward, backward, optimizer step) on a prepared region set, plus peak memory. "
+        "benchmarks/bench_pipeline.py compares both with the naive pipeline in one run.",
+    )
+    p.add_argument("what", choices=["loader", "train"], help="what to time")
+    p.add_argument("--data", required=True, help="`rcnn prepare` output folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when present)")
+    p.add_argument(
+        "--pipeline",
+        choices=["auto", "device", "loader"],
+        default="auto",
+        help="device: batched roi_align on the device; loader: OpenCV workers",
+    )
+    p.add_argument("--batches", type=int, default=20, help="timed batches (after warm-up)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (loader path)")
+    p.add_argument("--input-size", type=int, default=227, help="warp size")
+    p.add_argument("--backbone", default="alexnet", help="torchvision classifier (train)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (train)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last layout (train)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_bench(args) -> None:
+    import json
+
+    from rcnn.bench import bench_loader, bench_train
+    from rcnn.train import TrainConfig
+
+    cfg = TrainConfig(
+        data=args.data,
+        weights="none",
+        backbone=args.backbone,
+        workers=args.workers,
+        device=args.device,
+        pipeline=args.pipeline,
+        input_size=args.input_size,
+        amp=args.amp,
+        progress=False,
+    )
+    if args.what == "loader":
+        result = bench_loader(cfg, args.batches)
+    else:
+        result = bench_train(cfg, args.batches, channels_last=args.channels_last)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:<16}{value}")
+
+
 COMMANDS = {
     "synth": (_add_synth, _cmd_synth),
     "prepare": (_add_prepare, _cmd_prepare),
+    "train": (_add_train, _cmd_train),
+    "evaluate": (_add_evaluate, _cmd_evaluate),
+    "compare": (_add_compare, _cmd_compare),
+    "demo": (_add_demo, _cmd_demo),
+    "bench": (_add_bench, _cmd_bench),
 }
 
 
@@ -189,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description="R-CNN fine-tuning on PASCAL VOC-format data.\n\n"
         "Pipeline: rcnn synth (optional) -> rcnn prepare -> rcnn train -> rcnn evaluate.\n"
+        "`rcnn demo` runs it all on synthetic data.\n"
         "Run `rcnn COMMAND --help` for each command's flags.",
     )
     parser.add_argument("--version", action="version", version=f"rcnn {__version__}")

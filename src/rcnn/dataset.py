@@ -1,0 +1,180 @@
+"""Warped regions for training: decoded images held once, regions cut and resized on demand.
+
+Images are decoded once, as RGB, into one shared-memory tensor that DataLoader workers map
+instead of copying. A region finds its image through ``RegionSet.image_index`` in O(1). The
+dataset returns uint8 ``[3, S, S]`` tensors; normalization and the random flip happen on whole
+batches (:func:`normalize`, :func:`random_flip`), on the training device, with a generator the
+training loop owns, so a run is reproducible and resumable whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rcnn.regions import RegionSet
+
+logger = logging.getLogger(__name__)
+
+
+class ImageStore:
+    """Every image of a region set, decoded once as RGB uint8 into shared memory."""
+
+    def __init__(self, paths: list[str], threads: int = 4):
+        def decode(path: str) -> np.ndarray:
+            image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR; converted right below
+            if image is None:
+                raise FileNotFoundError(
+                    f"{path}: image missing or unreadable; the region store "
+                    "refers to it (re-run `rcnn prepare`?)"
+                )
+            return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV decodes without the GIL
+            images = list(pool.map(decode, paths))
+        self.shapes = np.array([im.shape[:2] for im in images], dtype=np.int64).reshape(-1, 2)
+        sizes = self.shapes[:, 0] * self.shapes[:, 1] * 3
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.data = torch.empty(int(self.offsets[-1]), dtype=torch.uint8).share_memory_()
+        flat = self.data.numpy()
+        for i, image in enumerate(images):
+            flat[self.offsets[i] : self.offsets[i + 1]] = image.ravel()
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets[-1])
+
+    def image(self, i: int) -> np.ndarray:
+        """View of image ``i`` as ``[H, W, 3]`` RGB uint8 (no copy)."""
+        height, width = self.shapes[i]
+        return self.data.numpy()[self.offsets[i] : self.offsets[i + 1]].reshape(height, width, 3)
+
+
+def context_box(box, size: int, pad: int) -> np.ndarray:
+    """The box enlarged so that ``pad`` pixels of context surround it after warping to ``size``.
+
+    As in R-CNN: the warped output is ``size`` pixels wide, the original box fills the central
+    ``size - 2 * pad`` of it, so the box grows by ``size / (size - 2 * pad)`` about its centre.
+
+    Returns:
+        float64 ``[4]`` box, possibly reaching outside the image.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if pad == 0:
+        return np.array([x1, y1, x2, y2])
+    scale = size / (size - 2 * pad)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w, half_h = (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
+    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+
+
+def warp_region(image: np.ndarray, box, size: int, pad: int = 0, fill=(0, 0, 0)) -> np.ndarray:
+    """Cuts ``box`` (with ``pad`` pixels of context) out of ``image`` and resizes it to a square.
+
+    Args:
+        image (ndarray[H, W, 3]): uint8 image.
+        box: ``x1, y1, x2, y2`` in the project convention.
+        size: output side.
+        pad: context padding in output pixels (R-CNN uses 16 at size 227).
+        fill: colour of context that falls outside the image (the dataset's mean colour).
+
+    Returns:
+        uint8 ``[size, size, 3]``.
+    """
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = np.round(context_box(box, size, pad)).astype(int)
+    cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+    crop = image[cy1:cy2, cx1:cx2]
+    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+        crop = cv2.copyMakeBorder(
+            crop,
+            cy1 - y1,
+            y2 - cy2,
+            cx1 - x1,
+            x2 - cx2,
+            cv2.BORDER_CONSTANT,
+            value=tuple(int(v) for v in fill),
+        )
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+class RegionDataset(Dataset):
+    """``(uint8 [3, S, S] region, label)`` for every region of a :class:`RegionSet`."""
+
+    def __init__(
+        self,
+        regions: RegionSet,
+        store: ImageStore,
+        size: int = 227,
+        pad: int = 0,
+        fill=(124, 116, 104),
+    ):
+        if len(store) != len(regions.image_paths):
+            raise ValueError("the image store does not belong to this region set")
+        if not 0 <= 2 * pad < size:
+            raise ValueError(f"--context-pad must be in [0, {size // 2}), got {pad}")
+        self.regions, self.store = regions, store
+        self.size, self.pad, self.fill = size, pad, fill
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.store.image(self.regions.image_index[i])
+        warped = warp_region(image, self.regions.boxes[i], self.size, self.pad, self.fill)
+        return torch.from_numpy(warped).permute(2, 0, 1), int(self.regions.labels[i])
+
+
+def worker_init(_: int) -> None:
+    # Parallelism comes from the workers; OpenCV threads inside each would oversubscribe.
+    cv2.setNumThreads(1)
+
+
+def loader_options(workers: int, pin_memory: bool = False) -> dict:
+    """DataLoader keyword arguments for ``workers`` processes sharing the image store.
+
+    Workers start from a fresh server process rather than a fork of this one: a child forked
+    while OpenCV's or torch's thread pools hold a lock can hang forever. The store's tensor
+    lives in shared memory, so workers receive a handle to it, not a copy.
+    """
+    options = {"num_workers": workers, "pin_memory": pin_memory}
+    if workers:
+        methods = torch.multiprocessing.get_all_start_methods()
+        options.update(
+            worker_init_fn=worker_init,
+            multiprocessing_context="forkserver" if "forkserver" in methods else "spawn",
+            persistent_workers=True,
+            prefetch_factor=4,
+        )
+    return options
+
+
+def normalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std``."""
+    mean = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
+    return (batch.float() / 255 - mean) / std
+
+
+def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirrors a random half (in expectation) of the batch left-right.
+
+    Mirroring the warped region equals warping the mirrored crop, so this is the recipe's
+    random horizontal flip, done once per batch instead of once per region.
+    """
+    flip = torch.rand(len(batch), generator=generator) < 0.5
+    flip = flip.to(batch.device)
+    return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+
+
+def mean_fill(mean) -> tuple[int, int, int]:
+    """The normalization mean as a uint8 RGB colour, for context outside the image."""
+    return tuple(int(round(255 * m)) for m in mean)

@@ -1,0 +1,151 @@
+"""``rcnn evaluate`` (a checkpoint on a region set) and ``rcnn compare`` (runs side by side)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcnn.batches import chunks
+from rcnn.dataset import ImageStore, RegionDataset, mean_fill
+from rcnn.files import atomic_write_json
+from rcnn.metrics import classification_metrics, format_metrics, pr_curves
+from rcnn.model import build_model
+from rcnn.plots import plot_compare, plot_pr, plot_predictions
+from rcnn.regions import RegionSet
+from rcnn.train import (
+    TrainConfig,
+    check_classes,
+    input_stats,
+    load_checkpoint,
+    make_feeder,
+    predict,
+    resolve_device,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its ``best.pt``; a file is taken as it is."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or a .pt file)")
+    return path
+
+
+def load_regions(data: str | Path, split: str) -> RegionSet:
+    """``data`` may be a `rcnn prepare` output folder (then ``data/split``) or a store itself."""
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
+    return RegionSet.load(data if (data / "meta.json").is_file() else data / split)
+
+
+def load_model(ckpt: dict, cfg: TrainConfig, device: torch.device):
+    model = build_model(cfg.backbone, len(ckpt["classes"]), weights="none")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def run_evaluate(
+    checkpoint: str,
+    data: str,
+    split: str = "val",
+    out: str | None = None,
+    device: str = "auto",
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png."""
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = replace(
+        TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known}), workers=workers
+    )
+    regions = load_regions(data, split)
+    class_names = ["background", *regions.classes]
+    check_classes(ckpt, class_names, path)
+    dev = resolve_device(device)
+    mean, std = input_stats(cfg)
+    store = ImageStore(regions.image_paths)
+    batches = chunks(np.arange(len(regions)), cfg.val_batch)
+    feeder = make_feeder(regions, batches, cfg, dev, mean, std, store)
+    model = load_model(ckpt, cfg, dev)
+    probs, labels, loss_sum = predict(model, feeder, cfg.amp, progress)
+    metrics = classification_metrics(probs, labels, class_names)
+    metrics["loss"] = loss_sum / len(labels)
+    metrics["checkpoint"], metrics["data"] = str(path), str(data)
+    out_dir = Path(out) if out else path.parent / f"eval-{split}"
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    plot_pr(
+        pr_curves(probs, labels, class_names),
+        out_dir / "pr.png",
+        title=f"Precision-recall on {split} ({len(labels)} regions)",
+    )
+    dataset = RegionDataset(regions, store, cfg.input_size, cfg.context_pad, mean_fill(mean))
+    write_examples(dataset, probs, labels, class_names, out_dir / "examples.png", seed=cfg.seed)
+    metrics["report"] = format_metrics(metrics, class_names)
+    metrics["out"] = str(out_dir)
+    return metrics
+
+
+def write_examples(dataset, probs, labels, class_names, path, count: int = 24, seed: int = 0):
+    """A grid of validation regions, half objects and half background, with predictions."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
+    picks = np.concatenate([rng.permutation(pos)[: count // 2], rng.permutation(neg)[: count // 2]])
+    crops = [dataset[int(i)][0].permute(1, 2, 0).numpy() for i in picks]
+    preds = probs[picks].argmax(1)
+    scores = probs[picks, preds]
+    plot_predictions(
+        crops, labels[picks].tolist(), preds.tolist(), scores.tolist(), class_names, path
+    )
+
+
+def read_history(run: str | Path) -> list[dict]:
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run} is not a run folder of `rcnn train`")
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
+
+
+def run_names(runs: list[str]) -> list[str]:
+    """Short unique labels: folder names, else full paths, else numbered."""
+    for names in ([Path(r).name for r in runs], [str(r) for r in runs]):
+        if len(set(names)) == len(names):
+            return names
+    return [f"{r} ({i + 1})" for i, r in enumerate(runs)]
+
+
+def run_compare(runs: list[str], out: str, metric: str = "val_balanced_acc") -> str:
+    """Overlays the runs' curves in ``out`` and returns a table of their best epochs."""
+    histories = dict(zip(run_names(runs), (read_history(r) for r in runs), strict=True))
+    plot_compare(histories, out, metric=metric)
+    header = f"{'run':<24}{'best epoch':>11}{metric:>18}{'val_acc':>9}{'val_loss':>10}"
+    lines = [header]
+    for name, history in histories.items():
+        scored = [r for r in history if r.get(metric) is not None]
+        if not scored:
+            lines.append(f"{name:<24}{'-':>11}")
+            continue
+        best = max(scored, key=lambda r: r[metric])
+        lines.append(
+            f"{name:<24}{int(best['epoch']):>11}{best[metric]:>18.4f}"
+            f"{best['val_acc']:>9.4f}{best['val_loss']:>10.4f}"
+        )
+    return "\n".join(lines)
+
+
+def metrics_json(metrics: dict) -> str:
+    return json.dumps({k: v for k, v in metrics.items() if k != "report"}, indent=2)

@@ -1,0 +1,131 @@
+"""Region classifiers: a torchvision ImageNet classifier with a new ``num_classes``-way head."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be loaded; the message says how to pass a local file."""
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the model's last ``nn.Linear``: the layer that maps features to classes."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classification layer")
+    return names[-1]
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> str:
+    name = head_name(model)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+    return name
+
+
+def weights_enum(backbone: str):
+    """The default ImageNet weights of a torchvision classifier (metadata only, no download)."""
+    try:
+        return models.get_model_weights(backbone).DEFAULT
+    except (ValueError, KeyError) as err:
+        names = ", ".join(models.list_models(module=models)[:12])
+        raise ValueError(
+            f"--backbone {backbone!r} is not a torchvision classifier (e.g. {names}, ...)"
+        ) from err
+
+
+def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the backbone's pretrained weights expect, from their metadata."""
+    preset = weights_enum(backbone).transforms()
+    return tuple(preset.mean), tuple(preset.std)
+
+
+def imagenet_weights_cached(backbone: str) -> bool:
+    """Whether the ImageNet weights file is already in the torch hub cache (no download)."""
+    url = weights_enum(backbone).url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
+
+
+def _load_state_dict(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--weights {path}: file not found") from err
+    except Exception as err:
+        raise WeightsError(f"--weights {path}: not a readable state dict ({err})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint (last.pt / best.pt)
+    if not isinstance(state, dict):
+        raise WeightsError(f"--weights {path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def build_model(backbone: str = "alexnet", num_classes: int = 2, weights: str = "imagenet"):
+    """A torchvision classifier whose last linear layer has ``num_classes`` outputs.
+
+    Args:
+        backbone: any torchvision classification model name (alexnet, vgg16, resnet50, ...).
+        num_classes: outputs of the new head (K classes + background).
+        weights: ``imagenet`` (torchvision's weights API: downloaded once, then cached),
+            ``none`` (random initialisation), or a path to a state dict: either the ImageNet
+            model's (e.g. torchvision's ``alexnet-owt-7be5be79.pth``) or one with this head.
+
+    Returns:
+        The model; ``model.rcnn_head`` names its new head layer.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (classes + background), got {num_classes}")
+    enum = weights_enum(backbone)
+    model = models.get_model(backbone, weights=None)
+    if weights == "imagenet":
+        try:
+            state = enum.get_state_dict(progress=False, check_hash=True)
+        except Exception as err:  # no network, proxy, SSL, disk full...
+            raise WeightsError(
+                f"could not get the ImageNet weights of {backbone} from {enum.url} ({err}). "
+                f"Offline? Download that file elsewhere and pass --weights PATH, copy it into "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or use --weights none"
+            ) from err
+        model.load_state_dict(state)
+    elif weights not in ("none", None):
+        state = _load_state_dict(weights)
+        head = head_name(model)
+        if state.get(f"{head}.weight") is not None and state[f"{head}.weight"].shape[0] == (
+            num_classes
+        ):
+            model.rcnn_head = _replace_head(model, num_classes)
+            _strict_load(model, state, weights)
+            return model
+        _strict_load(model, state, weights)
+    model.rcnn_head = _replace_head(model, num_classes)
+    return model
+
+
+def _strict_load(model: nn.Module, state: dict, path: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsError(f"--weights {path} does not fit {type(model).__name__}: {err}") from err
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float):
+    """Optimizer groups: the backbone at ``lr``, the new head at ``lr * head_lr_mult``."""
+    head = model.rcnn_head + "."
+    named = list(model.named_parameters())
+    body = [p for n, p in named if not n.startswith(head)]
+    new = [p for n, p in named if n.startswith(head)]
+    return [
+        {"params": body, "lr": lr, "weight_decay": weight_decay},
+        {"params": new, "lr": lr * head_lr_mult, "weight_decay": weight_decay},
+    ]

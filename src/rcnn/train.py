@@ -1,0 +1,436 @@
+"""``rcnn train``: fine-tune a classifier on warped regions with balanced 32 + 96 batches.
+
+``train_one_epoch`` and ``evaluate`` are free functions that return numbers; ``run_train``
+only wires data, model, optimizer and checkpoints together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from rcnn.batches import DeviceFeeder, DeviceImages, LoaderFeeder, chunks
+from rcnn.dataset import ImageStore, RegionDataset, loader_options, mean_fill, random_flip
+from rcnn.files import atomic_write_bytes, atomic_write_json
+from rcnn.metrics import classification_metrics
+from rcnn.model import build_model, normalization, parameter_groups
+from rcnn.regions import RegionSet
+from rcnn.sampler import BalancedBatchSampler
+
+logger = logging.getLogger(__name__)
+
+BEST_METRICS = ("val_balanced_acc", "val_acc", "val_object_ap", "val_recipe_acc", "val_loss")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged, or does not fit the data."""
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # the `rcnn prepare` output folder (holds train/ and val/)
+    out: str = ""
+    backbone: str = "alexnet"
+    weights: str = "imagenet"  # imagenet | none | path to a state dict
+    epochs: int = 25
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 7
+    lr_gamma: float = 0.1
+    head_lr_mult: float = 1.0
+    num_pos: int = 32
+    num_neg: int = 96
+    input_size: int = 227
+    context_pad: int = 0
+    norm: str = "imagenet"  # imagenet: the backbone's weights metadata; half: 0.5 / 0.5
+    val_max: int = 0  # 0 = the whole validation set
+    val_batch: int = 256
+    best_metric: str = "val_balanced_acc"
+    workers: int = 2
+    device: str = "auto"
+    pipeline: str = "auto"  # device: warp on the device (default on CUDA); loader: CPU workers
+    amp: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (
+                self.optimizer in ("sgd", "adam"),
+                f"--optimizer must be sgd or adam, got {self.optimizer!r}",
+            ),
+            (self.lr_step >= 1, f"--lr-step must be >= 1, got {self.lr_step}"),
+            (self.num_pos > 0 and self.num_neg > 0, "--num-pos and --num-neg must be > 0"),
+            (self.input_size >= 32, f"--input-size must be >= 32, got {self.input_size}"),
+            (
+                0 <= 2 * self.context_pad < self.input_size,
+                f"--context-pad must be in [0, --input-size / 2), got {self.context_pad}",
+            ),
+            (
+                self.norm in ("imagenet", "half"),
+                f"--norm must be imagenet or half, got {self.norm!r}",
+            ),
+            (self.best_metric in BEST_METRICS, f"--best-metric must be one of {BEST_METRICS}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (
+                self.pipeline in ("auto", "device", "loader"),
+                f"--pipeline must be auto, device or loader, got {self.pipeline!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+PRESETS = {
+    # The recipe: SGD 1e-3, momentum 0.9, StepLR(7, 0.1), 25 epochs, batches of 32 + 96.
+    "seed": {},
+    # The recipe's three remedies for overfitting, one at a time and together.
+    "lr-1e-4": {"lr": 1e-4},
+    "weight-decay": {"weight_decay": 1e-4},
+    "adam": {"optimizer": "adam", "lr": 1e-4},
+    "remedies": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4},
+    # Girshick et al. 2014: 16 pixels of context, weight decay 5e-4, new layer at 10x lr.
+    "paper": {"context_pad": 16, "weight_decay": 5e-4, "head_lr_mult": 10.0},
+}
+
+
+def train_config(preset: str, **overrides) -> TrainConfig:
+    """A preset's config with the flags the user set (``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(**values)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def input_stats(cfg: TrainConfig) -> tuple[tuple, tuple]:
+    if cfg.norm == "half":  # the recipe's Normalize((0.5,) * 3, (0.5,) * 3)
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return normalization(cfg.backbone)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_one_epoch(
+    model, feeder, optimizer, generator, amp=False, progress=True, desc="train"
+) -> dict:
+    """One pass over the feeder's (normalized) batches; returns mean loss and accuracy."""
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    bar = tqdm(feeder, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images = random_flip(images, generator)
+        with _autocast(device, amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % 50 == 0 and not torch.isfinite(loss_sum):  # a CPU-GPU sync; kept rare
+            break
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged("the training loss became NaN or infinite")
+    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(model, feeder, amp=False, progress=True, desc="val"):
+    """Softmax probabilities, labels and summed cross-entropy over every batch of a feeder."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs, labels = [], []
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for images, target in tqdm(
+        feeder, desc=desc, leave=False, disable=not progress, dynamic_ncols=True
+    ):
+        with _autocast(device, amp):
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        probs.append(logits.softmax(1).cpu())
+        labels.append(target.cpu())
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), loss_sum.item()
+
+
+def evaluate(model, feeder, class_names, amp=False, progress=True) -> dict:
+    """Loss and every classification metric over the whole feeder, deterministically."""
+    probs, labels, loss_sum = predict(model, feeder, amp, progress)
+    metrics = classification_metrics(probs, labels, class_names)
+    metrics["loss"] = loss_sum / len(labels)
+    return metrics
+
+
+def val_indices(num_regions: int, val_max: int, seed: int) -> np.ndarray:
+    """All regions, or a fixed random subset of ``val_max`` (drawn once, in order)."""
+    if not val_max or val_max >= num_regions:
+        return np.arange(num_regions)
+    rng = np.random.default_rng([seed, 1234])
+    return np.sort(rng.choice(num_regions, size=val_max, replace=False))
+
+
+def load_split(data: str, split: str) -> RegionSet:
+    path = Path(data) / split
+    if not Path(data).is_dir():
+        raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
+    return RegionSet.load(path)
+
+
+def use_device_pipeline(pipeline: str, device: torch.device) -> bool:
+    if pipeline not in ("auto", "device", "loader"):
+        raise ValueError(f"--pipeline must be auto, device or loader, got {pipeline!r}")
+    return pipeline == "device" or (pipeline == "auto" and device.type == "cuda")
+
+
+def make_feeder(regions: RegionSet, batches, cfg, device, mean, std, store=None):
+    """Batches of ``regions`` on ``device`` through the GPU-resident or the CPU path."""
+    store = store if store is not None else ImageStore(regions.image_paths, 2 * cfg.workers or 2)
+    if use_device_pipeline(cfg.pipeline, device):
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        images = DeviceImages(store, device, mean, std, dtype)
+        return DeviceFeeder(regions, images, batches, cfg.input_size, cfg.context_pad)
+    dataset = RegionDataset(regions, store, cfg.input_size, cfg.context_pad, mean_fill(mean))
+    options = loader_options(cfg.workers, pin_memory=device.type == "cuda")
+    return LoaderFeeder(DataLoader(dataset, batch_sampler=batches, **options), device, mean, std)
+
+
+def make_feeders(cfg: TrainConfig, train_rs: RegionSet, val_rs: RegionSet, device, mean, std):
+    """The balanced training feeder, the fixed ordered validation feeder, and the sampler."""
+    sampler = BalancedBatchSampler(train_rs.labels, cfg.num_pos, cfg.num_neg, cfg.seed)
+    val_batches = chunks(val_indices(len(val_rs), cfg.val_max, cfg.seed), cfg.val_batch)
+    train = make_feeder(train_rs, sampler, cfg, device, mean, std)
+    val = make_feeder(val_rs, val_batches, cfg, device, mean, std)
+    return train, val, sampler
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
+    return optimizer, scheduler
+
+
+def save_checkpoint(path: Path, obj: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def link_atomic(source: Path, target: Path) -> None:
+    """Makes ``target`` another name of ``source``'s bytes, replacing it atomically."""
+    tmp = target.with_name(f".{target.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Reads ``last.pt``/``best.pt`` (or ``RUN/last.pt`` when given a run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, truncated or damaged ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "rcnn-checkpoint":
+        raise CheckpointError(f"{path}: not an rcnn checkpoint (use `rcnn train` to make one)")
+    return ckpt
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+CSV_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_balanced_acc",
+    "val_recipe_acc",
+    "val_object_ap",
+    "seconds",
+)
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+    from rcnn.plots import plot_curves
+
+    plot_curves(history, out / "curves.png")
+
+
+def _better(metric: str, value: float, best: dict | None) -> bool:
+    if best is None or best["value"] is None or math.isnan(best["value"]):
+        return True
+    return value < best["value"] if metric == "val_loss" else value > best["value"]
+
+
+def print_epoch(epoch: int, epochs: int, row: dict) -> None:
+    print(f"Epoch {epoch}/{epochs - 1}")
+    print("-" * 10)
+    print(f"train Loss: {row['train_loss']:.4f} Acc: {row['train_acc']:.4f}")
+    print(f"val Loss: {row['val_loss']:.4f} Acc: {row['val_acc']:.4f}")
+    print(
+        f"val balanced Acc: {row['val_balanced_acc']:.4f} recipe-mix Acc: "
+        f"{row['val_recipe_acc']:.4f} AP: {row['val_object_ap']:.4f}"
+    )
+    print(flush=True)
+
+
+def run_epoch(cfg, epoch, model, loaders, optimizer, class_names) -> dict:
+    """Trains one epoch, validates on the whole validation set, returns the history row."""
+    train_feeder, val_feeder, sampler = loaders
+    start = time.perf_counter()
+    torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout: same draws on resume
+    sampler.set_epoch(epoch)
+    flips = torch.Generator().manual_seed(epoch_seed(cfg.seed + 1, epoch))
+    lr = optimizer.param_groups[0]["lr"]
+    train = train_one_epoch(
+        model, train_feeder, optimizer, flips, cfg.amp, cfg.progress, desc=f"epoch {epoch} train"
+    )
+    val = evaluate(model, val_feeder, class_names, cfg.amp, cfg.progress)
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": train["loss"],
+        "train_acc": train["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["accuracy"],
+        "val_balanced_acc": val["balanced_accuracy"],
+        "val_recipe_acc": val["recipe_accuracy"],
+        "val_object_ap": val["object_ap"],
+        "seconds": round(time.perf_counter() - start, 2),
+        "val_metrics": val,
+    }
+
+
+def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Trains (or resumes) a run in ``cfg.out``; returns the best epoch's history row."""
+    out, device = Path(cfg.out), resolve_device(cfg.device)
+    train_rs, val_rs = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    if train_rs.classes != val_rs.classes:
+        raise ValueError(
+            f"--data {cfg.data}: train classes {train_rs.classes} != val classes {val_rs.classes}"
+        )
+    class_names = ["background", *train_rs.classes]
+    mean, std = input_stats(cfg)
+    ckpt = load_checkpoint(out / "last.pt") if resume else None
+    torch.manual_seed(cfg.seed)  # the new head's (or a random model's) initial weights
+    model = build_model(cfg.backbone, len(class_names), "none" if resume else cfg.weights)
+    model.to(device)
+    optimizer, scheduler = make_optimizer(cfg, model)
+    history, best, first = [], None, 0
+    if ckpt is not None:
+        check_classes(ckpt, class_names, out / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, best, first = ckpt["history"], ckpt["best"], ckpt["epoch"]
+        print(f"Resuming {out} after epoch {first - 1}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", asdict(cfg))
+    loaders = make_feeders(cfg, train_rs, val_rs, device, mean, std)
+    start = time.time()
+    for epoch in range(first, cfg.epochs):
+        row = run_epoch(cfg, epoch, model, loaders, optimizer, class_names)
+        scheduler.step()
+        history.append(row)
+        print_epoch(epoch, cfg.epochs, row)
+        state = {
+            "format": "rcnn-checkpoint",
+            "epoch": epoch + 1,
+            "config": asdict(cfg),
+            "classes": class_names,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+        }
+        improved = _better(cfg.best_metric, row[cfg.best_metric], best)
+        if improved:
+            best = {"epoch": epoch, "metric": cfg.best_metric, "value": row[cfg.best_metric]}
+        save_checkpoint(out / "last.pt", {**state, "best": best})
+        if improved:  # best.pt is then the same bytes: a hard link saves writing them again
+            link_atomic(out / "last.pt", out / "best.pt")
+            save_checkpoint(out / "model.pth", model.state_dict())
+        write_history(out, history)
+    elapsed = time.time() - start
+    print(f"Training complete in {elapsed // 60:.0f}m {elapsed % 60:.0f}s")
+    print(f"Best val Acc: {max(r['val_acc'] for r in history):.6f}")
+    print(
+        f"Best val {best['metric'][4:]}: {best['value']:.6f} (epoch {best['epoch']}), "
+        f"weights in {out / 'model.pth'}"
+    )
+    return history[best["epoch"]] if best["epoch"] < len(history) else history[-1]
+
+
+def check_classes(ckpt: dict, class_names: list[str], path) -> None:
+    if ckpt.get("classes") != class_names:
+        raise CheckpointError(
+            f"{path} was trained for classes {ckpt.get('classes')} "
+            f"({len(ckpt.get('classes') or [])} outputs) but the data has "
+            f"{class_names} ({len(class_names)})"
+        )
+
+
+def resume_config(run: str | Path, **overrides) -> TrainConfig:
+    """The config of the run in ``run`` (from its ``last.pt``), with ``epochs`` etc. overridden."""
+    ckpt = load_checkpoint(Path(run) / "last.pt")
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    return replace(cfg, out=str(run), **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+from rcnn.model import (
+    WeightsError,
+    build_model,
+    head_name,
+    normalization,
+    parameter_groups,
+)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "head", "in_features"),
+    [
+        ("alexnet", "classifier.6", 4096),
+        ("resnet18", "fc", 512),
+        ("mobilenet_v3_small", "classifier.3", 1024),
+    ],
+)
+def test_head_replaced(backbone, head, in_features):
+    model = build_model(backbone, num_classes=3, weights="none")
+    assert model.rcnn_head == head == head_name(model)
+    layer = model.get_submodule(head)
+    assert isinstance(layer, nn.Linear) and (layer.in_features, layer.out_features) == (
+        in_features,
+        3,
+    )
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 112, 112)).shape == (2, 3)
+
+
+def test_state_dict_loads_strictly_into_torchvision_alexnet():
+    model = build_model("alexnet", 2, "none")
+    reference = models.alexnet()
+    reference.classifier[6] = nn.Linear(4096, 2)
+    reference.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(1, 3, 227, 227)
+    model.eval(), reference.eval()
+    torch.testing.assert_close(reference(x), model(x))
+
+
+def test_local_imagenet_state_dict(tmp_path):
+    imagenet = models.alexnet()  # stands in for alexnet-owt-7be5be79.pth: same keys and shapes
+    torch.save(imagenet.state_dict(), tmp_path / "alexnet.pth")
+    model = build_model("alexnet", 2, str(tmp_path / "alexnet.pth"))
+    torch.testing.assert_close(model.features[0].weight, imagenet.features[0].weight)
+    assert model.classifier[6].out_features == 2
+
+
+def test_local_finetuned_state_dict_keeps_its_head(tmp_path):
+    trained = build_model("alexnet", 3, "none")
+    torch.save(trained.state_dict(), tmp_path / "model.pth")
+    model = build_model("alexnet", 3, str(tmp_path / "model.pth"))
+    torch.testing.assert_close(model.classifier[6].weight, trained.classifier[6].weight)
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--weights .*nope.pth: file not found"):
+        build_model("alexnet", 2, str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pth: not a readable state dict"):
+        build_model("alexnet", 2, str(tmp_path / "junk.pth"))
+    torch.save(models.resnet18().state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(WeightsError, match="resnet.pth does not fit AlexNet"):
+        build_model("alexnet", 2, str(tmp_path / "resnet.pth"))
+
+
+def test_offline_imagenet_weights_say_what_to_do(tmp_path, monkeypatch):
+    # No cached file and no way out: point torch's cache at an empty folder and every
+    # connection at a closed local port.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(WeightsError, match="Offline\\? .*--weights PATH.*--weights none"):
+        build_model("alexnet", 2, "imagenet")
+
+
+def test_unknown_backbone_and_bad_class_count():
+    with pytest.raises(ValueError, match="--backbone 'alexnett' is not a torchvision classifier"):
+        build_model("alexnett", 2, "none")
+    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+        build_model("alexnet", 1, "none")
+
+
+def test_parameter_groups_head_multiplier():
+    model = build_model("alexnet", 2, "none")
+    groups = parameter_groups(model, lr=1e-3, weight_decay=5e-4, head_lr_mult=10)
+    assert groups[0]["lr"] == 1e-3 and groups[1]["lr"] == pytest.approx(1e-2)
+    assert [p.shape for p in groups[1]["params"]] == [(2, 4096), (2,)]
+    n = sum(len(g["params"]) for g in groups)
+    assert n == len(list(model.parameters()))
+
+
+def test_normalization_from_weights_metadata():
+    assert normalization("alexnet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -1,0 +1,176 @@
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+from rcnn.cli import main
+from rcnn.evaluate import run_compare, run_evaluate
+from rcnn.model import build_model
+from rcnn.regions import RegionSet
+from rcnn.train import (
+    CSV_COLUMNS,
+    CheckpointError,
+    TrainConfig,
+    TrainingDiverged,
+    load_checkpoint,
+    resume_config,
+    run_train,
+    train_config,
+    val_indices,
+)
+
+TINY = {
+    "weights": "none",
+    "input_size": 64,
+    "num_pos": 4,
+    "num_neg": 12,
+    "workers": 0,
+    "val_batch": 64,
+    "progress": False,
+    "device": "cpu",
+    "optimizer": "adam",
+    "lr": 1e-4,
+}
+
+
+def tiny(prepared, out, **kw):
+    return TrainConfig(data=str(prepared), out=str(out), **{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    best = run_train(tiny(prepared, out, epochs=1, workers=1))
+    return out, best
+
+
+def test_one_epoch_writes_every_file(one_epoch_run, capsys):
+    out, best = one_epoch_run
+    for name in ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.pth"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["input_size"] == 64 and config["backbone"] == "alexnet"
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and tuple(rows[0]) == CSV_COLUMNS
+    assert 0 <= float(rows[0]["val_balanced_acc"]) <= 1 and float(rows[0]["train_loss"]) > 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["classes"] == ["background", "car"]
+    assert best["epoch"] == 0 and 0 <= best["val_acc"] <= 1
+
+
+def test_model_pth_loads_into_torchvision_alexnet(one_epoch_run):
+    out, _ = one_epoch_run
+    reference = models.alexnet()
+    reference.classifier[6] = nn.Linear(4096, 2)
+    reference.load_state_dict(torch.load(out / "model.pth", weights_only=True), strict=True)
+
+
+def test_evaluate_matches_training_validation(one_epoch_run, prepared):
+    out, best = one_epoch_run
+    metrics = run_evaluate(str(out), str(prepared), "val", device="cpu", workers=0, progress=False)
+    assert metrics["count"] == len(RegionSet.load(prepared / "val"))
+    assert metrics["accuracy"] == pytest.approx(best["val_acc"], abs=1e-9)
+    assert metrics["balanced_accuracy"] == pytest.approx(best["val_balanced_acc"], abs=1e-9)
+    assert metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    for name in ("metrics.json", "pr.png", "examples.png"):
+        assert (out / "eval-val" / name).is_file()
+    assert "confusion" in json.loads((out / "eval-val" / "metrics.json").read_text())
+
+
+def test_resume_gives_identical_weights(prepared, tmp_path):
+    run_train(tiny(prepared, tmp_path / "straight", epochs=2))
+    run_train(tiny(prepared, tmp_path / "resumed", epochs=1))
+    run_train(resume_config(tmp_path / "resumed", epochs=2), resume=True)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
+    rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path):
+    run = tmp_path / "run"
+    run_train(tiny(prepared, run, epochs=1))
+    before = (run / "last.pt").read_bytes()
+    bad = build_model("alexnet", 2, "none")
+    with torch.no_grad():
+        bad.classifier[6].weight.fill_(float("nan"))
+    torch.save(bad.state_dict(), tmp_path / "nan.pth")
+    with pytest.raises(TrainingDiverged, match="NaN or infinite"):
+        run_train(tiny(prepared, tmp_path / "nan_run", epochs=1, weights=str(tmp_path / "nan.pth")))
+    assert not (tmp_path / "nan_run" / "last.pt").exists()
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_bad_inputs(prepared, one_epoch_run, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="--data .*missing: folder not found"):
+        run_train(tiny(tmp_path / "missing", tmp_path / "out"))
+    out, _ = one_epoch_run
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((out / "best.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable checkpoint"):
+        load_checkpoint(truncated)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not an rcnn checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    # A 2-class checkpoint against 3-class data.
+    three = RegionSet.load(prepared / "val")
+    three.classes = ["car", "bus"]
+    three.save(tmp_path / "three")
+    with pytest.raises(CheckpointError, match=r"classes \['background', 'car'\] \(2 outputs\)"):
+        run_evaluate(str(out), str(tmp_path / "three"), device="cpu", workers=0, progress=False)
+    assert main(["train", "--data", str(prepared)]) == 2
+    assert "--data and --out are required" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), "--lr", "-1"]) == 2
+    assert "--lr must be > 0" in capsys.readouterr().err
+
+
+def test_presets_and_validation():
+    assert train_config("seed").lr == 1e-3 and train_config("seed").epochs == 25
+    assert train_config("adam").optimizer == "adam"
+    assert train_config("weight-decay").weight_decay == 1e-4
+    paper = train_config("paper", lr=0.01)
+    assert (paper.context_pad, paper.weight_decay, paper.head_lr_mult, paper.lr) == (
+        16,
+        5e-4,
+        10.0,
+        0.01,
+    )
+    with pytest.raises(ValueError, match="--preset"):
+        train_config("fast")
+    with pytest.raises(ValueError, match="--context-pad"):
+        TrainConfig(input_size=64, context_pad=32)
+
+
+def test_val_subset_is_fixed():
+    a, b = val_indices(1000, 100, seed=0), val_indices(1000, 100, seed=0)
+    assert (a == b).all() and len(set(a.tolist())) == 100 and (a[:-1] < a[1:]).all()
+    assert len(val_indices(50, 100, seed=0)) == 50
+
+
+def test_compare_writes_figure_and_table(one_epoch_run, tmp_path):
+    out, _ = one_epoch_run
+    table = run_compare([str(out), str(out)], str(tmp_path / "cmp.png"))
+    assert (tmp_path / "cmp.png").is_file()
+    assert "best epoch" in table and len(table.splitlines()) == 3
+
+
+@pytest.mark.parametrize("command", ["synth", "prepare", "train", "evaluate", "compare", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: rcnn " + command in capsys.readouterr().out
+
+
+def test_amp_on_the_device_pipeline(prepared, tmp_path):
+    # bf16 autocast with the batched roi_align path (which CUDA uses by default) on the CPU.
+    best = run_train(tiny(prepared, tmp_path / "amp", epochs=1, amp=True, pipeline="device"))
+    assert best["train_loss"] > 0 and 0 <= best["val_balanced_acc"] <= 1
+    assert json.loads((tmp_path / "amp" / "config.json").read_text())["amp"] is True
