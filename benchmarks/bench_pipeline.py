@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -120,7 +121,7 @@ def main() -> None:
             workers=args.workers,
             device="cpu",
             input_size=args.input_size,
-            pipeline="loader",
+            pipeline="threads",
             progress=False,
         )
         report = {
@@ -129,17 +130,14 @@ def main() -> None:
             "workers": args.workers,
             "input_size": args.input_size,
         }
-        ours = bench_loader(cfg, batches=args.batches)
         naive = time_naive(naive_loader(regions, args.workers, args.input_size), args.batches, 2)
-        report["loader"] = {
-            "rcnn_regions_per_s": ours["regions_per_s"],
-            "naive_regions_per_s": naive,
-            "ratio": round(ours["regions_per_s"] / naive, 2),
-        }
-        device_path = bench_loader(
-            TrainConfig(**{**cfg.__dict__, "pipeline": "device"}), batches=args.batches
+        report["loader"] = {"naive_regions_per_s": naive}
+        for pipeline in ("threads", "loader", "device"):
+            run = bench_loader(replace(cfg, pipeline=pipeline), batches=args.batches)
+            report["loader"][f"rcnn_{pipeline}_regions_per_s"] = run["regions_per_s"]
+        report["loader"]["ratio_default_cpu_path"] = round(
+            report["loader"]["rcnn_threads_regions_per_s"] / naive, 2
         )
-        report["loader"]["rcnn_device_path_on_cpu_regions_per_s"] = device_path["regions_per_s"]
         if not args.skip_train:
             report["train"] = train_side_by_side(cfg, regions, args)
         report["peak_rss_mb"] = peak_rss_mb()
@@ -154,9 +152,7 @@ def train_side_by_side(cfg: TrainConfig, regions: RegionSet, args) -> dict:
         ("fp32_channels_last", False, True),
         ("bf16", True, False),
     ]:
-        run = bench_train(
-            TrainConfig(**{**cfg.__dict__, "amp": amp}), args.train_batches, 1, channels_last
-        )
+        run = bench_train(replace(cfg, amp=amp), args.train_batches, 1, channels_last)
         results[f"rcnn_{name}_regions_per_s"] = run["regions_per_s"]
         best = max(best or 0, run["regions_per_s"])
     torch.manual_seed(0)

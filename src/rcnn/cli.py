@@ -247,14 +247,14 @@ def _add_train(sub) -> None:
         choices=BEST_METRICS,
         help="what best.pt maximises (default val_balanced_acc; val_loss is minimised)",
     )
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 2)")
+    p.add_argument("--workers", type=int, help="warping threads or worker processes (default 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     p.add_argument(
         "--pipeline",
-        choices=["auto", "device", "loader"],
-        help="where regions are "
-        "warped: device (all images on the GPU, batched roi_align; default on CUDA) "
-        "or loader (DataLoader workers with OpenCV; default on CPU)",
+        choices=["auto", "device", "threads", "loader"],
+        help="where regions are warped: device (all images on the GPU, batched roi_align; "
+        "default on CUDA), threads (OpenCV threads into one batch buffer; default on CPU) or "
+        "loader (DataLoader worker processes)",
     )
     p.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
     p.add_argument("--seed", type=int, help="seed of sampling, flips and dropout (default 0)")
@@ -389,9 +389,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when present)")
     p.add_argument(
         "--pipeline",
-        choices=["auto", "device", "loader"],
+        choices=["auto", "device", "threads", "loader"],
         default="auto",
-        help="device: batched roi_align on the device; loader: OpenCV workers",
+        help="device: batched roi_align on the device; threads: OpenCV threads; "
+        "loader: DataLoader worker processes",
     )
     p.add_argument("--batches", type=int, default=20, help="timed batches (after warm-up)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (loader path)")

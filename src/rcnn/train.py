@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rcnn.batches import DeviceFeeder, DeviceImages, LoaderFeeder, chunks
+from rcnn.batches import DeviceFeeder, DeviceImages, LoaderFeeder, ThreadFeeder, chunks
 from rcnn.dataset import ImageStore, RegionDataset, loader_options, mean_fill, random_flip
 from rcnn.files import atomic_write_bytes, atomic_write_json
 from rcnn.metrics import classification_metrics
@@ -32,6 +32,7 @@ from rcnn.sampler import BalancedBatchSampler
 
 logger = logging.getLogger(__name__)
 
+PIPELINES = ("auto", "device", "threads", "loader")
 BEST_METRICS = ("val_balanced_acc", "val_acc", "val_object_ap", "val_recipe_acc", "val_loss")
 
 
@@ -67,7 +68,7 @@ class TrainConfig:
     best_metric: str = "val_balanced_acc"
     workers: int = 2
     device: str = "auto"
-    pipeline: str = "auto"  # device: warp on the device (default on CUDA); loader: CPU workers
+    pipeline: str = "auto"  # device (default on CUDA) | threads (default on CPU) | loader
     amp: bool = False
     seed: int = 0
     progress: bool = True
@@ -95,8 +96,8 @@ class TrainConfig:
             (self.best_metric in BEST_METRICS, f"--best-metric must be one of {BEST_METRICS}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (
-                self.pipeline in ("auto", "device", "loader"),
-                f"--pipeline must be auto, device or loader, got {self.pipeline!r}",
+                self.pipeline in PIPELINES,
+                f"--pipeline must be one of {PIPELINES}, got {self.pipeline!r}",
             ),
         ]
         for ok, message in checks:
@@ -212,19 +213,25 @@ def load_split(data: str, split: str) -> RegionSet:
     return RegionSet.load(path)
 
 
-def use_device_pipeline(pipeline: str, device: torch.device) -> bool:
-    if pipeline not in ("auto", "device", "loader"):
-        raise ValueError(f"--pipeline must be auto, device or loader, got {pipeline!r}")
-    return pipeline == "device" or (pipeline == "auto" and device.type == "cuda")
+def pipeline_for(pipeline: str, device: torch.device) -> str:
+    """``auto`` means ``device`` on CUDA and ``threads`` elsewhere."""
+    if pipeline == "auto":
+        return "device" if device.type == "cuda" else "threads"
+    return pipeline
 
 
 def make_feeder(regions: RegionSet, batches, cfg, device, mean, std, store=None):
-    """Batches of ``regions`` on ``device`` through the GPU-resident or the CPU path."""
+    """Batches of ``regions`` on ``device`` through the GPU-resident or a CPU path."""
     store = store if store is not None else ImageStore(regions.image_paths, 2 * cfg.workers or 2)
-    if use_device_pipeline(cfg.pipeline, device):
+    pipeline = pipeline_for(cfg.pipeline, device)
+    if pipeline == "device":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         images = DeviceImages(store, device, mean, std, dtype)
         return DeviceFeeder(regions, images, batches, cfg.input_size, cfg.context_pad)
+    if pipeline == "threads":
+        return ThreadFeeder(
+            regions, store, batches, cfg.input_size, cfg.context_pad, device, mean, std, cfg.workers
+        )
     dataset = RegionDataset(regions, store, cfg.input_size, cfg.context_pad, mean_fill(mean))
     options = loader_options(cfg.workers, pin_memory=device.type == "cuda")
     return LoaderFeeder(DataLoader(dataset, batch_sampler=batches, **options), device, mean, std)
