@@ -257,6 +257,18 @@ def _add_train(sub) -> None:
         "loader (DataLoader worker processes)",
     )
     p.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory layout (default on: faster on CPU and GPU)",
+    )
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument(
+        "--lr-scale",
+        choices=["none", "linear"],
+        help="under torchrun, linear multiplies --lr by the number of processes (default none)",
+    )
     p.add_argument("--seed", type=int, help="seed of sampling, flips and dropout (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

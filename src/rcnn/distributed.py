@@ -1,0 +1,80 @@
+"""Multi-process training with torchrun and DistributedDataParallel.
+
+``torchrun --nproc_per_node=G -m rcnn train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; every process then trains one shard of the same balanced batch plan (see
+:class:`rcnn.sampler.BalancedBatchSampler`), validates one shard of the validation batches, and
+the shards' results are combined exactly: sums of losses and counts, and the full list of
+predictions for the ranking metrics. NCCL on GPUs, gloo on CPUs. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world(device_name: str) -> tuple[World, str]:
+    """Joins the process group when launched by torchrun; returns the world and the device."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World(), device_name
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(world.local_rank)
+        device_name = f"cuda:{world.local_rank}"
+    elif device_name == "auto":
+        device_name = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world, device_name
+
+
+def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
+    """Sums each tensor over all ranks (no-op without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    out = []
+    for value in values:
+        value = value.clone()
+        dist.all_reduce(value)
+        out.append(value)
+    return out
+
+
+def all_concat(array: np.ndarray) -> np.ndarray:
+    """Concatenates every rank's array in rank order (no-op without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return array
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate([p for p in parts if len(p)])  # a rank may have had no batch
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
