@@ -78,8 +78,11 @@ def test_make_feeder_paths_agree(val_set):
     regions, store = val_set
     batches = chunks(np.arange(len(regions))[:96], 32)
     out = {}
-    for pipeline in ("device", "loader"):
+    for pipeline in ("device", "threads", "loader"):
         cfg = TrainConfig(input_size=40, pipeline=pipeline, workers=0)
         feeder = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
         out[pipeline] = torch.cat([x for x, _ in feeder])
     assert interior_error(out["device"], out["loader"]) < 0.05
+    # Same OpenCV warp in threads and in worker processes; only float rounding differs.
+    torch.testing.assert_close(out["threads"], out["loader"], rtol=0, atol=1e-5)
+    assert out["threads"].is_contiguous(memory_format=torch.channels_last)

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -48,11 +49,11 @@ class LoaderFeeder:
 class ThreadFeeder:
     """Normalized device batches warped by a pool of threads straight into one batch buffer.
 
-    OpenCV releases the GIL while it resizes, so threads run in parallel without the copies
-    of process workers: each region is resized directly into its slot of a uint8
-    ``[B, S, S, 3]`` buffer, which is already the channels_last layout convolutions prefer.
-    The next batch is prepared in the background while the current one is used; pinned
-    memory makes its copy to a GPU asynchronous.
+    OpenCV releases the GIL while it works, so threads run in parallel without the copies of
+    process workers. Each region is resized as uint8 and normalized to float32 right away,
+    while it is still in cache, directly into its slot of one ``[B, S, S, 3]`` buffer: already
+    the channels_last layout convolutions prefer. The next batch is prepared in the background
+    while the current one is used; pinned memory makes its copy to a GPU asynchronous.
     """
 
     def __init__(
@@ -69,35 +70,34 @@ class ThreadFeeder:
     ):
         self.regions, self.store, self.batches = regions, store, batches
         self.size, self.pad, self.device = size, pad, device
-        self.mean, self.std = mean, std
         self.fill = tuple(int(round(255 * m)) for m in mean)
+        # (x - 255 mean) * 1 / (255 std), as OpenCV scalars (4 channels, the last unused).
+        self.shift = (*(255.0 * m for m in mean), 0.0)
+        self.scale = (*(1.0 / (255.0 * s) for s in std), 1.0)
         self.threads = threads or os.cpu_count() or 1
         self.pin = device.type == "cuda"
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _warp(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        buffer = torch.empty(
-            (len(index), self.size, self.size, 3), dtype=torch.uint8, pin_memory=self.pin
-        )
-        out = buffer.numpy()
+    def _warp_rows(self, index: np.ndarray, rows: range, out: np.ndarray) -> None:
         regions, store = self.regions, self.store
+        scratch = np.empty((self.size, self.size, 3), np.uint8)
+        for row in rows:
+            i = index[row]
+            image = store.image(regions.image_index[i])
+            warp_region(image, regions.boxes[i], self.size, self.pad, self.fill, scratch)
+            cv2.subtract(scratch, self.shift, dst=out[row], dtype=cv2.CV_32F)
+            cv2.multiply(out[row], self.scale, dst=out[row])
 
-        def work(rows: range) -> None:
-            for row in rows:
-                i = index[row]
-                image = store.image(regions.image_index[i])
-                warp_region(image, regions.boxes[i], self.size, self.pad, self.fill, out[row])
-
+    def _warp(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (len(index), self.size, self.size, 3)
+        buffer = torch.empty(shape, dtype=torch.float32, pin_memory=self.pin)
         step = -(-len(index) // self.threads)
-        list(
-            self.pool.map(
-                work, [range(i, min(i + step, len(index))) for i in range(0, len(index), step)]
-            )
-        )
-        labels = torch.from_numpy(regions.labels[index].astype(np.int64))
-        return buffer, labels
+        parts = [range(i, min(i + step, len(index))) for i in range(0, len(index), step)]
+        out = buffer.numpy()
+        list(self.pool.map(lambda rows: self._warp_rows(index, rows, out), parts))
+        return buffer, torch.from_numpy(self.regions.labels[index].astype(np.int64))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         with ThreadPoolExecutor(self.threads) as self.pool, ThreadPoolExecutor(1) as ahead:
@@ -112,7 +112,7 @@ class ThreadFeeder:
 
     def _to_device(self, buffer: torch.Tensor, labels: torch.Tensor):
         images = buffer.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC memory
-        return normalize(images, self.mean, self.std), labels.to(self.device, non_blocking=True)
+        return images, labels.to(self.device, non_blocking=True)
 
 
 class DeviceImages:

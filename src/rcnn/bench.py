@@ -20,7 +20,7 @@ from rcnn.dataset import random_flip
 from rcnn.model import build_model
 from rcnn.regions import RegionSet
 from rcnn.sampler import BalancedBatchSampler
-from rcnn.train import TrainConfig, _autocast, input_stats, make_feeder, resolve_device
+from rcnn.train import TrainConfig, autocast, input_stats, make_feeder, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +87,29 @@ def _feeder(cfg: TrainConfig, regions: RegionSet, device, batches: int):
     return feeder, setup
 
 
+def _timed(feeder, device, batches: int, warmup: int, step=None) -> tuple[int, float]:
+    """Regions and seconds over ``batches`` batches after ``warmup`` untimed ones."""
+    count, start = 0, None
+    for i, (images, labels) in enumerate(feeder):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        if step is not None:
+            step(images, labels)
+        if i >= warmup:
+            count += len(labels)
+        if i + 1 == batches + warmup:
+            break
+    _sync(device)
+    return count, time.perf_counter() - start
+
+
 def bench_loader(cfg: TrainConfig, batches: int = 20, warmup: int = 3) -> dict:
     """Regions per second of the training input pipeline (warped, normalized, on the device)."""
     device = resolve_device(cfg.device)
     regions = RegionSet.load(Path(cfg.data) / "train")
     feeder, setup = _feeder(cfg, regions, device, batches + warmup)
-    count, start = 0, None
-    for step, (images, _) in enumerate(feeder):
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        if step >= warmup:
-            count += len(images)
-        if step + 1 == batches + warmup:
-            break
-    _sync(device)
-    elapsed = time.perf_counter() - start
+    count, elapsed = _timed(feeder, device, batches, warmup)
     return {
         "pipeline": type(feeder).__name__,
         "device": str(device),
@@ -127,23 +134,16 @@ def bench_train(
     flips = torch.Generator().manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    count, start = 0, None
-    for step, (images, labels) in enumerate(feeder):
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
+
+    def step(images, labels):
         images = random_flip(images, flips).contiguous(memory_format=memory_format)
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             loss = F.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step >= warmup:
-            count += len(labels)
-        if step + 1 == batches + warmup:
-            break
-    _sync(device)
-    elapsed = time.perf_counter() - start
+
+    count, elapsed = _timed(feeder, device, batches, warmup, step)
     result = {
         "pipeline": type(feeder).__name__,
         "device": str(device),

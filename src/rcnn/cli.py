@@ -256,7 +256,13 @@ def _add_train(sub) -> None:
         "default on CUDA), threads (OpenCV threads into one batch buffer; default on CPU) or "
         "loader (DataLoader worker processes)",
     )
-    p.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        default=None,
+        help="mixed precision: bfloat16 "
+        "autocast (float16 with loss scaling on GPUs without bfloat16)",
+    )
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from rcnn.regions import RegionSet
 from rcnn.train import (
     TrainConfig,
     check_classes,
+    checkpoint_path,
     input_stats,
     load_checkpoint,
     make_feeder,
@@ -29,16 +29,6 @@ from rcnn.train import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its ``best.pt``; a file is taken as it is."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or a .pt file)")
-    return path
 
 
 def load_regions(data: str | Path, split: str) -> RegionSet:
@@ -65,7 +55,7 @@ def run_evaluate(
     progress: bool = True,
 ) -> dict:
     """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png."""
-    path = resolve_checkpoint(checkpoint)
+    path = checkpoint_path(checkpoint, default="best.pt")
     ckpt = load_checkpoint(path)
     known = {f.name for f in fields(TrainConfig)}
     cfg = replace(
@@ -145,7 +135,3 @@ def run_compare(runs: list[str], out: str, metric: str = "val_balanced_acc") -> 
             f"{best['val_acc']:>9.4f}{best['val_loss']:>10.4f}"
         )
     return "\n".join(lines)
-
-
-def metrics_json(metrics: dict) -> str:
-    return json.dumps({k: v for k, v in metrics.items() if k != "report"}, indent=2)

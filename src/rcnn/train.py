@@ -149,8 +149,15 @@ def input_stats(cfg: TrainConfig) -> tuple[tuple, tuple]:
     return normalization(cfg.backbone)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the device has it; float16 (with loss scaling) on older GPUs."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)
 
 
 def train_one_epoch(
@@ -162,15 +169,18 @@ def train_one_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
+    # float16 needs its gradients scaled to stay representable; bfloat16 does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
     bar = tqdm(feeder, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
         images = random_flip(images, generator)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss_sum += loss.detach().double() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
@@ -194,7 +204,7 @@ def predict(model, feeder, amp=False, progress=True, desc="val"):
     for images, target in tqdm(
         feeder, desc=desc, leave=False, disable=not progress, dynamic_ncols=True
     ):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
         probs.append(logits.softmax(1).cpu())
@@ -305,13 +315,19 @@ def link_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Reads ``last.pt``/``best.pt`` (or ``RUN/last.pt`` when given a run folder)."""
+def checkpoint_path(path: str | Path, default: str = "last.pt") -> Path:
+    """A checkpoint file, or ``RUN/default`` when given a run folder."""
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
+        path = path / default
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or a .pt file)")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Reads a ``last.pt``/``best.pt`` file (``RUN/last.pt`` when given a run folder)."""
+    path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
