@@ -38,8 +38,9 @@ SINGLE = World()  # one process, no torchrun
 BEST_METRICS = ("val_balanced_acc", "val_acc", "val_object_ap", "val_recipe_acc", "val_loss")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite (usually a too high --lr); the last good checkpoint
+    is kept."""
 
 
 class CheckpointError(ValueError):
@@ -508,7 +509,11 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
         atomic_write_json(Path(cfg.out) / "config.json", asdict(cfg))
     start = time.time()
     for epoch in range(run.first_epoch, cfg.epochs):
-        row = run_epoch(cfg, epoch, run.net, run.feeders, run.optimizer, run.class_names, world)
+        try:
+            row = run_epoch(cfg, epoch, run.net, run.feeders, run.optimizer, run.class_names, world)
+        except TrainingDiverged as err:
+            kept = f"{cfg.out}/last.pt keeps epoch {epoch - 1}" if epoch else "nothing was saved"
+            raise TrainingDiverged(f"epoch {epoch}: {err}; {kept}; try a lower --lr") from err
         run.scheduler.step()
         run.history.append(row)
         if world.is_main:

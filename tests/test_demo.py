@@ -1,0 +1,16 @@
+from rcnn.demo import DemoConfig, run_demo
+
+
+def test_demo_runs_end_to_end_and_says_where_things_are(tmp_path, capsys):
+    cfg = DemoConfig(
+        out=str(tmp_path / "demo"), images=8, epochs=1, input_size=64, device="cpu", progress=False
+    )
+    metrics = run_demo(cfg)
+    out = capsys.readouterr().out
+    assert "random initialisation" in out or "ImageNet weights" in out
+    for line in ("[1/4]", "[2/4] train", "[3/4]", "[4/4]", "Demo finished in", "predictions"):
+        assert line in out
+    assert 0 <= metrics["balanced_accuracy"] <= 1 and metrics["count"] > 0
+    run = tmp_path / "demo" / "run"
+    for name in ("model.pth", "curves.png", "metrics.csv", "eval-val/examples.png"):
+        assert (run / name).is_file(), name
