@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from rcnn.bench import bench_loader, bench_train, make_scale_regions, peak_rss_mb
+from rcnn.bench import bench_loader, bench_train, make_scale_regions, peak_rss_mb, time_batches
 from rcnn.model import build_model
 from rcnn.regions import RegionSet
 from rcnn.sampler import BalancedBatchSampler
@@ -72,17 +71,8 @@ def naive_loader(regions: RegionSet, workers: int, size: int) -> DataLoader:
 
 def time_naive(loader: DataLoader, batches: int, warmup: int, step=None) -> float:
     """Regions per second over ``batches`` batches after ``warmup`` batches."""
-    count, start = 0, None
-    for i, (images, labels) in enumerate(loader):
-        if i == warmup:
-            start = time.perf_counter()
-        if step is not None:
-            step(images, labels)
-        if i >= warmup:
-            count += len(labels)
-        if i + 1 == batches + warmup:
-            break
-    return round(count / (time.perf_counter() - start), 1)
+    count, seconds = time_batches(loader, torch.device("cpu"), batches, warmup, step)
+    return round(count / seconds, 1)
 
 
 def naive_train_step(model, optimizer):

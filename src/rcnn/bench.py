@@ -87,7 +87,7 @@ def _feeder(cfg: TrainConfig, regions: RegionSet, device, batches: int):
     return feeder, setup
 
 
-def _timed(feeder, device, batches: int, warmup: int, step=None) -> tuple[int, float]:
+def time_batches(feeder, device, batches: int, warmup: int, step=None) -> tuple[int, float]:
     """Regions and seconds over ``batches`` batches after ``warmup`` untimed ones."""
     count, start = 0, None
     for i, (images, labels) in enumerate(feeder):
@@ -109,7 +109,7 @@ def bench_loader(cfg: TrainConfig, batches: int = 20, warmup: int = 3) -> dict:
     device = resolve_device(cfg.device)
     regions = RegionSet.load(Path(cfg.data) / "train")
     feeder, setup = _feeder(cfg, regions, device, batches + warmup)
-    count, elapsed = _timed(feeder, device, batches, warmup)
+    count, elapsed = time_batches(feeder, device, batches, warmup)
     return {
         "pipeline": type(feeder).__name__,
         "device": str(device),
@@ -143,7 +143,7 @@ def bench_train(
         loss.backward()
         optimizer.step()
 
-    count, elapsed = _timed(feeder, device, batches, warmup, step)
+    count, elapsed = time_batches(feeder, device, batches, warmup, step)
     result = {
         "pipeline": type(feeder).__name__,
         "device": str(device),

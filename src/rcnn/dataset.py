@@ -48,10 +48,6 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.shapes)
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.offsets[-1])
-
     def image(self, i: int) -> np.ndarray:
         """View of image ``i`` as ``[H, W, 3]`` RGB uint8 (no copy)."""
         height, width = self.shapes[i]
