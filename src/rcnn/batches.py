@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import roi_align
 
-from rcnn.dataset import ImageStore, normalize, warp_region
+from rcnn.dataset import ImageStore, mean_fill, normalize, warp_region
 from rcnn.regions import RegionSet
 
 
@@ -70,7 +70,7 @@ class ThreadFeeder:
     ):
         self.regions, self.store, self.batches = regions, store, batches
         self.size, self.pad, self.device = size, pad, device
-        self.fill = tuple(int(round(255 * m)) for m in mean)
+        self.fill = mean_fill(mean)
         # (x - 255 mean) * 1 / (255 std), as OpenCV scalars (4 channels, the last unused).
         self.shift = (*(255.0 * m for m in mean), 0.0)
         self.scale = (*(1.0 / (255.0 * s) for s in std), 1.0)

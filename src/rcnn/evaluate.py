@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +16,20 @@ from rcnn.files import atomic_write_json
 from rcnn.metrics import classification_metrics, format_metrics, pr_curves
 from rcnn.model import build_model
 from rcnn.plots import plot_compare, plot_pr, plot_predictions
-from rcnn.regions import RegionSet
 from rcnn.train import (
     TrainConfig,
     check_classes,
     checkpoint_path,
+    config_from_checkpoint,
     input_stats,
     load_checkpoint,
+    load_split,
     make_feeder,
     predict,
     resolve_device,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def load_regions(data: str | Path, split: str) -> RegionSet:
-    """``data`` may be a `rcnn prepare` output folder (then ``data/split``) or a store itself."""
-    data = Path(data)
-    if not data.exists():
-        raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
-    return RegionSet.load(data if (data / "meta.json").is_file() else data / split)
 
 
 def load_model(ckpt: dict, cfg: TrainConfig, device: torch.device):
@@ -57,11 +50,8 @@ def run_evaluate(
     """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png."""
     path = checkpoint_path(checkpoint, default="best.pt")
     ckpt = load_checkpoint(path)
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = replace(
-        TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known}), workers=workers
-    )
-    regions = load_regions(data, split)
+    cfg = replace(config_from_checkpoint(ckpt), workers=workers)
+    regions = load_split(data, split)
     class_names = ["background", *regions.classes]
     check_classes(ckpt, class_names, path)
     dev = resolve_device(device)

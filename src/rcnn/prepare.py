@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.boxes import clip_boxes, nonempty
 from rcnn.files import atomic_write_json
 from rcnn.labels import LabelConfig, label_regions
 from rcnn.proposals import ProposalConfig, compute_proposals, default_cache_dir
@@ -74,9 +75,8 @@ def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, 
             width,
             height,
         )
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes = clip_boxes(boxes, width, height)
+    keep = nonempty(boxes)
     return boxes[keep], labels[keep]
 
 

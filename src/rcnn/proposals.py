@@ -114,32 +114,26 @@ class ProposalCache:
         atomic_write_bytes(self.path(key), buf.getvalue())
 
 
-def _lookup(path: str, config: ProposalConfig, cache: ProposalCache | None):
-    """Reads the image file and returns ``(bytes, key, ProposalResult or None)``."""
+def _read(path: str) -> tuple[bytes | None, str]:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes(), ""
     except OSError as err:
-        return None, "", ProposalResult(path, None, error=f"{path}: cannot read image ({err})")
-    key = ProposalCache.key(data, config)
-    hit = cache.get(key) if cache is not None else None
-    if hit is not None:
-        return data, key, ProposalResult(path, hit[0], hit[1], cached=True)
-    return data, key, None
+        return None, f"{path}: cannot read image ({err})"
 
 
-def _compute_one(job: tuple[str, ProposalConfig, str | None]) -> ProposalResult:
-    path, config, cache_root = job
-    cache = ProposalCache(cache_root) if cache_root else None
-    data, key, result = _lookup(path, config, cache)
-    if result is not None:
-        return result
+def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalResult:
+    """Searches one image whose cache ``key`` the caller found missing, and caches it."""
+    path, key, config, cache_root = job
+    data, error = _read(path)
+    if data is None:
+        return ProposalResult(path, None, error=error)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         return ProposalResult(path, None, error=f"{path}: not a readable image (corrupt JPEG?)")
     boxes = selective_search(image, config)
     size = (image.shape[1], image.shape[0])
-    if cache is not None:
-        cache.put(key, boxes, size)
+    if cache_root is not None:
+        ProposalCache(cache_root).put(key, boxes, size)
     return ProposalResult(path, boxes, size)
 
 
@@ -162,16 +156,21 @@ def compute_proposals(
     """
     cache = ProposalCache(cache_dir) if cache_dir is not None else None
     results: list[ProposalResult | None] = [None] * len(image_paths)
-    todo = []
+    todo, keys = [], {}
     for i, path in enumerate(image_paths):
-        _, _, hit = _lookup(path, config, cache)
+        data, error = _read(path)
+        if data is None:
+            results[i] = ProposalResult(path, None, error=error)
+            continue
+        keys[i] = ProposalCache.key(data, config)
+        hit = cache.get(keys[i]) if cache is not None else None
         if hit is not None:
-            results[i] = hit
+            results[i] = ProposalResult(path, hit[0], hit[1], cached=True)
         else:
             todo.append(i)
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
     cache_root = str(cache_dir) if cache_dir is not None else None
-    jobs = [(image_paths[i], config, cache_root) for i in todo]
+    jobs = [(image_paths[i], keys[i], config, cache_root) for i in todo]
     bar = tqdm(
         total=len(image_paths),
         initial=len(image_paths) - len(todo),

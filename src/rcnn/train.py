@@ -232,11 +232,12 @@ def val_indices(num_regions: int, val_max: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(num_regions, size=val_max, replace=False))
 
 
-def load_split(data: str, split: str) -> RegionSet:
-    path = Path(data) / split
-    if not Path(data).is_dir():
+def load_split(data: str | Path, split: str) -> RegionSet:
+    """``data/split`` of a `rcnn prepare` output folder, or ``data`` when it is a store itself."""
+    data = Path(data)
+    if not data.is_dir():
         raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
-    return RegionSet.load(path)
+    return RegionSet.load(data if (data / "meta.json").is_file() else data / split)
 
 
 def pipeline_for(pipeline: str, device: torch.device) -> str:
@@ -543,7 +544,11 @@ def check_classes(ckpt: dict, class_names: list[str], path) -> None:
 
 def resume_config(run: str | Path, **overrides) -> TrainConfig:
     """The config of the run in ``run`` (from its ``last.pt``), with ``epochs`` etc. overridden."""
-    ckpt = load_checkpoint(Path(run) / "last.pt")
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    cfg = config_from_checkpoint(load_checkpoint(Path(run) / "last.pt"))
     return replace(cfg, out=str(run), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def config_from_checkpoint(ckpt: dict) -> TrainConfig:
+    """The run's TrainConfig; keys of other versions that it no longer has are ignored."""
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
