@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rcnn.allocator import reuse_freed_memory
 from rcnn.batches import chunks
 from rcnn.bench import bench_train, make_scale_regions, peak_rss_mb, time_batches
 from rcnn.model import build_model
@@ -43,7 +44,8 @@ def val_rate(cfg: TrainConfig, batches: int) -> float:
         with autocast(device, cfg.amp):
             model(images).float().softmax(1)
 
-    count, seconds = time_batches(feeder, device, batches, 2, step)
+    with reuse_freed_memory():
+        count, seconds = time_batches(feeder, device, batches, 2, step)
     return count / seconds
 
 
@@ -70,7 +72,7 @@ def main() -> None:
             workers=args.workers,
             progress=False,
         )
-        train = bench_train(cfg, args.train_batches, 2, channels_last=cfg.channels_last)
+        train = bench_train(cfg, args.train_batches, 2)
         val = val_rate(replace(cfg, val_batch=256), args.val_batches)
     seconds = RECIPE_EPOCHS * (
         RECIPE_TRAIN_REGIONS / train["regions_per_s"] + RECIPE_VAL_REGIONS / val

@@ -1,10 +1,20 @@
+import resource
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from rcnn.batches import DeviceFeeder, DeviceImages, LoaderFeeder, chunks, warp_regions
-from rcnn.dataset import ImageStore, RegionDataset, mean_fill
+from rcnn.allocator import reuse_freed_memory
+from rcnn.batches import (
+    DeviceFeeder,
+    DeviceImages,
+    LoaderFeeder,
+    ThreadFeeder,
+    chunks,
+    warp_regions,
+)
+from rcnn.dataset import ImageStore, RegionDataset, context_box, draw_flips, mean_fill
 from rcnn.regions import RegionSet
 from rcnn.train import TrainConfig, make_feeder
 
@@ -83,6 +93,80 @@ def test_make_feeder_paths_agree(val_set):
         feeder = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
         out[pipeline] = torch.cat([x for x, _ in feeder])
     assert interior_error(out["device"], out["loader"]) < 0.05
-    # Same OpenCV warp in threads and in worker processes; only float rounding differs.
-    torch.testing.assert_close(out["threads"], out["loader"], rtol=0, atol=1e-5)
+    assert interior_error(out["device"], out["threads"]) < 0.05
+    # Threads resize normalized floats, workers uint8: they differ by the uint8 rounding.
+    grey_level = 1 / (255 * min(STD))
+    torch.testing.assert_close(out["threads"], out["loader"], rtol=0, atol=1.01 * grey_level)
     assert out["threads"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_thread_warp_is_opencv_resize_of_the_normalized_image(val_set):
+    regions, store = val_set
+    size, pad = 40, 4
+    index = np.arange(0, len(regions), max(1, len(regions) // 30))
+    feeder = ThreadFeeder(regions, store, [index], size, pad, torch.device("cpu"), MEAN, STD)
+    ((batch, labels),) = list(feeder)
+    assert torch.equal(labels, torch.from_numpy(regions.labels[index].astype(np.int64)))
+    for row, i in enumerate(index):
+        image = store.image(regions.image_index[i]).astype(np.float64)
+        normalized = ((image / 255 - MEAN) / STD).astype(np.float32)
+        # The context box in whole pixels, with zeros (the mean colour) outside the image.
+        x1, y1, x2, y2 = np.round(context_box(regions.boxes[i], size, pad)).astype(int)
+        canvas = np.zeros((y2 - y1, x2 - x1, 3), np.float32)
+        h, w = normalized.shape[:2]
+        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+        canvas[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1] = normalized[cy1:cy2, cx1:cx2]
+        expected = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_LINEAR)
+        got = batch[row].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_every_path_flips_the_same_regions(val_set):
+    regions, store = val_set
+    batches = chunks(np.arange(len(regions))[:64], 16)
+    for pipeline in ("threads", "device", "loader"):
+        cfg = TrainConfig(input_size=32, pipeline=pipeline, workers=0)
+        feeder = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+        plain = [x.clone() for x, _ in feeder]
+        flipped = [x.clone() for x, _ in feeder.iterate(torch.Generator().manual_seed(3))]
+        draws = torch.Generator().manual_seed(3)
+        for before, after in zip(plain, flipped, strict=True):
+            mask = draw_flips(len(before), draws)
+            assert 0 < int(mask.sum()) < len(mask)
+            torch.testing.assert_close(after[mask], before[mask].flip(-1), rtol=0, atol=0)
+            torch.testing.assert_close(after[~mask], before[~mask], rtol=0, atol=0)
+
+
+def test_thread_feeder_recycles_only_buffers_nobody_holds(val_set):
+    regions, store = val_set
+    batches = chunks(np.arange(len(regions))[:160], 16)  # 10 batches
+    feeder = ThreadFeeder(regions, store, batches, 24, 0, torch.device("cpu"), MEAN, STD, 2)
+    kept = list(feeder)  # the caller holds every batch: none may be overwritten
+    assert len({x.data_ptr() for x, _ in kept}) == len(batches)
+    consumed = []
+    for x, _ in feeder:  # a training loop: each batch dropped before the next is asked for
+        consumed.append((x.data_ptr(), x.clone()))
+    assert len({ptr for ptr, _ in consumed}) <= ThreadFeeder.pool_size
+    for (x, _), (_, copy) in zip(kept, consumed, strict=True):
+        assert torch.equal(x, copy)
+
+
+def test_reuse_freed_memory_avoids_page_faults():
+    def faults_of_fresh_blocks() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(6):
+            block = torch.empty(2**24)  # 64 MiB, far above glibc's mmap threshold
+            block.fill_(1.0)
+            del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    plain = faults_of_fresh_blocks()
+    with reuse_freed_memory() as applied:
+        for _ in range(3):  # the heap grows to hold the block over the first few
+            faults_of_fresh_blocks()
+        kept = faults_of_fresh_blocks()
+    if not applied:
+        pytest.skip("not glibc")
+    assert plain > 5 * 2**14 // 2  # each fresh 64 MiB block is faulted in again
+    assert kept < plain / 3  # the heap's memory is reused as it is
+    assert faults_of_fresh_blocks() > plain / 2  # and the setting is undone afterwards

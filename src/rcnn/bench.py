@@ -16,11 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcnn.dataset import random_flip
+from rcnn.allocator import reuse_freed_memory
 from rcnn.model import build_model
 from rcnn.regions import RegionSet
 from rcnn.sampler import BalancedBatchSampler
-from rcnn.train import TrainConfig, autocast, input_stats, make_feeder, resolve_device
+from rcnn.train import (
+    TrainConfig,
+    autocast,
+    input_stats,
+    make_feeder,
+    make_optimizer,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +112,14 @@ def time_batches(feeder, device, batches: int, warmup: int, step=None) -> tuple[
 
 
 def bench_loader(cfg: TrainConfig, batches: int = 20, warmup: int = 3) -> dict:
-    """Regions per second of the training input pipeline (warped, normalized, on the device)."""
+    """Regions per second of the training input pipeline: warped, flipped, normalized batches
+    on the device, as the training loop receives them."""
     device = resolve_device(cfg.device)
     regions = RegionSet.load(Path(cfg.data) / "train")
     feeder, setup = _feeder(cfg, regions, device, batches + warmup)
-    count, elapsed = time_batches(feeder, device, batches, warmup)
+    flips = torch.Generator().manual_seed(0)
+    with reuse_freed_memory():
+        count, elapsed = time_batches(feeder.iterate(flips), device, batches, warmup)
     return {
         "pipeline": type(feeder).__name__,
         "device": str(device),
@@ -120,35 +130,35 @@ def bench_loader(cfg: TrainConfig, batches: int = 20, warmup: int = 3) -> dict:
     }
 
 
-def bench_train(
-    cfg: TrainConfig, batches: int = 10, warmup: int = 2, channels_last: bool = False
-) -> dict:
-    """Regions per second of full training steps: input, forward, backward, optimizer step."""
+def bench_train(cfg: TrainConfig, batches: int = 10, warmup: int = 2) -> dict:
+    """Regions per second of full training steps (input, forward, backward, optimizer step),
+    set up as `rcnn train` sets them up: ``cfg``'s layout and precision, the fused optimizer,
+    freed memory kept for the next step."""
     device = resolve_device(cfg.device)
     regions = RegionSet.load(Path(cfg.data) / "train")
     feeder, setup = _feeder(cfg, regions, device, batches + warmup)
-    model = build_model(cfg.backbone, len(regions.classes) + 1, cfg.weights).to(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    model = build_model(cfg.backbone, len(regions.classes) + 1, cfg.weights)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer, _ = make_optimizer(cfg, model)
     flips = torch.Generator().manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(images, labels):
-        images = random_flip(images, flips).contiguous(memory_format=memory_format)
         with autocast(device, cfg.amp):
             loss = F.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    count, elapsed = time_batches(feeder, device, batches, warmup, step)
+    with reuse_freed_memory():
+        count, elapsed = time_batches(feeder.iterate(flips), device, batches, warmup, step)
     result = {
         "pipeline": type(feeder).__name__,
         "device": str(device),
         "amp": cfg.amp,
-        "channels_last": channels_last,
+        "channels_last": cfg.channels_last,
         "regions": count,
         "regions_per_s": round(count / elapsed, 1),
         "peak_rss_mb": peak_rss_mb(),

@@ -417,7 +417,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--input-size", type=int, default=227, help="warp size")
     p.add_argument("--backbone", default="alexnet", help="torchvision classifier (train)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (train)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last layout (train)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last layout (train; default on, as in `rcnn train`)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -436,12 +441,13 @@ def _cmd_bench(args) -> None:
         pipeline=args.pipeline,
         input_size=args.input_size,
         amp=args.amp,
+        channels_last=args.channels_last,
         progress=False,
     )
     if args.what == "loader":
         result = bench_loader(cfg, args.batches)
     else:
-        result = bench_train(cfg, args.batches, channels_last=args.channels_last)
+        result = bench_train(cfg, args.batches)
     if args.json:
         print(json.dumps(result))
     else:

@@ -173,9 +173,14 @@ def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     Mirroring the warped region equals warping the mirrored crop, so this is the recipe's
     random horizontal flip, done once per batch instead of once per region.
     """
-    flip = torch.rand(len(batch), generator=generator) < 0.5
-    flip = flip.to(batch.device)
+    flip = draw_flips(len(batch), generator).to(batch.device)
     return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+
+
+def draw_flips(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` regions to mirror: the one draw every input path makes per batch, so all
+    paths flip the same regions for the same generator."""
+    return torch.rand(n, generator=generator) < 0.5
 
 
 def mean_fill(mean) -> tuple[int, int, int]:

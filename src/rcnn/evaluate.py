@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rcnn.allocator import reuse_freed_memory
 from rcnn.batches import chunks
 from rcnn.dataset import ImageStore, RegionDataset, mean_fill
 from rcnn.files import atomic_write_json
@@ -60,7 +61,8 @@ def run_evaluate(
     batches = chunks(np.arange(len(regions)), cfg.val_batch)
     feeder = make_feeder(regions, batches, cfg, dev, mean, std, store)
     model = load_model(ckpt, cfg, dev)
-    probs, labels, loss_sum = predict(model, feeder, cfg.amp, progress)
+    with reuse_freed_memory():
+        probs, labels, loss_sum = predict(model, feeder, cfg.amp, progress)
     metrics = classification_metrics(probs, labels, class_names)
     metrics["loss"] = loss_sum / len(labels)
     metrics["checkpoint"], metrics["data"] = str(path), str(data)
