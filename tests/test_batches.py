@@ -1,11 +1,12 @@
-import resource
+import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from rcnn.allocator import reuse_freed_memory
 from rcnn.batches import (
     DeviceFeeder,
     DeviceImages,
@@ -151,22 +152,33 @@ def test_thread_feeder_recycles_only_buffers_nobody_holds(val_set):
         assert torch.equal(x, copy)
 
 
-def test_reuse_freed_memory_avoids_page_faults():
-    def faults_of_fresh_blocks() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(6):
-            block = torch.empty(2**24)  # 64 MiB, far above glibc's mmap threshold
-            block.fill_(1.0)
-            del block
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+FAULTS_PROBE = """
+import json, resource, torch
+from rcnn.allocator import reuse_freed_memory
 
-    plain = faults_of_fresh_blocks()
-    with reuse_freed_memory() as applied:
-        for _ in range(3):  # the heap grows to hold the block over the first few
-            faults_of_fresh_blocks()
-        kept = faults_of_fresh_blocks()
-    if not applied:
+def faults_of_fresh_blocks():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(6):
+        block = torch.empty(2**24)  # 64 MiB, far above glibc's mmap threshold
+        block.fill_(1.0)
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults_of_fresh_blocks()
+with reuse_freed_memory() as applied:
+    for _ in range(3):  # the heap grows to hold the block over the first few
+        faults_of_fresh_blocks()
+    kept = faults_of_fresh_blocks()
+print(json.dumps({"plain": plain, "kept": kept, "applied": applied}))
+"""
+
+
+def test_reuse_freed_memory_avoids_page_faults():
+    # A fresh process: the heap's state must not depend on what ran before.
+    run = subprocess.run([sys.executable, "-c", FAULTS_PROBE], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    faults = json.loads(run.stdout)
+    if not faults["applied"]:
         pytest.skip("not glibc")
-    assert plain > 5 * 2**14 // 2  # each fresh 64 MiB block is faulted in again
-    assert kept < plain / 3  # the heap's memory is reused as it is
-    assert faults_of_fresh_blocks() > plain / 2  # and the setting is undone afterwards
+    assert faults["plain"] > 5 * 2**14 // 2  # each fresh 64 MiB block is faulted in again
+    assert faults["kept"] < faults["plain"] / 3  # the heap's memory is reused as it is

@@ -7,6 +7,7 @@ from rcnn.dataset import (
     ImageStore,
     RegionDataset,
     context_box,
+    context_boxes,
     mean_fill,
     normalize,
     random_flip,
@@ -67,6 +68,15 @@ def test_context_box_geometry():
     np.testing.assert_allclose(box[2] - box[0], 100 * 227 / 195)
     np.testing.assert_allclose((box[0] + box[2]) / 2, 100)
     np.testing.assert_allclose(context_box([1, 2, 3, 4], 227, 0), [1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("pad", [0, 16])
+def test_batched_context_boxes_round_like_one_box(pad):
+    rng = np.random.default_rng(0)
+    x1, y1 = rng.integers(0, 400, 500), rng.integers(0, 300, 500)
+    boxes = np.stack([x1, y1, x1 + rng.integers(1, 100, 500), y1 + rng.integers(1, 75, 500)], 1)
+    expected = [np.round(context_box(box, 227, pad)).astype(int) for box in boxes]
+    np.testing.assert_array_equal(context_boxes(boxes, 227, pad), np.array(expected))
 
 
 def test_context_padding_places_box_in_the_middle_and_fills_outside():

@@ -29,7 +29,14 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import roi_align
 
-from rcnn.dataset import ImageStore, draw_flips, normalize, random_flip, warp_region
+from rcnn.dataset import (
+    ImageStore,
+    context_boxes,
+    draw_flips,
+    normalize,
+    random_flip,
+    warp_box,
+)
 from rcnn.regions import RegionSet
 
 
@@ -69,6 +76,7 @@ class NormalizedImages:
         self.data = torch.empty(int(self.offsets[-1]), dtype=torch.float32)
         for i in range(len(store)):
             cv2.LUT(store.image(i), lut, dst=self.image(i))
+        self.views = [self.image(i) for i in range(len(store))]
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -123,12 +131,10 @@ class ThreadFeeder:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _warp_rows(self, index, flip, rows: range, out: np.ndarray) -> None:
-        regions, images = self.regions, self.images
-        for row in rows:
-            i = index[row]
-            image = images.image(regions.image_index[i])
-            warp_region(image, regions.boxes[i], self.size, self.pad, (0, 0, 0), out[row])
+    def _warp_rows(self, images: list, boxes: list, flip: list, rows: range, out) -> None:
+        size, image_at = self.size, self.images.views
+        for row in rows:  # the GIL is held only between OpenCV calls: keep this loop bare
+            warp_box(image_at[images[row]], *boxes[row], size, (0, 0, 0), out[row])
             if flip[row]:
                 cv2.flip(out[row], 1, dst=out[row])
 
@@ -150,7 +156,10 @@ class ThreadFeeder:
         step = -(-len(index) // self.threads)
         parts = [range(i, min(i + step, len(index))) for i in range(0, len(index), step)]
         out = buffer.numpy()
-        list(self.pool.map(lambda rows: self._warp_rows(index, flip, rows, out), parts))
+        images = self.regions.image_index[index].tolist()
+        boxes = context_boxes(self.regions.boxes[index], self.size, self.pad).tolist()
+        flip = flip.tolist()
+        list(self.pool.map(lambda rows: self._warp_rows(images, boxes, flip, rows, out), parts))
         images = buffer.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC memory
         labels = torch.from_numpy(self.regions.labels[index].astype(np.int64))
         return images, labels.to(self.device, non_blocking=True)

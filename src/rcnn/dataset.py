@@ -88,8 +88,28 @@ def warp_region(
     Returns:
         uint8 ``[size, size, 3]`` (``out`` when given).
     """
+    x1, y1, x2, y2 = np.round(context_box(box, size, pad)).astype(int).tolist()
+    return warp_box(image, x1, y1, x2, y2, size, fill, out)
+
+
+def context_boxes(boxes: np.ndarray, size: int, pad: int) -> np.ndarray:
+    """:func:`context_box` of every row of ``boxes [N, 4]``, rounded to whole pixels as
+    :func:`warp_region` rounds them: ``int64 [N, 4]``."""
+    boxes = boxes.astype(np.float64)
+    if pad:
+        scale = size / (size - 2 * pad)
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+        boxes = np.concatenate([centre - half, centre + half], axis=1)
+    return np.round(boxes).astype(np.int64)
+
+
+def warp_box(
+    image: np.ndarray, x1: int, y1: int, x2: int, y2: int, size: int, fill, out=None
+) -> np.ndarray:
+    """Resizes the whole-pixel box ``x1, y1, x2, y2`` of ``image`` to ``[size, size]``, with
+    ``fill`` for the part outside the image (see :func:`warp_region`)."""
     height, width = image.shape[:2]
-    x1, y1, x2, y2 = np.round(context_box(box, size, pad)).astype(int)
     cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
     crop = image[cy1:cy2, cx1:cx2]
     if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
