@@ -94,10 +94,10 @@ def main() -> None:
     parser.add_argument("--regions-per-image", type=int, default=1400)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=20, help="timed loader batches")
-    parser.add_argument("--train-batches", type=int, default=5, help="timed training steps")
+    parser.add_argument("--train-batches", type=int, default=6, help="timed training steps")
     parser.add_argument("--input-size", type=int, default=227)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="alternate naive and ours this often; keep the best"
+        "--repeats", type=int, default=3, help="alternate naive and ours this often; keep the best"
     )
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument(

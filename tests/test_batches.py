@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -182,3 +183,13 @@ def test_reuse_freed_memory_avoids_page_faults():
         pytest.skip("not glibc")
     assert faults["plain"] > 5 * 2**14 // 2  # each fresh 64 MiB block is faulted in again
     assert faults["kept"] < faults["plain"] / 3  # the heap's memory is reused as it is
+
+
+def test_keeping_freed_memory_can_be_turned_off():
+    env = {**os.environ, "RCNN_KEEP_FREED_MEMORY": "0"}
+    run = subprocess.run(
+        [sys.executable, "-c", FAULTS_PROBE], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    faults = json.loads(run.stdout)
+    assert not faults["applied"] and faults["kept"] > faults["plain"] / 2

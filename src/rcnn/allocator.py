@@ -8,18 +8,18 @@ from the heap and freed memory stays there for the next step. The process's resi
 then stays at its peak until the block ends, when the heap is trimmed again.
 
 This is what an allocator such as jemalloc or tcmalloc, preloaded, does for the whole process.
-Elsewhere than on glibc (macOS, musl) the block changes nothing.
+The price is a higher peak of resident memory, since freed blocks of different sizes are not
+always reused: ``RCNN_KEEP_FREED_MEMORY=0`` in the environment turns the setting off. Elsewhere
+than on glibc (macOS, musl) the block changes nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-logger = logging.getLogger(__name__)
 
 # mallopt(3) parameters and glibc's defaults for them.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -41,7 +41,7 @@ def reuse_freed_memory() -> Iterator[bool]:
 
     Yields whether the setting took effect (it needs glibc).
     """
-    libc = _glibc()
+    libc = _glibc() if os.environ.get("RCNN_KEEP_FREED_MEMORY", "1") != "0" else None
     applied = bool(
         libc and libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     )
