@@ -16,6 +16,7 @@ from rcnn.train import (
     TrainConfig,
     TrainingDiverged,
     load_checkpoint,
+    minutes_seconds,
     resume_config,
     run_train,
     train_config,
@@ -152,6 +153,12 @@ def test_val_subset_is_fixed():
     a, b = val_indices(1000, 100, seed=0), val_indices(1000, 100, seed=0)
     assert (a == b).all() and len(set(a.tolist())) == 100 and (a[:-1] < a[1:]).all()
     assert len(val_indices(50, 100, seed=0)) == 50
+
+
+def test_elapsed_time_reads_as_minutes_and_seconds():
+    assert minutes_seconds(119.6) == "2m 0s"
+    assert minutes_seconds(59.4) == "0m 59s"
+    assert minutes_seconds(3725) == "62m 5s"
 
 
 def test_compare_writes_figure_and_table(one_epoch_run, tmp_path):

@@ -17,7 +17,7 @@ from rcnn.model import imagenet_weights_cached
 from rcnn.prepare import PrepareConfig, run_prepare
 from rcnn.proposals import ProposalConfig
 from rcnn.synth import make_synthetic_voc
-from rcnn.train import TrainConfig, run_train
+from rcnn.train import TrainConfig, minutes_seconds, run_train
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("[4/4] evaluation of the best checkpoint on all validation regions:")
     print(metrics["report"])
     elapsed = time.time() - start
-    print(f"\nDemo finished in {elapsed // 60:.0f}m {elapsed % 60:.0f}s. Files:")
+    print(f"\nDemo finished in {minutes_seconds(elapsed)}. Files:")
     run = Path(train_cfg.out)
     for label, path in [
         ("dataset", voc),

@@ -521,7 +521,7 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     shutdown()
     elapsed = time.time() - start
     best = run.best
-    say(f"Training complete in {elapsed // 60:.0f}m {elapsed % 60:.0f}s")
+    say(f"Training complete in {minutes_seconds(elapsed)}")
     say(f"Best val Acc: {max(r['val_acc'] for r in run.history):.6f}")
     say(
         f"Best val {best['metric'][4:]}: {best['value']:.6f} (epoch {best['epoch']}), "
@@ -542,6 +542,12 @@ def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:
     if run.world.is_main:
         print_epoch(epoch, cfg.epochs, row)
     save_epoch(cfg, run, row)
+
+
+def minutes_seconds(seconds: float) -> str:
+    """``2m 5s``: whole seconds, rounded before splitting so that 119.6 s reads 2m 0s."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m {seconds}s"
 
 
 def check_classes(ckpt: dict, class_names: list[str], path) -> None:
