@@ -312,7 +312,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="val", help="split inside --data")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when present)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=2, help="warping threads or worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -398,8 +398,9 @@ def _add_bench(sub) -> None:
         formatter_class=_Formatter,
         help="regions/s of the input pipeline or of training steps",
         description="Measure regions per second of the training input pipeline (`loader`: "
-        "warped, normalized batches on the device) or of full training steps (`train`: input, "
-        "forward, backward, optimizer step) on a prepared region set, plus peak memory. "
+        "warped, flipped, normalized batches on the device) or of full training steps "
+        "(`train`: input, forward, backward, optimizer step) on a prepared region set, plus "
+        "peak memory. "
         "benchmarks/bench_pipeline.py compares both with the naive pipeline in one run.",
     )
     p.add_argument("what", choices=["loader", "train"], help="what to time")
@@ -413,7 +414,12 @@ def _add_bench(sub) -> None:
         "loader: DataLoader worker processes",
     )
     p.add_argument("--batches", type=int, default=20, help="timed batches (after warm-up)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (loader path)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="warping threads (threads path) or worker processes (loader path)",
+    )
     p.add_argument("--input-size", type=int, default=227, help="warp size")
     p.add_argument("--backbone", default="alexnet", help="torchvision classifier (train)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (train)")
