@@ -71,12 +71,24 @@ def test_context_box_geometry():
 
 
 @pytest.mark.parametrize("pad", [0, 16])
-def test_batched_context_boxes_round_like_one_box(pad):
+def test_batched_context_boxes(pad):
     rng = np.random.default_rng(0)
-    x1, y1 = rng.integers(0, 400, 500), rng.integers(0, 300, 500)
-    boxes = np.stack([x1, y1, x1 + rng.integers(1, 100, 500), y1 + rng.integers(1, 75, 500)], 1)
-    expected = [np.round(context_box(box, 227, pad)).astype(int) for box in boxes]
-    np.testing.assert_array_equal(context_boxes(boxes, 227, pad), np.array(expected))
+    x1, y1 = rng.uniform(0, 400, 300), rng.uniform(0, 300, 300)  # float boxes too
+    boxes = np.stack([x1, y1, x1 + rng.uniform(1, 100, 300), y1 + rng.uniform(1, 75, 300)], 1)
+    boxes = np.concatenate([boxes, boxes.round()])
+    grow = 227 / (227 - 2 * pad)
+    expected = [
+        [
+            (a + c) / 2 - (c - a) / 2 * grow,
+            (b + d) / 2 - (d - b) / 2 * grow,
+            (a + c) / 2 + (c - a) / 2 * grow,
+            (b + d) / 2 + (d - b) / 2 * grow,
+        ]
+        for a, b, c, d in boxes.tolist()
+    ]
+    np.testing.assert_allclose(context_boxes(boxes, 227, pad), expected, rtol=0, atol=1e-9)
+    for box, row in zip(boxes[:20], context_boxes(boxes[:20], 227, pad), strict=True):
+        np.testing.assert_array_equal(context_box(box, 227, pad), row)
 
 
 def test_context_padding_places_box_in_the_middle_and_fills_outside():

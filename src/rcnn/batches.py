@@ -11,7 +11,8 @@ Three paths produce the same batches:
   ``torchvision.ops.roi_align`` (``aligned=True``, one sample per output pixel, which is
   bilinear resizing with OpenCV's pixel-centre convention). No workers, no per-region Python.
 
-All pad context outside the image with the normalization mean (zero after normalizing). Each
+All pad context outside the image with the normalization mean: zero after normalizing, or
+its nearest uint8 colour on the uint8 ``loader`` path. Each
 feeder's ``iterate(flips)`` also applies the recipe's random horizontal flip, drawn from the
 training loop's generator the same way on every path (:func:`rcnn.dataset.draw_flips`); plain
 iteration is unflipped, as validation needs.
@@ -19,6 +20,8 @@ iteration is unflipped, as validation needs.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +41,8 @@ from rcnn.dataset import (
     warp_box,
 )
 from rcnn.regions import RegionSet
+
+logger = logging.getLogger(__name__)
 
 
 class LoaderFeeder:
@@ -78,25 +83,18 @@ class NormalizedImages:
             cv2.LUT(store.image(i), lut, dst=self.image(i))
         self.views = [self.image(i) for i in range(len(store))]
 
-    def __len__(self) -> int:
-        return len(self.shapes)
-
     def image(self, i: int) -> np.ndarray:
         """View of image ``i`` as normalized ``[H, W, 3]`` float32 (no copy)."""
         height, width = self.shapes[i]
         return self.data.numpy()[self.offsets[i] : self.offsets[i + 1]].reshape(height, width, 3)
 
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size()
-
 
 class ThreadFeeder:
-    """Normalized device batches warped by a pool of threads straight into one batch buffer.
+    """Normalized device batches warped by a pool of threads straight into batch buffers.
 
     OpenCV releases the GIL while it works, so threads run in parallel without the copies of
     process workers. Images are normalized once (:class:`NormalizedImages`); each region is
-    then cut, resized and, when drawn, mirrored in place in its slot of one ``[B, S, S, 3]``
+    then cut, resized and, when drawn, mirrored in place in its slot of a ``[B, S, S, 3]``
     float32 buffer: already the channels_last layout convolutions prefer. The next batch is
     prepared in the background while the current one is used.
 
@@ -121,12 +119,14 @@ class ThreadFeeder:
         std,
         threads: int = 0,
     ):
+        if device.type == "cuda" and device.index is None:
+            # Copies start in a background thread, whose current device may differ.
+            device = torch.device("cuda", torch.cuda.current_device())
         self.regions, self.batches = regions, batches
         self.images = NormalizedImages(store, mean, std)
         self.size, self.pad, self.device = size, pad, device
         self.threads = threads or os.cpu_count() or 1
         self.pin = device.type == "cuda"
-        self.buffers: list[torch.Tensor] = []
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -138,28 +138,33 @@ class ThreadFeeder:
             if flip[row]:
                 cv2.flip(out[row], 1, dst=out[row])
 
-    def _buffer(self, n: int) -> torch.Tensor:
+    def _buffer(self, n: int, buffers: list[torch.Tensor]) -> torch.Tensor:
+        """A buffer for ``n`` regions: a free one of ``buffers`` or a new one put among them."""
         shape = (n, self.size, self.size, 3)
         if self.pin:
             return torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        for buffer in self.buffers:
-            if buffer.shape == shape and not shared(buffer):
+        free = [buffer for buffer in buffers if not shared(buffer)]
+        for buffer in free:
+            if buffer.shape == shape:
                 return buffer
         buffer = torch.empty(shape, dtype=torch.float32)
-        if len(self.buffers) == self.pool_size:
-            self.buffers.pop(0)  # the oldest: the caller keeps that batch, it is theirs now
-        self.buffers.append(buffer)
+        if len(buffers) == self.pool_size:
+            # A free one of another size, else the oldest, whose batch the caller keeps.
+            evicted = free[0] if free else buffers[0]
+            buffers[:] = [kept for kept in buffers if kept is not evicted]
+        buffers.append(buffer)
         return buffer
 
-    def _warp(self, index: np.ndarray, flip: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        buffer = self._buffer(len(index))
+    def _warp(self, index: np.ndarray, flip: np.ndarray, pool, buffers):
+        buffer = self._buffer(len(index), buffers)
         step = -(-len(index) // self.threads)
         parts = [range(i, min(i + step, len(index))) for i in range(0, len(index), step)]
         out = buffer.numpy()
         images = self.regions.image_index[index].tolist()
-        boxes = context_boxes(self.regions.boxes[index], self.size, self.pad).tolist()
+        boxes = np.round(context_boxes(self.regions.boxes[index], self.size, self.pad))
+        boxes = boxes.astype(np.int64).tolist()
         flip = flip.tolist()
-        list(self.pool.map(lambda rows: self._warp_rows(images, boxes, flip, rows, out), parts))
+        list(pool.map(lambda rows: self._warp_rows(images, boxes, flip, rows, out), parts))
         images = buffer.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC memory
         labels = torch.from_numpy(self.regions.labels[index].astype(np.int64))
         return images, labels.to(self.device, non_blocking=True)
@@ -168,14 +173,15 @@ class ThreadFeeder:
         return self.iterate()
 
     def iterate(self, flips: torch.Generator | None = None):
-        with ThreadPoolExecutor(self.threads) as self.pool, ThreadPoolExecutor(1) as ahead:
+        buffers: list[torch.Tensor] = []  # this pass's own: passes never share buffers
+        with ThreadPoolExecutor(self.threads) as pool, ThreadPoolExecutor(1) as ahead:
             pending = None
             for batch in self.batches:
                 index = np.asarray(batch)
                 # Drawn here, in batch order, whatever thread warps the batch.
-                flip = draw_flips(len(index), flips) if flips is not None else None
-                flip = np.zeros(len(index), bool) if flip is None else flip.numpy()
-                job = ahead.submit(self._warp, index, flip)
+                n = len(index)
+                flip = draw_flips(n, flips).numpy() if flips is not None else np.zeros(n, bool)
+                job = ahead.submit(self._warp, index, flip, pool, buffers)
                 if pending is not None:
                     yield pending.result()
                 pending = job
@@ -193,13 +199,23 @@ def normalization_table(mean, std) -> np.ndarray:
 
 
 def shared(tensor: torch.Tensor) -> bool:
-    """Whether anything but ``tensor`` itself refers to its memory (a view such as a batch
-    handed out, or a tensor an autograd graph saved). Unknown counts as shared."""
+    """Whether any other tensor refers to ``tensor``'s memory (a view such as a batch handed
+    out, or a tensor an autograd graph saved). Not seen: a caller holding only the batch's
+    ``untyped_storage()`` object, which torch shares with ``tensor``. Without torch's use
+    count, everything counts as shared: batch buffers are then never recycled."""
     use_count = getattr(torch._C, "_storage_Use_Count", None)
     if use_count is None:
+        _warn_no_use_count()
         return True
-    storage = tensor.untyped_storage()  # itself one reference while it lives
+    storage = tensor.untyped_storage()  # one reference of its own while it lives
     return use_count(storage._cdata) > 2
+
+
+@functools.cache
+def _warn_no_use_count() -> None:
+    logger.warning(
+        "this torch has no storage use count: batch buffers are not recycled (slower, not wrong)"
+    )
 
 
 class DeviceImages:

@@ -118,7 +118,7 @@ def bench_loader(cfg: TrainConfig, batches: int = 20, warmup: int = 3) -> dict:
     regions = RegionSet.load(Path(cfg.data) / "train")
     feeder, setup = _feeder(cfg, regions, device, batches + warmup)
     flips = torch.Generator().manual_seed(0)
-    with reuse_freed_memory():
+    with reuse_freed_memory(enabled=device.type == "cpu"):
         count, elapsed = time_batches(feeder.iterate(flips), device, batches, warmup)
     return {
         "pipeline": type(feeder).__name__,
@@ -152,7 +152,7 @@ def bench_train(cfg: TrainConfig, batches: int = 10, warmup: int = 2) -> dict:
         loss.backward()
         optimizer.step()
 
-    with reuse_freed_memory():
+    with reuse_freed_memory(enabled=device.type == "cpu"):
         count, elapsed = time_batches(feeder.iterate(flips), device, batches, warmup, step)
     result = {
         "pipeline": type(feeder).__name__,

@@ -63,13 +63,18 @@ def context_box(box, size: int, pad: int) -> np.ndarray:
     Returns:
         float64 ``[4]`` box, possibly reaching outside the image.
     """
-    x1, y1, x2, y2 = (float(v) for v in box)
+    return context_boxes(np.asarray(box).reshape(1, 4), size, pad)[0]
+
+
+def context_boxes(boxes: np.ndarray, size: int, pad: int) -> np.ndarray:
+    """:func:`context_box` of every row of ``boxes [N, 4]``: float64 ``[N, 4]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
     if pad == 0:
-        return np.array([x1, y1, x2, y2])
+        return boxes.copy()
     scale = size / (size - 2 * pad)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half_w, half_h = (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
-    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    return np.concatenate([centre - half, centre + half], axis=1)
 
 
 def warp_region(
@@ -90,18 +95,6 @@ def warp_region(
     """
     x1, y1, x2, y2 = np.round(context_box(box, size, pad)).astype(int).tolist()
     return warp_box(image, x1, y1, x2, y2, size, fill, out)
-
-
-def context_boxes(boxes: np.ndarray, size: int, pad: int) -> np.ndarray:
-    """:func:`context_box` of every row of ``boxes [N, 4]``, rounded to whole pixels as
-    :func:`warp_region` rounds them: ``int64 [N, 4]``."""
-    boxes = boxes.astype(np.float64)
-    if pad:
-        scale = size / (size - 2 * pad)
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
-        boxes = np.concatenate([centre - half, centre + half], axis=1)
-    return np.round(boxes).astype(np.int64)
 
 
 def warp_box(

@@ -61,7 +61,7 @@ def run_evaluate(
     batches = chunks(np.arange(len(regions)), cfg.val_batch)
     feeder = make_feeder(regions, batches, cfg, dev, mean, std, store)
     model = load_model(ckpt, cfg, dev)
-    with reuse_freed_memory():
+    with reuse_freed_memory(enabled=dev.type == "cpu"):
         probs, labels, loss_sum = predict(model, feeder, cfg.amp, progress)
     metrics = classification_metrics(probs, labels, class_names)
     metrics["loss"] = loss_sum / len(labels)
