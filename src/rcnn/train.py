@@ -74,7 +74,7 @@ class TrainConfig:
     device: str = "auto"
     pipeline: str = "auto"  # device (default on CUDA) | threads (default on CPU) | loader
     amp: bool = False
-    channels_last: bool = True  # measured faster for AlexNet on CPU (1.3x) and usual on GPUs
+    channels_last: bool = True  # faster for AlexNet on CPU (1.1-1.5x across runs), usual on GPUs
     compile: bool = False  # torch.compile the model
     lr_scale: str = "none"  # linear: lr x number of processes (for larger global batches)
     seed: int = 0
