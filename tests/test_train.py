@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,13 +13,16 @@ from rcnn.model import build_model
 from rcnn.regions import RegionSet
 from rcnn.train import (
     CSV_COLUMNS,
+    SINGLE,
     CheckpointError,
     TrainConfig,
     TrainingDiverged,
+    config_from_checkpoint,
     load_checkpoint,
     minutes_seconds,
     resume_config,
     run_train,
+    setup_run,
     train_config,
     val_indices,
 )
@@ -93,6 +97,19 @@ def test_resume_gives_identical_weights(prepared, tmp_path):
     assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
     rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
+
+
+def test_resume_steps_the_way_this_run_chooses(one_epoch_run, tmp_path):
+    # A checkpoint from a run whose optimizer was not fused: this run still steps fused.
+    source, _ = one_epoch_run
+    ckpt = load_checkpoint(source / "last.pt")
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"] = None
+    torch.save(ckpt, tmp_path / "last.pt")
+    cfg = replace(config_from_checkpoint(ckpt), out=str(tmp_path), epochs=2)
+    run = setup_run(cfg, resume=True, world=SINGLE, device=torch.device("cpu"))
+    assert run.first_epoch == 1
+    assert all(group["fused"] for group in run.optimizer.param_groups)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path):
