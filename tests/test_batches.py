@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -100,6 +101,25 @@ def test_make_feeder_paths_agree(val_set):
     grey_level = 1 / (255 * min(STD))
     torch.testing.assert_close(out["threads"], out["loader"], rtol=0, atol=1.01 * grey_level)
     assert out["threads"].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("pad", [0, 6])
+def test_threads_on_uint8_images_match_worker_processes(val_set, monkeypatch, pad):
+    # Normalized images too big for memory: the threads warp uint8 ones, as workers do.
+    regions, store = val_set
+    monkeypatch.setattr("rcnn.batches.float_images_budget", lambda: 0)
+    batches = chunks(np.arange(len(regions))[:64], 32)
+    cfg = TrainConfig(input_size=40, pipeline="threads", workers=0, context_pad=pad)
+    threads = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+    assert threads.lut is not None
+    cfg = replace(cfg, pipeline="loader")
+    loader = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+    for generator in (None, 5):
+        flips = [torch.Generator().manual_seed(generator) if generator else None for _ in "ab"]
+        a = torch.cat([x for x, _ in threads.iterate(flips[0])])
+        b = torch.cat([x for x, _ in loader.iterate(flips[1])])
+        # The same uint8 warp; a float64 lookup table against float32 arithmetic.
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 def test_thread_warp_is_opencv_resize_of_the_normalized_image(val_set):
