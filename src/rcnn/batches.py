@@ -66,35 +66,29 @@ class LoaderFeeder:
             yield images, labels.to(self.device, non_blocking=True)
 
 
-class NormalizedImages:
-    """Every image of a store, normalized once to float32 ``[H, W, 3]``, in one flat tensor.
+def normalized_images(store: ImageStore, mean, std) -> list[np.ndarray]:
+    """Every image of ``store``, normalized once: float32 ``[H, W, 3]`` views of one array.
 
     Four times the bytes of the uint8 store, and the CPU path's biggest saving: a region is
     then cut and resized straight into its batch slot, already normalized, in one pass, where
     a uint8 warp needs a second pass to convert and normalize. Context outside an image is 0,
     exactly the mean colour.
     """
-
-    def __init__(self, store: ImageStore, mean, std):
-        lut = normalization_table(mean, std)
-        self.shapes = store.shapes
-        self.offsets = store.offsets
-        self.data = torch.empty(int(self.offsets[-1]), dtype=torch.float32)
-        for i in range(len(store)):
-            cv2.LUT(store.image(i), lut, dst=self.image(i))
-        self.views = [self.image(i) for i in range(len(store))]
-
-    def image(self, i: int) -> np.ndarray:
-        """View of image ``i`` as normalized ``[H, W, 3]`` float32 (no copy)."""
-        height, width = self.shapes[i]
-        return self.data.numpy()[self.offsets[i] : self.offsets[i + 1]].reshape(height, width, 3)
+    lut = normalization_table(mean, std)
+    flat = np.empty(int(store.offsets[-1]), np.float32)
+    views = []
+    for i in range(len(store)):
+        image = store.image(i)
+        view = flat[store.offsets[i] : store.offsets[i + 1]].reshape(image.shape)
+        views.append(cv2.LUT(image, lut, dst=view))
+    return views
 
 
 class ThreadFeeder:
     """Normalized device batches warped by a pool of threads straight into batch buffers.
 
     OpenCV releases the GIL while it works, so threads run in parallel without the copies of
-    process workers. Images are normalized once (:class:`NormalizedImages`); each region is
+    process workers. Images are normalized once (:func:`normalized_images`); each region is
     then cut, resized and, when drawn, mirrored in place in its slot of a ``[B, S, S, 3]``
     float32 buffer: already the channels_last layout convolutions prefer. The next batch is
     prepared in the background while the current one is used.
@@ -134,7 +128,7 @@ class ThreadFeeder:
             if not float_images:
                 logger.info("normalized images would not fit in memory: warping uint8 ones")
         if float_images:
-            self.views = NormalizedImages(store, mean, std).views
+            self.views = normalized_images(store, mean, std)
             self.lut, self.fill = None, (0, 0, 0)  # zero: exactly the mean colour
         else:
             self.views = [store.image(i) for i in range(len(store))]
@@ -199,8 +193,8 @@ class ThreadFeeder:
             pending = None
             for batch in self.batches:
                 index = np.asarray(batch)
-                # Drawn here, in batch order, whatever thread warps the batch.
                 n = len(index)
+                # Drawn here, in batch order, whatever thread warps the batch.
                 flip = draw_flips(n, flips).numpy() if flips is not None else np.zeros(n, bool)
                 job = ahead.submit(self._warp, index, flip, pool, buffers)
                 if pending is not None:
