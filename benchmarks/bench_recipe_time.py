@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,15 @@ from rcnn.batches import chunks
 from rcnn.bench import bench_train, make_scale_regions, peak_rss_mb, time_batches
 from rcnn.model import build_model
 from rcnn.regions import RegionSet
-from rcnn.train import TrainConfig, autocast, input_stats, make_feeder, resolve_device
+from rcnn.train import (
+    TrainConfig,
+    autocast,
+    configure_device,
+    for_device,
+    input_stats,
+    make_feeder,
+    resolve_device,
+)
 
 RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
 
@@ -32,6 +39,8 @@ RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
 def val_rate(cfg: TrainConfig, batches: int) -> float:
     """Regions per second of validation: warp, forward, softmax, no gradients."""
     device = resolve_device(cfg.device)
+    configure_device(device)
+    cfg = for_device(cfg, device)
     regions = RegionSet.load(Path(cfg.data) / "val")
     mean, std = input_stats(cfg)
     order = chunks(np.arange(len(regions)), cfg.val_batch)
@@ -54,7 +63,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 autocast (default: on CUDA GPUs with bfloat16)",
+    )
     parser.add_argument("--images", type=int, default=376)
     parser.add_argument("--regions-per-image", type=int, default=1400)
     parser.add_argument("--train-batches", type=int, default=40)
@@ -73,7 +86,7 @@ def main() -> None:
             progress=False,
         )
         train = bench_train(cfg, args.train_batches, 2)
-        val = val_rate(replace(cfg, val_batch=256), args.val_batches)
+        val = val_rate(cfg, args.val_batches)
     seconds = RECIPE_EPOCHS * (
         RECIPE_TRAIN_REGIONS / train["regions_per_s"] + RECIPE_VAL_REGIONS / val
     )
@@ -81,7 +94,7 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "pipeline": train["pipeline"],
-        "amp": args.amp,
+        "amp": train["amp"],
         "train_regions_per_s": train["regions_per_s"],
         "val_regions_per_s": round(val, 1),
         "projected_recipe_minutes": round(seconds / 60, 1),

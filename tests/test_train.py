@@ -17,7 +17,9 @@ from rcnn.train import (
     CheckpointError,
     TrainConfig,
     TrainingDiverged,
+    compile_mode,
     config_from_checkpoint,
+    for_device,
     load_checkpoint,
     minutes_seconds,
     resume_config,
@@ -198,3 +200,22 @@ def test_amp_on_the_device_pipeline(prepared, tmp_path):
     best = run_train(tiny(prepared, tmp_path / "amp", epochs=1, amp=True, pipeline="device"))
     assert best["train_loss"] > 0 and 0 <= best["val_balanced_acc"] <= 1
     assert json.loads((tmp_path / "amp" / "config.json").read_text())["amp"] is True
+
+
+def test_device_defaults_are_decided_once_and_recorded():
+    cpu = torch.device("cpu")
+    cfg = for_device(TrainConfig(), cpu)
+    assert (cfg.amp, cfg.val_batch) == (False, 256)  # bfloat16 only by default on CUDA
+    kept = for_device(TrainConfig(amp=True, val_batch=64), cpu)
+    assert (kept.amp, kept.val_batch) == (True, 64)
+    assert compile_mode(cpu, SINGLE) is None
+    with pytest.raises(ValueError, match="--val-batch"):
+        TrainConfig(val_batch=-1)
+
+
+def test_amp_flag_parses_both_ways(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("rcnn.train.run_train", lambda cfg, resume=False: seen.update(cfg=cfg))
+    for flags, amp in (([], None), (["--amp"], True), (["--no-amp"], False)):
+        assert main(["train", "--data", "d", "--out", "o", *flags]) == 0
+        assert seen["cfg"].amp is amp

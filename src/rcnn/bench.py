@@ -23,6 +23,8 @@ from rcnn.sampler import BalancedBatchSampler
 from rcnn.train import (
     TrainConfig,
     autocast,
+    configure_device,
+    for_device,
     input_stats,
     make_feeder,
     make_optimizer,
@@ -135,6 +137,8 @@ def bench_train(cfg: TrainConfig, batches: int = 10, warmup: int = 2) -> dict:
     set up as `rcnn train` sets them up: ``cfg``'s layout and precision, the fused optimizer,
     freed memory kept for the next step."""
     device = resolve_device(cfg.device)
+    configure_device(device)
+    cfg = for_device(cfg, device)
     regions = RegionSet.load(Path(cfg.data) / "train")
     feeder, setup = _feeder(cfg, regions, device, batches + warmup)
     model = build_model(cfg.backbone, len(regions.classes) + 1, cfg.weights)

@@ -243,6 +243,11 @@ def _add_train(sub) -> None:
         help="validate on a fixed subset of this many regions (default 0 = all)",
     )
     p.add_argument(
+        "--val-batch",
+        type=int,
+        help="regions per validation batch (default 0: 1024 on CUDA, 256 elsewhere)",
+    )
+    p.add_argument(
         "--best-metric",
         choices=BEST_METRICS,
         help="what best.pt maximises (default val_balanced_acc; val_loss is minimised)",
@@ -258,10 +263,10 @@ def _add_train(sub) -> None:
     )
     p.add_argument(
         "--amp",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="mixed precision: bfloat16 "
-        "autocast (float16 with loss scaling on GPUs without bfloat16)",
+        help="mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without "
+        "bfloat16); default on CUDA GPUs, off on CPUs",
     )
     p.add_argument(
         "--channels-last",
@@ -269,7 +274,13 @@ def _add_train(sub) -> None:
         default=None,
         help="channels_last memory layout (default on: faster on CPU and GPU)",
     )
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model; on one GPU with CUDA graphs (reduce-overhead): "
+        "1.2x the training steps on an H200 after about 10 s of compiling",
+    )
     p.add_argument(
         "--lr-scale",
         choices=["none", "linear"],
@@ -422,7 +433,11 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--input-size", type=int, default=227, help="warp size")
     p.add_argument("--backbone", default="alexnet", help="torchvision classifier (train)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (train)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 autocast (train; default on CUDA GPUs, off on CPUs, as in `rcnn train`)",
+    )
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,

@@ -22,6 +22,7 @@ from rcnn.train import (
     check_classes,
     checkpoint_path,
     config_from_checkpoint,
+    for_device,
     input_stats,
     load_checkpoint,
     load_split,
@@ -51,11 +52,13 @@ def run_evaluate(
     """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png."""
     path = checkpoint_path(checkpoint, default="best.pt")
     ckpt = load_checkpoint(path)
-    cfg = replace(config_from_checkpoint(ckpt), workers=workers)
+    dev = resolve_device(device)
+    # Precision and batch size are this machine's choice, not the training machine's.
+    cfg = replace(config_from_checkpoint(ckpt), workers=workers, amp=None, val_batch=0)
+    cfg = for_device(cfg, dev)
     regions = load_split(data, split)
     class_names = ["background", *regions.classes]
     check_classes(ckpt, class_names, path)
-    dev = resolve_device(device)
     mean, std = input_stats(cfg)
     store = ImageStore(regions.image_paths)
     batches = chunks(np.arange(len(regions)), cfg.val_batch)
