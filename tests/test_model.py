@@ -65,7 +65,9 @@ def test_bad_weights_files(tmp_path):
     with pytest.raises(WeightsError, match="junk.pth: not a readable state dict"):
         build_model("alexnet", 2, str(tmp_path / "junk.pth"))
     torch.save(models.resnet18().state_dict(), tmp_path / "resnet.pth")
-    with pytest.raises(WeightsError, match="resnet.pth does not fit AlexNet"):
+    with pytest.raises(
+        WeightsError, match="resnet.pth does not fit torchvision's AlexNet: 16 missing"
+    ):
         build_model("alexnet", 2, str(tmp_path / "resnet.pth"))
 
 
@@ -80,7 +82,9 @@ def test_offline_imagenet_weights_say_what_to_do(tmp_path, monkeypatch):
 
 
 def test_unknown_backbone_and_bad_class_count():
-    with pytest.raises(ValueError, match="--backbone 'alexnett' is not a torchvision classifier"):
+    with pytest.raises(
+        ValueError, match="--backbone 'alexnett' is not a torchvision ImageNet classifier"
+    ):
         build_model("alexnett", 2, "none")
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
         build_model("alexnet", 1, "none")

@@ -31,7 +31,7 @@ def store_files(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes()
         for p in sorted(directory.rglob("*.*"))
-        if p.name != "summary.json"
+        if p.name not in ("summary.json", ".lock")
     }
 
 

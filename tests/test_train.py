@@ -8,6 +8,7 @@ from torch import nn
 from torchvision import models
 
 from rcnn.cli import main
+from rcnn.config import train_config
 from rcnn.evaluate import run_compare, run_evaluate
 from rcnn.model import build_model
 from rcnn.regions import RegionSet
@@ -25,7 +26,6 @@ from rcnn.train import (
     resume_config,
     run_train,
     setup_run,
-    train_config,
     val_indices,
 )
 
@@ -215,7 +215,7 @@ def test_device_defaults_are_decided_once_and_recorded():
 
 def test_amp_flag_parses_both_ways(monkeypatch):
     seen = {}
-    monkeypatch.setattr("rcnn.train.run_train", lambda cfg, resume=False: seen.update(cfg=cfg))
+    monkeypatch.setattr("rcnn.train.run_train", lambda cfg, **kw: seen.update(cfg=cfg))
     for flags, amp in (([], None), (["--amp"], True), (["--no-amp"], False)):
         assert main(["train", "--data", "d", "--out", "o", *flags]) == 0
         assert seen["cfg"].amp is amp

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rcnn.allocator import reuse_freed_memory
+from rcnn.errors import ConfigError
 from rcnn.model import build_model
 from rcnn.regions import RegionSet
 from rcnn.sampler import BalancedBatchSampler
@@ -92,7 +93,7 @@ def _feeder(cfg: TrainConfig, regions: RegionSet, device, batches: int):
     feeder = make_feeder(regions, sampler, cfg, device, mean, std)
     setup = time.perf_counter() - start
     if len(sampler) < batches:
-        raise ValueError(f"--batches {batches}: the data makes only {len(sampler)} batches")
+        raise ConfigError(f"--batches {batches}: the data makes only {len(sampler)} batches")
     return feeder, setup
 
 

@@ -10,8 +10,10 @@ import argparse
 import dataclasses
 import logging
 import sys
+import traceback
 
 from rcnn import __version__
+from rcnn.errors import ConfigError, RcnnError
 
 logger = logging.getLogger("rcnn")
 
@@ -48,7 +50,7 @@ def _cmd_synth(args) -> None:
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError as err:
-        raise ValueError(f"--size must look like 320x240, got {args.size!r}") from err
+        raise ConfigError(f"--size must look like 320x240, got {args.size!r}") from err
     summary = make_synthetic_voc(
         args.out, args.images, args.seed, (width, height), args.val_fraction
     )
@@ -179,7 +181,7 @@ def format_prepare_summary(summary: dict, out: str) -> str:
 
 
 def _add_train(sub) -> None:
-    from rcnn.train import BEST_METRICS, PRESETS
+    from rcnn.config import BEST_METRICS, PRESETS
 
     p = sub.add_parser(
         "train",
@@ -205,7 +207,14 @@ def _add_train(sub) -> None:
         metavar="RUN",
         help="continue RUN from its last.pt (its config is reused; --epochs may extend it)",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="seed", help="hyper-parameters")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), help="hyper-parameters (default seed, the recipe)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its checkpoints, metrics and config)",
+    )
     p.add_argument(
         "--backbone",
         help="torchvision classifier: alexnet (default), vgg16, resnet50, mobilenet_v3_large, ...",
@@ -291,7 +300,8 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> None:
-    from rcnn.train import TrainConfig, resume_config, run_train, train_config
+    from rcnn.config import TrainConfig, train_config
+    from rcnn.train import resume_config, run_train
 
     # Every TrainConfig field with a flag of the same name; unset flags are None.
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")]
@@ -299,13 +309,17 @@ def _cmd_train(args) -> None:
     flags.pop("progress", None)
     progress = False if args.no_progress else None
     if args.resume:
-        cfg = resume_config(args.resume, progress=progress, **flags)
+        for flag, value in (("--preset", args.preset), ("--out", args.out)):
+            if value is not None:
+                raise ConfigError(f"{flag} cannot be combined with --resume RUN")
+        cfg = resume_config(args.resume, data=args.data, progress=progress, **flags)
         run_train(cfg, resume=True)
         return
     if not args.data or not args.out:
-        raise ValueError("--data and --out are required (or --resume RUN)")
-    cfg = train_config(args.preset, data=args.data, out=args.out, progress=progress, **flags)
-    run_train(cfg)
+        raise ConfigError("--data and --out are required (or --resume RUN)")
+    preset = args.preset or "seed"
+    cfg = train_config(preset, data=args.data, out=args.out, progress=progress, **flags)
+    run_train(cfg, overwrite=args.overwrite)
 
 
 def _add_evaluate(sub) -> None:
@@ -451,7 +465,7 @@ def _cmd_bench(args) -> None:
     import json
 
     from rcnn.bench import bench_loader, bench_train
-    from rcnn.train import TrainConfig
+    from rcnn.config import TrainConfig
 
     cfg = TrainConfig(
         data=args.data,
@@ -513,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         COMMANDS[args.command][1](args)
-    except (ValueError, OSError) as err:  # errors a user can cause; bugs keep tracebacks
+    except (RcnnError, OSError) as err:  # errors a user can cause; bugs keep tracebacks
+        if args.verbose:
+            traceback.print_exc()
         print(f"rcnn {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

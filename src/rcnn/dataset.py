@@ -17,26 +17,43 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rcnn.regions import RegionSet
+from rcnn.regions import RegionSet, RegionStoreError
 
 logger = logging.getLogger(__name__)
 
 
 class ImageStore:
-    """Every image of a region set, decoded once as RGB uint8 into shared memory."""
+    """Every image of a region set, decoded once as RGB uint8 into shared memory.
 
-    def __init__(self, paths: list[str], threads: int = 4):
-        def decode(path: str) -> np.ndarray:
+    Args:
+        paths: image files.
+        threads: decoding threads.
+        sizes: the ``(width, height)`` each image must have (the region store's record):
+            an image replaced or resized since the regions were made is an error, not a
+            silently wrong crop.
+    """
+
+    def __init__(self, paths: list[str], threads: int = 4, sizes=None):
+        sizes = list(sizes) if sizes else [None] * len(paths)
+
+        def decode(path: str, size) -> np.ndarray:
             image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR; converted right below
             if image is None:
                 raise FileNotFoundError(
                     f"{path}: image missing or unreadable; the region store "
                     "refers to it (re-run `rcnn prepare`?)"
                 )
+            found = (image.shape[1], image.shape[0])
+            if size is not None and tuple(size) != found:
+                raise RegionStoreError(
+                    f"{path}: the image is {found[0]}x{found[1]} but was {size[0]}x{size[1]} "
+                    "when `rcnn prepare` made the regions: it was replaced or resized since; "
+                    "run `rcnn prepare` again (unchanged images reuse their cached proposals)"
+                )
             return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
         with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV decodes without the GIL
-            images = list(pool.map(decode, paths))
+            images = list(pool.map(decode, paths, sizes))
         self.shapes = np.array([im.shape[:2] for im in images], dtype=np.int64).reshape(-1, 2)
         sizes = self.shapes[:, 0] * self.shapes[:, 1] * 3
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -44,6 +61,11 @@ class ImageStore:
         flat = self.data.numpy()
         for i, image in enumerate(images):
             flat[self.offsets[i] : self.offsets[i + 1]] = image.ravel()
+
+    @classmethod
+    def of(cls, regions: RegionSet, threads: int = 4) -> ImageStore:
+        """The images of a region set, checked against the sizes its store recorded."""
+        return cls(regions.image_paths, threads, regions.image_sizes or None)
 
     def __len__(self) -> int:
         return len(self.shapes)

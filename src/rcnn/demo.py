@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rcnn.errors import ConfigError
 from rcnn.evaluate import run_evaluate
 from rcnn.labels import PRESETS as LABEL_PRESETS
 from rcnn.model import imagenet_weights_cached
@@ -36,7 +37,7 @@ class DemoConfig:
 
     def __post_init__(self):
         if self.images < 8:
-            raise ValueError(
+            raise ConfigError(
                 f"--images must be >= 8 for a train and a val split, got {self.images}"
             )
 
@@ -95,7 +96,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         )
     )
     train_cfg = demo_train_config(cfg, weights)
-    run_train(train_cfg)
+    run_train(train_cfg, overwrite=True)  # the demo's own folder: a re-run replaces its run
     metrics = run_evaluate(
         train_cfg.out,
         str(out / "regions"),

@@ -56,11 +56,11 @@ def run_evaluate(
     # Precision and batch size are this machine's choice, not the training machine's.
     cfg = replace(config_from_checkpoint(ckpt), workers=workers, amp=None, val_batch=0)
     cfg = for_device(cfg, dev)
-    regions = load_split(data, split)
+    regions = load_split(data, split, allow_store=True)
     class_names = ["background", *regions.classes]
     check_classes(ckpt, class_names, path)
     mean, std = input_stats(cfg)
-    store = ImageStore(regions.image_paths)
+    store = ImageStore.of(regions)
     batches = chunks(np.arange(len(regions)), cfg.val_batch)
     feeder = make_feeder(regions, batches, cfg, dev, mean, std, store)
     model = load_model(ckpt, cfg, dev)

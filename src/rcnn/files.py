@@ -1,14 +1,19 @@
-"""Atomic file writes: a temporary file in the same folder, then ``os.replace``.
+"""Atomic file writes (a temporary file in the same folder, then ``os.replace``) and
+output locks.
 
 A reader sees either the old file or the new one, never half of one, even after kill -9.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from rcnn.errors import RcnnError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -27,3 +32,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, command: str):
+    """Holds ``folder/.lock`` for one writer at a time; a second writer is refused with a
+    message. The lock is the kernel's (``flock``): a killed holder releases it."""
+    path = Path(folder) / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RcnnError(
+                f"{folder} is being written by {holder}; wait for it to finish or choose "
+                "another output folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{command} (pid {os.getpid()})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)

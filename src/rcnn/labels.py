@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from rcnn.boxes import box_area, box_iou, unique_boxes
+from rcnn.errors import ConfigError
 
 BACKGROUND = 0
 
@@ -33,18 +34,18 @@ class LabelConfig:
 
     def __post_init__(self):
         if not 0.0 < self.pos_iou <= 1.0:
-            raise ValueError(f"--pos-iou must be in (0, 1], got {self.pos_iou}")
+            raise ConfigError(f"--pos-iou must be in (0, 1], got {self.pos_iou}")
         if not -1.0 <= self.neg_iou_min < self.neg_iou_max:
-            raise ValueError(
+            raise ConfigError(
                 f"--neg-iou-min ({self.neg_iou_min}) must be >= -1 and below "
                 f"--neg-iou-max ({self.neg_iou_max})"
             )
         if self.neg_iou_max > self.pos_iou:
-            raise ValueError(
+            raise ConfigError(
                 f"--neg-iou-max ({self.neg_iou_max}) must not exceed --pos-iou ({self.pos_iou})"
             )
         if self.neg_min_area_frac < 0:
-            raise ValueError(f"--neg-min-area must be >= 0, got {self.neg_min_area_frac}")
+            raise ConfigError(f"--neg-min-area must be >= 0, got {self.neg_min_area_frac}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +64,7 @@ PRESETS = {
 def label_config(preset: str, **overrides) -> LabelConfig:
     """A preset with the flags the user set (``None`` values are ignored)."""
     if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        raise ConfigError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 from torchvision import models
 
+from rcnn.errors import ConfigError, RcnnError
+
 logger = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RcnnError):
     """Pretrained weights could not be loaded; the message says how to pass a local file."""
 
 
@@ -36,13 +38,13 @@ def _replace_head(model: nn.Module, num_classes: int) -> str:
 
 def weights_enum(backbone: str):
     """The default ImageNet weights of a torchvision classifier (metadata only, no download)."""
-    try:
-        return models.get_model_weights(backbone).DEFAULT
-    except (ValueError, KeyError) as err:
-        names = ", ".join(models.list_models(module=models)[:12])
-        raise ValueError(
-            f"--backbone {backbone!r} is not a torchvision classifier (e.g. {names}, ...)"
-        ) from err
+    classifiers = models.list_models(module=models)  # not detection or segmentation models
+    if backbone not in classifiers:
+        raise ConfigError(
+            f"--backbone {backbone!r} is not a torchvision ImageNet classifier "
+            f"(e.g. {', '.join(classifiers[:12])}, ...)"
+        )
+    return models.get_model_weights(backbone).DEFAULT
 
 
 def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -63,7 +65,8 @@ def _load_state_dict(path: str) -> dict:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--weights {path}: file not found") from err
     except Exception as err:
-        raise WeightsError(f"--weights {path}: not a readable state dict ({err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"--weights {path}: not a readable state dict ({first})") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a training checkpoint (last.pt / best.pt)
     if not isinstance(state, dict):
@@ -85,7 +88,7 @@ def build_model(backbone: str = "alexnet", num_classes: int = 2, weights: str = 
         The model; ``model.rcnn_head`` names its new head layer.
     """
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (classes + background), got {num_classes}")
+        raise ConfigError(f"num_classes must be >= 2 (classes + background), got {num_classes}")
     enum = weights_enum(backbone)
     model = models.get_model(backbone, weights=None)
     if weights == "imagenet":
@@ -113,10 +116,23 @@ def build_model(backbone: str = "alexnet", num_classes: int = 2, weights: str = 
 
 
 def _strict_load(model: nn.Module, state: dict, path: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise WeightsError(f"--weights {path} does not fit {type(model).__name__}: {err}") from err
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [
+        k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != own[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {what} (e.g. {keys[0]})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (resized, "resized"))
+        if keys
+    ]
+    if problems:
+        raise WeightsError(
+            f"--weights {path} does not fit torchvision's {type(model).__name__}: "
+            f"{', '.join(problems)} of its {len(own)} tensors; is it another --backbone's?"
+        )
+    model.load_state_dict(state)
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float):
@@ -129,3 +145,21 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
         {"params": body, "lr": lr, "weight_decay": weight_decay},
         {"params": new, "lr": lr * head_lr_mult, "weight_decay": weight_decay},
     ]
+
+
+def check_input_size(model: nn.Module, size: int, backbone: str) -> None:
+    """Runs one blank ``size`` x ``size`` image through ``model`` (on the CPU, no gradients),
+    so a backbone that cannot take that size is reported before any data is loaded."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--backbone {backbone} cannot take --input-size {size} ({first}); "
+            "try its own input size (224 for most torchvision classifiers)"
+        ) from err
+    finally:
+        model.train(training)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.boxes import clip_boxes, nonempty
-from rcnn.files import atomic_write_json
+from rcnn.errors import ConfigError, RcnnError
+from rcnn.files import atomic_write_json, output_lock
 from rcnn.labels import LabelConfig, label_regions
 from rcnn.proposals import ProposalConfig, compute_proposals, default_cache_dir
 from rcnn.regions import RegionSet
@@ -19,7 +25,7 @@ from rcnn.voc import VOCAnnotation, VOCDataset, VOCFormatError, parse_annotation
 logger = logging.getLogger(__name__)
 
 
-class BadImageError(ValueError):
+class BadImageError(RcnnError):
     """An image could not be used; raised instead of skipping it under ``--strict``."""
 
 
@@ -39,9 +45,9 @@ class PrepareConfig:
     def __post_init__(self):
         self.classes = resolve_classes(list(self.classes))
         if not self.splits:
-            raise ValueError("--split must name at least one split")
+            raise ConfigError("--split must name at least one split")
         if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")
+            raise ConfigError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")
 
 
 def _load_annotations(voc: VOCDataset, ids: list[str], skipped: list[dict]):
@@ -131,6 +137,14 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
         "proposals": cfg.proposals.cache_tag(),
     }
     regions = RegionSet(image_paths, index, boxes, labels, ious, cfg.classes, sizes, info)
+    if regions.num_positive == 0:
+        logger.warning(
+            "split '%s': no object regions; check --classes %s against the <name> of the "
+            "objects in %s",
+            split,
+            " ".join(cfg.classes),
+            voc.root / "Annotations",
+        )
     summary = {
         "images": len(image_paths),
         "skipped": skipped,
@@ -148,19 +162,65 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
-    """Prepares every split, writes ``OUT/{split}/`` and ``OUT/summary.json``."""
+    """Prepares every split and replaces ``OUT/{split}/`` and ``OUT/summary.json`` together.
+
+    Every split is built in a staging folder inside ``OUT`` first; the previous stores are
+    replaced only once all splits succeeded, so a failed or interrupted run leaves them as
+    they were. A lock file keeps a second ``prepare`` off the same ``OUT`` meanwhile. The
+    stores and the summary share one ``generation`` id, which training checks.
+    """
     voc = VOCDataset(cfg.voc_root)
     out = Path(cfg.out)
-    summaries = {}
-    for split in cfg.splits:
-        regions, summaries[split] = prepare_split(cfg, voc, split)
-        regions.save(out / split)
-    summary = {
-        "voc_root": str(voc.root.resolve()),
-        "classes": cfg.classes,
-        "labels": cfg.labels.to_dict(),
-        "proposals": {"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
-        "splits": summaries,
-    }
-    atomic_write_json(out / "summary.json", summary)
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "rcnn prepare"):
+        for stale in out.glob(".prepare-*"):  # left by a run that was killed: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+        try:
+            built, summaries = {}, {}
+            for split in cfg.splits:
+                built[split], summaries[split] = prepare_split(cfg, voc, split)
+            generation = generation_of(built)
+            for split, regions in built.items():
+                regions.info["generation"] = generation
+                regions.save(staging / split)
+            summary = {
+                "voc_root": str(voc.root.resolve()),
+                "classes": cfg.classes,
+                "labels": cfg.labels.to_dict(),
+                "proposals": {"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
+                "generation": generation,
+                "splits": summaries,
+            }
+            atomic_write_json(staging / "summary.json", summary)
+            _publish(staging, out, cfg.splits)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def generation_of(splits: dict[str, RegionSet]) -> str:
+    """An id of one ``prepare`` run's output: a digest of every split's regions and settings,
+    so the same inputs give the same id (and byte-identical stores)."""
+    digest = hashlib.sha256()
+    for split, regions in splits.items():
+        header = [split, regions.classes, regions.image_paths, regions.info]
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        for array in (regions.image_index, regions.boxes, regions.labels, regions.ious):
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _publish(staging: Path, out: Path, splits: list[str]) -> None:
+    """Moves the staged stores and summary into ``out``, the previous ones out of the way.
+
+    Each move is a rename inside one folder; stores left half-swapped by a crash in between
+    carry different generations, which training refuses.
+    """
+    old = staging / ".previous"
+    old.mkdir()
+    for split in splits:
+        if (out / split).exists():
+            os.replace(out / split, old / split)
+        os.replace(staging / split, out / split)
+    os.replace(staging / "summary.json", out / "summary.json")

@@ -14,15 +14,16 @@ import io
 import logging
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from rcnn.boxes import clip_boxes, nonempty, unique_boxes
+from rcnn.errors import ConfigError
 from rcnn.files import atomic_write_bytes
+from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ class ProposalConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.max_side < 0 or 0 < self.max_side < 32:
-            raise ValueError(f"--max-side must be 0 (off) or >= 32, got {self.max_side}")
+            raise ConfigError(f"--max-side must be 0 (off) or >= 32, got {self.max_side}")
 
     def cache_tag(self) -> str:
         # OpenCV's version is part of the key: another release may segment differently.
@@ -127,14 +128,28 @@ def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalRe
     data, error = _read(path)
     if data is None:
         return ProposalResult(path, None, error=error)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    image = decode(data)
     if image is None:
-        return ProposalResult(path, None, error=f"{path}: not a readable image (corrupt JPEG?)")
-    boxes = selective_search(image, config)
+        what = "an empty file" if not data else "not a readable image (corrupt JPEG?)"
+        return ProposalResult(path, None, error=f"{path}: {what}")
+    try:
+        boxes = selective_search(image, config)
+    except cv2.error as err:
+        return ProposalResult(path, None, error=f"{path}: Selective Search failed ({err.msg})")
     size = (image.shape[1], image.shape[0])
     if cache_root is not None:
         ProposalCache(cache_root).put(key, boxes, size)
     return ProposalResult(path, boxes, size)
+
+
+def decode(data: bytes) -> np.ndarray | None:
+    """A BGR uint8 image from encoded bytes; ``None`` when they are empty or undecodable."""
+    if not data:
+        return None  # OpenCV asserts on an empty buffer instead of failing politely
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
 
 
 def _init_worker() -> None:
@@ -152,32 +167,33 @@ def compute_proposals(
     """Proposals for every image, in the order given.
 
     Cached images are answered in this process; the rest are searched in ``workers`` processes
-    (0 = one per core). Errors (unreadable or corrupt images) come back in ``result.error``.
+    (0 = one per core), once per distinct content: identical files share one search. Errors
+    (unreadable or corrupt images) come back in ``result.error``.
     """
     cache = ProposalCache(cache_dir) if cache_dir is not None else None
     results: list[ProposalResult | None] = [None] * len(image_paths)
-    todo, keys = [], {}
+    todo: dict[str, list[int]] = {}  # cache key -> the images with that content
     for i, path in enumerate(image_paths):
         data, error = _read(path)
         if data is None:
             results[i] = ProposalResult(path, None, error=error)
             continue
-        keys[i] = ProposalCache.key(data, config)
-        hit = cache.get(keys[i]) if cache is not None else None
+        key = ProposalCache.key(data, config)
+        hit = cache.get(key) if cache is not None else None
         if hit is not None:
             results[i] = ProposalResult(path, hit[0], hit[1], cached=True)
         else:
-            todo.append(i)
+            todo.setdefault(key, []).append(i)
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
     cache_root = str(cache_dir) if cache_dir is not None else None
-    jobs = [(image_paths[i], keys[i], config, cache_root) for i in todo]
-    bar = tqdm(
+    jobs = [(image_paths[same[0]], key, config, cache_root) for key, same in todo.items()]
+    pending = sum(len(same) for same in todo.values())
+    bar = progress_bar(
         total=len(image_paths),
-        initial=len(image_paths) - len(todo),
+        initial=len(image_paths) - pending,
         desc="proposals",
         unit="img",
-        disable=not progress,
-        dynamic_ncols=True,
+        enabled=progress,
     )
     with bar:
         if workers <= 1:
@@ -191,9 +207,10 @@ def compute_proposals(
             pool = context.Pool(workers, initializer=_init_worker)
             done = pool.imap(_compute_one, jobs)
         try:
-            for i, result in zip(todo, done, strict=True):
-                results[i] = result
-                bar.update(1)
+            for same, result in zip(todo.values(), done, strict=True):
+                for i in same:
+                    results[i] = replace(result, path=image_paths[i])
+                bar.update(len(same))
         finally:
             if pool is not None:
                 pool.terminate()

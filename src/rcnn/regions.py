@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "rcnn-regions"
@@ -31,7 +32,7 @@ VERSION = 1
 ARRAYS = {"image_index": np.int32, "boxes": np.int32, "labels": np.int16, "ious": np.float32}
 
 
-class RegionStoreError(ValueError):
+class RegionStoreError(RcnnError):
     """A region store is missing, incomplete or damaged; the message names the file."""
 
 

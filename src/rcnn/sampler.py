@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from rcnn.errors import ConfigError
+
 
 class BalancedBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset indices, ``num_pos`` positives then ``num_neg`` negatives.
@@ -40,13 +42,13 @@ class BalancedBatchSampler(Sampler[list[int]]):
     ):
         labels = np.asarray(labels)
         if num_pos <= 0 or num_neg <= 0:
-            raise ValueError(f"--num-pos and --num-neg must be > 0, got {num_pos}, {num_neg}")
+            raise ConfigError(f"--num-pos and --num-neg must be > 0, got {num_pos}, {num_neg}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.positives = np.flatnonzero(labels > 0)
         self.negatives = np.flatnonzero(labels == 0)
         if len(self.positives) == 0 or len(self.negatives) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot balance batches: {len(self.positives)} object and "
                 f"{len(self.negatives)} background regions; both classes are needed "
                 "(check the labelling thresholds of `rcnn prepare`)"
@@ -58,7 +60,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         # As in the recipe: as many batches as the regions would fill, whatever the mix.
         self.total_batches = len(labels) // (num_pos + num_neg)
         if self.total_batches < num_replicas:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(labels)} regions make {self.total_batches} batches of "
                 f"{num_pos + num_neg}, fewer than the {num_replicas} ranks"
             )

@@ -18,6 +18,8 @@ from xml.etree import ElementTree as ET
 import cv2
 import numpy as np
 
+from rcnn.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 Color = tuple[int, int, int]
@@ -393,15 +395,15 @@ def _validate(
     root: Path, num_images: int, seed: int, image_size: tuple[int, int], val_fraction: float
 ) -> None:
     if num_images < 2:
-        raise ValueError(f"--images must be >= 2 (got num_images={num_images})")
+        raise ConfigError(f"--images must be >= 2 (got num_images={num_images})")
     if min(image_size) < _MIN_SIZE:
-        raise ValueError(
+        raise ConfigError(
             f"--size must be at least {_MIN_SIZE}x{_MIN_SIZE} (got {image_size[0]}x{image_size[1]})"
         )
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1) (--val-fraction, got {val_fraction})")
+        raise ConfigError(f"val_fraction must be in (0, 1) (--val-fraction, got {val_fraction})")
     if seed < 0:
-        raise ValueError(f"--seed must be >= 0 (got seed={seed})")
+        raise ConfigError(f"--seed must be >= 0 (got seed={seed})")
     annotations = root / "Annotations"
     if annotations.is_dir() and any(annotations.iterdir()):
         raise FileExistsError(

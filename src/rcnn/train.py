@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from rcnn.allocator import reuse_freed_memory
 from rcnn.batches import (
@@ -31,126 +30,49 @@ from rcnn.batches import (
     chunks,
     device_images_dtype,
 )
+from rcnn.config import TrainConfig
 from rcnn.dataset import ImageStore, RegionDataset, loader_options, mean_fill
 from rcnn.distributed import World, all_concat, all_sum, barrier, init_world, shutdown
+from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import atomic_write_bytes, atomic_write_json
 from rcnn.metrics import classification_metrics
-from rcnn.model import build_model, normalization, parameter_groups
+from rcnn.model import build_model, check_input_size, normalization, parameter_groups
+from rcnn.progress import progress_bar
 from rcnn.regions import RegionSet
 from rcnn.sampler import BalancedBatchSampler
 
 logger = logging.getLogger(__name__)
 
-PIPELINES = ("auto", "device", "threads", "loader")
 SINGLE = World()  # one process, no torchrun
-BEST_METRICS = ("val_balanced_acc", "val_acc", "val_object_ap", "val_recipe_acc", "val_loss")
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(RcnnError):
     """The loss became NaN or infinite (usually a too high --lr); the last good checkpoint
     is kept."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RcnnError):
     """A checkpoint is missing, damaged, or does not fit the data."""
 
 
-@dataclass
-class TrainConfig:
-    data: str = ""  # the `rcnn prepare` output folder (holds train/ and val/)
-    out: str = ""
-    backbone: str = "alexnet"
-    weights: str = "imagenet"  # imagenet | none | path to a state dict
-    epochs: int = 25
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_step: int = 7
-    lr_gamma: float = 0.1
-    head_lr_mult: float = 1.0
-    num_pos: int = 32
-    num_neg: int = 96
-    input_size: int = 227
-    context_pad: int = 0
-    norm: str = "imagenet"  # imagenet: the backbone's weights metadata; half: 0.5 / 0.5
-    val_max: int = 0  # 0 = the whole validation set
-    val_batch: int = 0  # 0: 1024 on CUDA (measured 8% faster than 256 on an H200), 256 elsewhere
-    best_metric: str = "val_balanced_acc"
-    workers: int = 2
-    device: str = "auto"
-    pipeline: str = "auto"  # device (default on CUDA) | threads (default on CPU) | loader
-    amp: bool | None = None  # None: bfloat16 autocast on CUDA GPUs that have it, off elsewhere
-    channels_last: bool = True  # faster for AlexNet on CPU (1.1-1.5x across runs), usual on GPUs
-    compile: bool = False  # torch.compile the model
-    lr_scale: str = "none"  # linear: lr x number of processes (for larger global batches)
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self):
-        checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (
-                self.optimizer in ("sgd", "adam"),
-                f"--optimizer must be sgd or adam, got {self.optimizer!r}",
-            ),
-            (self.lr_step >= 1, f"--lr-step must be >= 1, got {self.lr_step}"),
-            (self.num_pos > 0 and self.num_neg > 0, "--num-pos and --num-neg must be > 0"),
-            (self.input_size >= 32, f"--input-size must be >= 32, got {self.input_size}"),
-            (
-                0 <= 2 * self.context_pad < self.input_size,
-                f"--context-pad must be in [0, --input-size / 2), got {self.context_pad}",
-            ),
-            (
-                self.norm in ("imagenet", "half"),
-                f"--norm must be imagenet or half, got {self.norm!r}",
-            ),
-            (self.best_metric in BEST_METRICS, f"--best-metric must be one of {BEST_METRICS}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.val_batch >= 0, f"--val-batch must be >= 0, got {self.val_batch}"),
-            (
-                self.lr_scale in ("none", "linear"),
-                f"--lr-scale must be none or linear, got {self.lr_scale!r}",
-            ),
-            (
-                self.pipeline in PIPELINES,
-                f"--pipeline must be one of {PIPELINES}, got {self.pipeline!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-
-PRESETS = {
-    # The recipe: SGD 1e-3, momentum 0.9, StepLR(7, 0.1), 25 epochs, batches of 32 + 96.
-    "seed": {},
-    # The recipe's three remedies for overfitting, one at a time and together.
-    "lr-1e-4": {"lr": 1e-4},
-    "weight-decay": {"weight_decay": 1e-4},
-    "adam": {"optimizer": "adam", "lr": 1e-4},
-    "remedies": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4},
-    # Girshick et al. 2014: 16 pixels of context, weight decay 5e-4, new layer at 10x lr.
-    "paper": {"context_pad": 16, "weight_decay": 5e-4, "head_lr_mult": 10.0},
-}
-
-
-def train_config(preset: str, **overrides) -> TrainConfig:
-    """A preset's config with the flags the user set (``None`` values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(**values)
-
-
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``, or another torch device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
 
 
 def configure_device(device: torch.device) -> None:
@@ -208,9 +130,7 @@ def train_one_epoch(
     # float16 needs its gradients scaled to stay representable; bfloat16 does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
     batches = feeder.iterate(flips=generator)  # the recipe's random horizontal flip
-    bar = tqdm(
-        batches, total=len(feeder), desc=desc, leave=False, disable=not progress, dynamic_ncols=True
-    )
+    bar = progress_bar(batches, progress, total=len(feeder), desc=desc, leave=False)
     for step, (images, labels) in enumerate(bar):
         with autocast(device, amp):
             logits = model(images)
@@ -239,9 +159,7 @@ def predict(model, feeder, amp=False, progress=True, desc="val"):
     device = next(model.parameters()).device
     probs, labels = [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for images, target in tqdm(
-        feeder, desc=desc, leave=False, disable=not progress, dynamic_ncols=True
-    ):
+    for images, target in progress_bar(feeder, progress, desc=desc, leave=False):
         with autocast(device, amp):
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
@@ -270,12 +188,35 @@ def val_indices(num_regions: int, val_max: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(num_regions, size=val_max, replace=False))
 
 
-def load_split(data: str | Path, split: str) -> RegionSet:
-    """``data/split`` of a `rcnn prepare` output folder, or ``data`` when it is a store itself."""
+def load_split(data: str | Path, split: str, allow_store: bool = False) -> RegionSet:
+    """``data/split`` of a `rcnn prepare` output folder, or, with ``allow_store``, ``data``
+    when it is a store itself."""
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
-    return RegionSet.load(data if (data / "meta.json").is_file() else data / split)
+    if (data / "meta.json").is_file():
+        if allow_store:
+            return RegionSet.load(data)
+        raise ConfigError(
+            f"--data {data} is a single region store; give the `rcnn prepare` output folder "
+            f"that holds train/ and val/ (here perhaps {data.parent})"
+        )
+    return RegionSet.load(data / split)
+
+
+def load_train_val(data: str | Path) -> tuple[RegionSet, RegionSet]:
+    """The train and val stores of one `rcnn prepare` run."""
+    train, val = load_split(data, "train"), load_split(data, "val")
+    if train.classes != val.classes:
+        raise RcnnError(
+            f"--data {data}: train classes {train.classes} != val classes {val.classes}"
+        )
+    if train.info.get("generation") != val.info.get("generation"):
+        raise RcnnError(
+            f"--data {data}: train/ and val/ come from different `rcnn prepare` runs; "
+            "run `rcnn prepare` again to make them together"
+        )
+    return train, val
 
 
 def pipeline_for(pipeline: str, device: torch.device) -> str:
@@ -287,7 +228,7 @@ def pipeline_for(pipeline: str, device: torch.device) -> str:
 
 def make_feeder(regions: RegionSet, batches, cfg, device, mean, std, store=None):
     """Batches of ``regions`` on ``device`` through the GPU-resident or a CPU path."""
-    store = store if store is not None else ImageStore(regions.image_paths, 2 * cfg.workers or 2)
+    store = store if store is not None else ImageStore.of(regions, 2 * cfg.workers or 2)
     pipeline = pipeline_for(cfg.pipeline, device)
     if pipeline == "device":
         images = DeviceImages(store, device, mean, std, device_images_dtype(store, device))
@@ -375,6 +316,11 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path}: not a readable checkpoint, truncated or damaged ({type(err).__name__}: {err})"
         ) from err
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(
+            f"{path} holds only weights (a state dict such as `rcnn train`'s model.pth); "
+            f"give its run folder or best.pt, which also record the classes and settings"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != "rcnn-checkpoint":
         raise CheckpointError(f"{path}: not an rcnn checkpoint (use `rcnn train` to make one)")
     return ckpt
@@ -473,15 +419,12 @@ class Run:
 def setup_run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> Run:
     """Data, model, optimizer and (when resuming) the state of ``cfg.out/last.pt``."""
     out = Path(cfg.out)
-    train_rs, val_rs = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    if train_rs.classes != val_rs.classes:
-        raise ValueError(
-            f"--data {cfg.data}: train classes {train_rs.classes} != val classes {val_rs.classes}"
-        )
+    train_rs, val_rs = load_train_val(cfg.data)
     class_names = ["background", *train_rs.classes]
     ckpt = load_checkpoint(out / "last.pt") if resume else None
     torch.manual_seed(cfg.seed)  # the new head's (or a random model's) initial weights
     model = build_model(cfg.backbone, len(class_names), "none" if resume else cfg.weights)
+    check_input_size(model, cfg.input_size, cfg.backbone)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     lr_factor = world.size if cfg.lr_scale == "linear" else 1
@@ -526,16 +469,19 @@ def save_epoch(cfg: TrainConfig, run: Run, row: dict) -> None:
         "best": run.best,
     }
     save_checkpoint(out / "last.pt", state)
+    atomic_write_json(out / "config.json", asdict(cfg))  # what was run, with the first epoch
     if improved:  # best.pt is then the same bytes: a hard link saves writing them again
         link_atomic(out / "last.pt", out / "best.pt")
         save_checkpoint(out / "model.pth", run.model.state_dict())
     write_history(out, run.history)
 
 
-def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
+def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains (or resumes) a run in ``cfg.out``; returns the best epoch's history row.
 
-    Under torchrun every process calls this; rank 0 alone prints and writes files.
+    A new run refuses a folder that holds a run already, unless ``overwrite`` (which deletes
+    that run's files first). Under torchrun every process calls this; rank 0 alone prints
+    and writes files.
     """
     world, device_name = init_world(cfg.device)
     device = resolve_device(device_name)
@@ -543,13 +489,19 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     cfg = for_device(cfg, device)
     if not world.is_main:
         cfg = replace(cfg, progress=False)
+    if not resume:
+        claim_run_folder(Path(cfg.out), overwrite, world.is_main)
     run = setup_run(cfg, resume, world, device)
     say = print if world.is_main else (lambda *a, **k: None)
     if run.first_epoch:
+        if run.first_epoch >= cfg.epochs:
+            raise ConfigError(
+                f"--epochs {cfg.epochs}: {cfg.out} has already trained {run.first_epoch} "
+                "epochs; pass a larger --epochs to continue it"
+            )
         say(f"Resuming {cfg.out} after epoch {run.first_epoch - 1}")
     if world.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(cfg.out) / "config.json", asdict(cfg))
     start = time.time()
     with reuse_freed_memory(enabled=device.type == "cpu"):
         for epoch in range(run.first_epoch, cfg.epochs):
@@ -596,10 +548,55 @@ def check_classes(ckpt: dict, class_names: list[str], path) -> None:
         )
 
 
+# What a resumed run may change: how long, where and how fast it runs, not what it learns.
+RESUMABLE = {
+    "epochs",
+    "data",
+    "workers",
+    "device",
+    "pipeline",
+    "amp",
+    "val_batch",
+    "compile",
+    "channels_last",
+    "progress",
+}
+
+
 def resume_config(run: str | Path, **overrides) -> TrainConfig:
-    """The config of the run in ``run`` (from its ``last.pt``), with ``epochs`` etc. overridden."""
+    """The config of the run in ``run`` (from its ``last.pt``), with the flags of
+    :data:`RESUMABLE` overridden; any other flag must repeat the run's own value."""
     cfg = config_from_checkpoint(load_checkpoint(Path(run) / "last.pt"))
-    return replace(cfg, out=str(run), **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for name, value in overrides.items():
+        if name not in RESUMABLE and value != getattr(cfg, name):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {value}: {run} was trained with {flag} {getattr(cfg, name)} and a "
+                f"resumed run keeps it (resuming may change only "
+                f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE))}); "
+                "start a new run to change it"
+            )
+    return replace(cfg, out=str(run), **overrides)
+
+
+RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.pth")
+
+
+def claim_run_folder(out: Path, overwrite: bool, is_main: bool = True) -> None:
+    """Refuses a folder that holds a run, or with ``overwrite`` deletes that run's files."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise RcnnError(
+            f"--out {out} already holds a run ({', '.join(found)}); continue it with "
+            f"`rcnn train --resume {out}`, or pass --overwrite to replace it"
+        )
+    if is_main:
+        for name in found:
+            (out / name).unlink()
+        logger.warning("--overwrite: deleted %s from %s", ", ".join(found), out)
 
 
 def config_from_checkpoint(ckpt: dict) -> TrainConfig:

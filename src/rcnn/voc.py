@@ -12,10 +12,13 @@ This module is the only place that knows VOC's 1-based inclusive box coordinates
 
 from __future__ import annotations
 
+import functools
 import logging
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from rcnn.errors import ConfigError, RcnnError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ LAYOUT_HINT = (
 )
 
 
-class VOCFormatError(ValueError):
+class VOCFormatError(RcnnError):
     """A VOC file is missing, malformed or inconsistent; the message names the file."""
 
 
@@ -69,10 +72,38 @@ class VOCAnnotation:
     objects: tuple[VOCObject, ...]
 
     def select(self, classes: list[str], keep_difficult: bool) -> list[VOCObject]:
-        """Objects of the given classes, without difficult ones unless ``keep_difficult``."""
-        return [
-            o for o in self.objects if o.name in classes and (keep_difficult or not o.difficult)
-        ]
+        """Objects of the given classes, without difficult ones unless ``keep_difficult``.
+
+        Names are compared by :func:`class_key`; a returned object carries the spelling of
+        ``classes`` (a warning names each other spelling, once).
+        """
+        wanted = {class_key(c): c for c in classes}
+        chosen = []
+        for o in self.objects:
+            name = wanted.get(class_key(o.name))
+            if name is None or (o.difficult and not keep_difficult):
+                continue
+            if o.name != name:
+                _warn_spelling(o.name, name, self.image_id)
+                o = replace(o, name=name)
+            chosen.append(o)
+        return chosen
+
+
+def class_key(name: str) -> str:
+    """How class names are compared: trimmed and case-insensitively (``' Car'`` is ``car``)."""
+    return name.strip().lower()
+
+
+@functools.cache
+def _warn_spelling(found: str, name: str, image_id: str) -> None:
+    logger.warning(
+        "class name %r (first seen in %s.xml) read as %r: names are compared trimmed and "
+        "case-insensitively",
+        found,
+        image_id,
+        name,
+    )
 
 
 def voc_to_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[int, int, int, int]:
@@ -159,25 +190,30 @@ def resolve_classes(names: list[str]) -> list[str]:
     if names == ["all"]:
         return list(VOC_CLASSES)
     if not names:
-        raise ValueError("--classes must name at least one class (or 'all')")
-    if len(set(names)) != len(names):
-        raise ValueError(f"--classes has duplicates: {names}")
+        raise ConfigError("--classes must name at least one class (or 'all')")
+    if len({class_key(n) for n in names}) != len(names):
+        raise ConfigError(f"--classes has duplicates: {names}")
     if "background" in names or "__background__" in names:
-        raise ValueError("--classes must not name 'background': label 0 is always background")
+        raise ConfigError("--classes must not name 'background': label 0 is always background")
     return list(names)
+
+
+def read_lines(path: Path) -> list[str]:
+    """A text file's lines, with a UTF-8 byte-order mark and Windows line ends read as well."""
+    return path.read_text(encoding="utf-8-sig").splitlines()
 
 
 def read_id_file(path: Path) -> list[str]:
     """Image ids from an ``ImageSets/Main/{split}.txt`` file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; {LAYOUT_HINT}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line.split()[0] for line in read_lines(path) if line.strip()]
 
 
 def read_class_flags(path: Path) -> dict[str, int]:
     """``{id: flag}`` from an ``ImageSets/Main/{class}_{split}.txt`` file."""
     flags = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -203,8 +239,12 @@ class VOCDataset:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
 
     def split_path(self, split: str, cls: str | None = None) -> Path:
-        name = f"{cls}_{split}.txt" if cls else f"{split}.txt"
-        return self.root / "ImageSets" / "Main" / name
+        """``{split}.txt``, or ``{cls}_{split}.txt`` (VOC's lower-case name if only that exists)."""
+        folder = self.root / "ImageSets" / "Main"
+        if not cls:
+            return folder / f"{split}.txt"
+        path, lower = folder / f"{cls}_{split}.txt", folder / f"{class_key(cls)}_{split}.txt"
+        return lower if not path.is_file() and lower.is_file() else path
 
     def select_images(self, split: str, classes: list[str]) -> list[str]:
         """Ids of the split's images that show at least one chosen class.
@@ -219,12 +259,14 @@ class VOCDataset:
             for p in flag_paths:
                 chosen.update(i for i, flag in read_class_flags(p).items() if flag == 1)
             ids = sorted(chosen)
+            read = ", ".join(str(p) for p in flag_paths)
         else:
             ids = self._select_from_xml(split, classes)
+            read = f"{self.split_path(split)} and the annotations it lists"
         if not ids:
             raise VOCFormatError(
                 f"split '{split}' of {self.root} has no image with a (non-difficult) "
-                f"object of {classes}; check --classes and {self.split_path(split)}"
+                f"object of {classes}; read {read}; check --classes"
             )
         return ids
 
@@ -241,9 +283,12 @@ class VOCDataset:
             seen_names.update(o.name for o in ann.objects)
             if ann.select(classes, keep_difficult=False):
                 ids.append(image_id)
-        unknown = [c for c in classes if c not in seen_names and c not in VOC_CLASSES]
+        seen = {class_key(n) for n in seen_names}
+        unknown = [
+            c for c in classes if class_key(c) not in seen and class_key(c) not in VOC_CLASSES
+        ]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"--classes: unknown class {unknown}: not a VOC class and not in any annotation "
                 f"of split '{split}' (names found: {sorted(seen_names)})"
             )

@@ -1,0 +1,15 @@
+"""Progress bars that keep redirected logs readable.
+
+A bar is drawn on stderr only when stderr is a terminal: ``rcnn train ... > train.log 2>&1``
+then holds the per-epoch report lines, each at the start of a line, and no bar updates.
+"""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+
+def progress_bar(iterable=None, enabled: bool = True, **kwargs) -> tqdm:
+    """``tqdm(iterable, **kwargs)``, shown when ``enabled`` and stderr is a terminal."""
+    # tqdm's disable=None means: disabled when the stream is not a terminal.
+    return tqdm(iterable, disable=None if enabled else True, dynamic_ncols=True, **kwargs)
