@@ -147,3 +147,13 @@ def test_bad_context_pad(prepared):
     rs = RegionSet.load(prepared / "val")
     with pytest.raises(ValueError, match="--context-pad"):
         RegionDataset(rs, ImageStore(rs.image_paths), size=32, pad=16)
+
+
+def test_image_changed_since_prepare_is_named(two_images):
+    from rcnn.regions import RegionStoreError
+
+    rs = region_set(two_images, [[0, 0, 10, 10]], [0], [1])
+    assert ImageStore.of(rs).shapes.tolist() == [[60, 80], [50, 40]]  # as recorded
+    cv2.imwrite(two_images[1], np.zeros((50, 41, 3), np.uint8))  # resized since
+    with pytest.raises(RegionStoreError, match=r"b.png: the image is 41x50 but was 40x50"):
+        ImageStore.of(rs)

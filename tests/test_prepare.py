@@ -22,8 +22,9 @@ from .conftest import write_xml
 
 def config(voc, out, cache, **kw):
     kw.setdefault("proposals", ProposalConfig("fast"))
+    kw.setdefault("workers", 1)
     return PrepareConfig(
-        voc_root=str(voc), out=str(out), cache_dir=str(cache), workers=1, progress=False, **kw
+        voc_root=str(voc), out=str(out), cache_dir=str(cache), progress=False, **kw
     )
 
 
@@ -233,3 +234,84 @@ def test_killed_run_reuses_cache_and_matches_clean_run(make_voc, tmp_path):
         )
     )
     assert store_files(tmp_path / "killed") == store_files(tmp_path / "clean")
+
+
+def test_failed_split_keeps_the_previous_stores(small_voc, tmp_path):
+    out = tmp_path / "out"
+    run_prepare(config(small_voc, out, tmp_path / "cache"))
+    before = {**store_files(out), "summary.json": (out / "summary.json").read_bytes()}
+    # A later split fails: no image of val is flagged as showing a car any more.
+    (small_voc / "ImageSets/Main/car_val.txt").write_text("000005 -1\n000006 -1\n")
+    with pytest.raises(VOCFormatError, match="car_val.txt"):
+        run_prepare(config(small_voc, out, tmp_path / "cache", labels=PRESETS["paper"]))
+    after = {**store_files(out), "summary.json": (out / "summary.json").read_bytes()}
+    assert after == before
+    assert not list(out.glob(".prepare-*")), "the staging folder is removed"
+
+
+def test_a_second_prepare_on_the_same_out_is_refused(small_voc, tmp_path):
+    from rcnn.errors import RcnnError
+    from rcnn.files import output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out, "rcnn prepare"), pytest.raises(RcnnError, match="being written by"):
+        run_prepare(config(small_voc, out, tmp_path / "cache"))
+    run_prepare(config(small_voc, out, tmp_path / "cache"))  # free again afterwards
+
+
+def test_stores_of_different_runs_are_not_trained_together(small_voc, tmp_path):
+    from rcnn.errors import RcnnError
+    from rcnn.train import load_train_val
+
+    run_prepare(config(small_voc, tmp_path / "a", tmp_path / "cache"))
+    run_prepare(config(small_voc, tmp_path / "b", tmp_path / "cache", labels=PRESETS["paper"]))
+    load_train_val(tmp_path / "a")  # one run: fine
+    (tmp_path / "a" / "val").rename(tmp_path / "old-val")
+    (tmp_path / "b" / "val").rename(tmp_path / "a" / "val")
+    with pytest.raises(RcnnError, match="different `rcnn prepare` runs"):
+        load_train_val(tmp_path / "a")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_empty_jpeg_is_skipped_and_named(small_voc, tmp_path, workers, caplog):
+    (small_voc / "JPEGImages" / "000006.jpg").write_bytes(b"")
+    cfg = config(small_voc, tmp_path / "out", tmp_path / "cache", workers=workers)
+    summary = run_prepare(cfg)
+    skipped = summary["splits"]["val"]["skipped"]
+    assert [s["image"] for s in skipped] == ["000006"]
+    assert "000006.jpg: an empty file" in skipped[0]["reason"]
+    assert "000006.jpg" in caplog.text
+    strict = config(small_voc, tmp_path / "out2", tmp_path / "cache", strict=True)
+    with pytest.raises(BadImageError, match="000006.jpg: an empty file"):
+        run_prepare(strict)
+
+
+def test_identical_images_are_searched_once(small_voc, tmp_path, monkeypatch):
+    import shutil
+
+    import rcnn.proposals as proposals
+
+    jpegs = small_voc / "JPEGImages"
+    shutil.copyfile(jpegs / "000001.jpg", jpegs / "000002.jpg")
+    calls = []
+    real = proposals.selective_search
+    monkeypatch.setattr(proposals, "selective_search", lambda *a: calls.append(1) or real(*a))
+    paths = [str(jpegs / f"00000{i}.jpg") for i in (1, 2, 3)]
+    results = proposals.compute_proposals(paths, ProposalConfig("fast"), None, 1, False)
+    assert len(calls) == 2, "000001 and its copy 000002 share one search"
+    assert np.array_equal(results[0].boxes, results[1].boxes)
+    assert [r.path for r in results] == paths
+
+
+def test_capitalised_class_names_still_give_regions(make_voc, tmp_path):
+    specs = [
+        ("1", "train", [("Car", (10, 10, 50, 40), False)]),
+        ("2", "val", [("CAR ", (20, 15, 70, 55), False)]),
+    ]
+    root = make_voc(specs, class_files=())
+    main_dir = root / "ImageSets" / "Main"
+    (main_dir / "car_train.txt").write_text("1  1\n")
+    (main_dir / "car_val.txt").write_text("2  1\n")
+    summary = run_prepare(config(root, tmp_path / "out", tmp_path / "cache"))
+    assert all(s["positives"] > 0 for s in summary["splits"].values())

@@ -125,6 +125,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path):
     with pytest.raises(TrainingDiverged, match="NaN or infinite"):
         run_train(tiny(prepared, tmp_path / "nan_run", epochs=1, weights=str(tmp_path / "nan.pth")))
     assert not (tmp_path / "nan_run" / "last.pt").exists()
+    assert not (tmp_path / "nan_run" / "config.json").exists(), "nothing was run to record"
     assert (run / "last.pt").read_bytes() == before
 
 

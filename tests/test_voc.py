@@ -4,6 +4,7 @@ from rcnn.voc import (
     VOC_CLASSES,
     VOCDataset,
     VOCFormatError,
+    _warn_spelling,
     parse_annotation,
     resolve_classes,
     voc_to_box,
@@ -133,7 +134,7 @@ def test_missing_folders_and_split_files(small_voc, tmp_path):
 def test_empty_split(small_voc):
     main = small_voc / "ImageSets" / "Main"
     (main / "car_val.txt").write_text("000005 -1\n000006 -1\n")
-    with pytest.raises(VOCFormatError, match="split 'val' .* has no image"):
+    with pytest.raises(VOCFormatError, match="split 'val' .* has no image.*read .*car_val.txt"):
         VOCDataset(small_voc).select_images("val", ["car"])
 
 
@@ -141,3 +142,29 @@ def test_malformed_class_file(small_voc):
     (small_voc / "ImageSets" / "Main" / "car_val.txt").write_text("000005 yes\n")
     with pytest.raises(VOCFormatError, match=r"car_val.txt:1: expected"):
         VOCDataset(small_voc).select_images("val", ["car"])
+
+
+def test_split_files_with_bom_and_crlf(small_voc):
+    main = small_voc / "ImageSets" / "Main"
+    (main / "train.txt").write_bytes(b"\xef\xbb\xbf000001\r\n000002\r\n000003\r\n")
+    (main / "car_train.txt").write_bytes(b"\xef\xbb\xbf000001  1\r\n000002 -1\r\n")
+    voc = VOCDataset(small_voc)
+    assert voc.select_images("train", ["car"]) == ["000001"]
+    (main / "car_train.txt").unlink()
+    assert voc.select_images("train", ["car"]) == ["000001", "000002", "000003"]
+
+
+@pytest.mark.parametrize("spelling", ["Car", " CAR "])
+def test_class_names_compare_trimmed_and_case_insensitively(make_voc, spelling, caplog):
+    root = make_voc(
+        [("1", "train", [(spelling, (5, 5, 30, 30), False), ("dog", (40, 5, 60, 30), False)])],
+        class_files=(),
+    )
+    ann = parse_annotation(root / "Annotations" / "1.xml")
+    _warn_spelling.cache_clear()  # each spelling is reported once a process
+    assert [o.name for o in ann.select(["car"], keep_difficult=False)] == ["car"]
+    assert f"class name {spelling.strip()!r}" in caplog.text and "read as 'car'" in caplog.text
+    assert VOCDataset(root).select_images("train", ["car"]) == ["1"]
+    assert VOCDataset(root).select_images("train", ["Car"]) == ["1"]
+    with pytest.raises(ValueError, match="duplicates"):
+        resolve_classes(["car", "Car"])
