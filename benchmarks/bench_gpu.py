@@ -38,13 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcnn.batches import DeviceFeeder, DeviceImages, ThreadFeeder, chunks, warp_regions
 from rcnn.bench import make_scale_regions, time_batches
-from rcnn.dataset import ImageStore, random_flip
-from rcnn.model import build_model, normalization
-from rcnn.regions import RegionSet
-from rcnn.sampler import BalancedBatchSampler
-from rcnn.train import (
+from rcnn.data.batches import DeviceFeeder, DeviceImages, ThreadFeeder, chunks, warp_regions
+from rcnn.data.dataset import ImageStore, random_flip
+from rcnn.data.regions import RegionSet
+from rcnn.data.sampler import BalancedBatchSampler
+from rcnn.modeling.model import build_model, normalization
+from rcnn.training.train import (
     SINGLE,
     TrainConfig,
     autocast,

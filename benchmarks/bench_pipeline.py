@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from rcnn.bench import bench_loader, bench_train, make_scale_regions, peak_rss_mb, time_batches
-from rcnn.model import build_model
-from rcnn.regions import RegionSet
-from rcnn.sampler import BalancedBatchSampler
-from rcnn.train import TrainConfig
+from rcnn.data.regions import RegionSet
+from rcnn.data.sampler import BalancedBatchSampler
+from rcnn.modeling.model import build_model
+from rcnn.training.train import TrainConfig
 
 
 class NaiveRegionDataset(Dataset):

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rcnn.proposals import ProposalConfig, compute_proposals
-from rcnn.synth import make_synthetic_voc
-from rcnn.voc import VOCDataset
+from rcnn.data.proposals import ProposalConfig, compute_proposals
+from rcnn.data.synth import make_synthetic_voc
+from rcnn.data.voc import VOCDataset
 
 
 def timed(paths, config, cache_dir, workers) -> float:

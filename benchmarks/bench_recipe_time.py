@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcnn.allocator import reuse_freed_memory
-from rcnn.batches import chunks
 from rcnn.bench import bench_train, make_scale_regions, peak_rss_mb, time_batches
-from rcnn.model import build_model
-from rcnn.regions import RegionSet
-from rcnn.train import (
+from rcnn.data.batches import chunks
+from rcnn.data.regions import RegionSet
+from rcnn.modeling.model import build_model
+from rcnn.training.allocator import reuse_freed_memory
+from rcnn.training.train import (
     TrainConfig,
     autocast,
     configure_device,

@@ -87,9 +87,9 @@ def small_voc(make_voc):
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
     """A tiny prepared region dataset (train and val stores), built once per test session."""
-    from rcnn.prepare import PrepareConfig, run_prepare
-    from rcnn.proposals import ProposalConfig
-    from rcnn.synth import make_synthetic_voc
+    from rcnn.data.prepare import PrepareConfig, run_prepare
+    from rcnn.data.proposals import ProposalConfig
+    from rcnn.data.synth import make_synthetic_voc
 
     root = tmp_path_factory.mktemp("prepared")
     make_synthetic_voc(root / "voc", 8, seed=1, image_size=(128, 96))

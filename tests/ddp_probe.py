@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rcnn.train import TrainConfig, init_world, resolve_device, run_epoch, setup_run
+from rcnn.training.train import TrainConfig, init_world, resolve_device, run_epoch, setup_run
 
 data, out = sys.argv[1], Path(sys.argv[2])
 cfg = TrainConfig(data=data, out=str(out / "run"), weights="none", input_size=64, num_pos=4,

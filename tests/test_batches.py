@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn.batches import (
+from rcnn.data.batches import (
     DeviceFeeder,
     DeviceImages,
     LoaderFeeder,
@@ -17,9 +17,9 @@ from rcnn.batches import (
     chunks,
     warp_regions,
 )
-from rcnn.dataset import ImageStore, RegionDataset, context_box, draw_flips, mean_fill
-from rcnn.regions import RegionSet
-from rcnn.train import TrainConfig, make_feeder
+from rcnn.data.dataset import ImageStore, RegionDataset, context_box, draw_flips, mean_fill
+from rcnn.data.regions import RegionSet
+from rcnn.training.train import TrainConfig, make_feeder
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -107,7 +107,7 @@ def test_make_feeder_paths_agree(val_set):
 def test_threads_on_uint8_images_match_worker_processes(val_set, monkeypatch, pad):
     # Normalized images too big for memory: the threads warp uint8 ones, as workers do.
     regions, store = val_set
-    monkeypatch.setattr("rcnn.batches.float_images_budget", lambda: 0)
+    monkeypatch.setattr("rcnn.data.batches.float_images_budget", lambda: 0)
     batches = chunks(np.arange(len(regions))[:64], 32)
     cfg = TrainConfig(input_size=40, pipeline="threads", workers=0, context_pad=pad)
     threads = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
@@ -176,7 +176,7 @@ def test_thread_feeder_recycles_only_buffers_nobody_holds(val_set):
 
 FAULTS_PROBE = """
 import json, resource, torch
-from rcnn.allocator import reuse_freed_memory
+from rcnn.training.allocator import reuse_freed_memory
 
 def faults_of_fresh_blocks():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

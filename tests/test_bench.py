@@ -4,7 +4,7 @@ import numpy as np
 
 from rcnn.bench import make_scale_regions
 from rcnn.cli import main
-from rcnn.regions import RegionSet
+from rcnn.data.regions import RegionSet
 
 
 def test_scale_regions_and_bench_commands(tmp_path, capsys):

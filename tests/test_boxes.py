@@ -4,7 +4,7 @@ import torch
 from torchvision.ops import box_area as tv_box_area
 from torchvision.ops import box_iou as tv_box_iou
 
-from rcnn.boxes import box_area, box_iou, clip_boxes, nonempty, unique_boxes
+from rcnn.ops.boxes import box_area, box_iou, clip_boxes, nonempty, unique_boxes
 
 
 def random_boxes(rng, n, limit=200):

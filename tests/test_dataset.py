@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn.dataset import (
+from rcnn.data.dataset import (
     ImageStore,
     RegionDataset,
     context_box,
@@ -13,7 +13,7 @@ from rcnn.dataset import (
     random_flip,
     warp_region,
 )
-from rcnn.regions import RegionSet
+from rcnn.data.regions import RegionSet
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_bad_context_pad(prepared):
 
 
 def test_image_changed_since_prepare_is_named(two_images):
-    from rcnn.regions import RegionStoreError
+    from rcnn.data.regions import RegionStoreError
 
     rs = region_set(two_images, [[0, 0, 10, 10]], [0], [1])
     assert ImageStore.of(rs).shapes.tolist() == [[60, 80], [50, 40]]  # as recorded

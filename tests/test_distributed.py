@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rcnn.evaluate import run_evaluate
-from rcnn.regions import RegionSet
+from rcnn.data.regions import RegionSet
+from rcnn.evaluation.evaluate import run_evaluate
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rcnn.labels import BACKGROUND, PRESETS, LabelConfig, label_config, label_regions
+from rcnn.data.labels import BACKGROUND, PRESETS, LabelConfig, label_config, label_regions
 
 GT = np.array([[0, 0, 10, 10]])
 

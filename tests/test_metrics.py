@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from rcnn.metrics import (
+from rcnn.evaluation.metrics import (
     average_precision,
     classification_metrics,
     confusion_matrix,

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from rcnn.model import (
+from rcnn.modeling.model import (
     WeightsError,
     build_model,
     head_name,

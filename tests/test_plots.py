@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rcnn.metrics import pr_curves
-from rcnn.plots import (
+from rcnn.evaluation.metrics import pr_curves
+from rcnn.evaluation.plots import (
     CORRECT_COLOR,
     WRONG_COLOR,
     plot_compare,

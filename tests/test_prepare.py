@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcnn.boxes import box_iou
 from rcnn.cli import main
-from rcnn.labels import PRESETS
-from rcnn.prepare import BadImageError, PrepareConfig, run_prepare
-from rcnn.proposals import ProposalCache, ProposalConfig
-from rcnn.regions import RegionSet
-from rcnn.voc import VOCFormatError
+from rcnn.data.labels import PRESETS
+from rcnn.data.prepare import BadImageError, PrepareConfig, run_prepare
+from rcnn.data.proposals import ProposalCache, ProposalConfig
+from rcnn.data.regions import RegionSet
+from rcnn.data.voc import VOCFormatError
+from rcnn.ops.boxes import box_iou
 
 from .conftest import write_xml
 
@@ -262,7 +262,7 @@ def test_a_second_prepare_on_the_same_out_is_refused(small_voc, tmp_path):
 
 def test_stores_of_different_runs_are_not_trained_together(small_voc, tmp_path):
     from rcnn.errors import RcnnError
-    from rcnn.train import load_train_val
+    from rcnn.training.train import load_train_val
 
     run_prepare(config(small_voc, tmp_path / "a", tmp_path / "cache"))
     run_prepare(config(small_voc, tmp_path / "b", tmp_path / "cache", labels=PRESETS["paper"]))
@@ -290,7 +290,7 @@ def test_empty_jpeg_is_skipped_and_named(small_voc, tmp_path, workers, caplog):
 def test_identical_images_are_searched_once(small_voc, tmp_path, monkeypatch):
     import shutil
 
-    import rcnn.proposals as proposals
+    import rcnn.data.proposals as proposals
 
     jpegs = small_voc / "JPEGImages"
     shutil.copyfile(jpegs / "000001.jpg", jpegs / "000002.jpg")

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rcnn.proposals import ProposalCache, ProposalConfig, compute_proposals, selective_search
+from rcnn.data.proposals import ProposalCache, ProposalConfig, compute_proposals, selective_search
 
 from .conftest import draw_scene
 

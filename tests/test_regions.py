@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from rcnn.regions import RegionSet, RegionStoreError
+from rcnn.data.regions import RegionSet, RegionStoreError
 
 
 def make_set(n=50, seed=0):

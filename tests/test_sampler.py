@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rcnn.sampler import BalancedBatchSampler
+from rcnn.data.sampler import BalancedBatchSampler
 
 
 def make_labels(num_pos=100, num_neg=700, seed=0):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rcnn.synth import _PLAIN_BACKGROUND, _image_rng, _render_scene, make_synthetic_voc
+from rcnn.data.synth import _PLAIN_BACKGROUND, _image_rng, _render_scene, make_synthetic_voc
 
 SIZE = (96, 72)
 SEED = 3

@@ -8,11 +8,11 @@ from torch import nn
 from torchvision import models
 
 from rcnn.cli import main
-from rcnn.config import train_config
-from rcnn.evaluate import run_compare, run_evaluate
-from rcnn.model import build_model
-from rcnn.regions import RegionSet
-from rcnn.train import (
+from rcnn.data.regions import RegionSet
+from rcnn.evaluation.evaluate import run_compare, run_evaluate
+from rcnn.modeling.model import build_model
+from rcnn.training.config import train_config
+from rcnn.training.train import (
     CSV_COLUMNS,
     SINGLE,
     CheckpointError,
@@ -216,7 +216,7 @@ def test_device_defaults_are_decided_once_and_recorded():
 
 def test_amp_flag_parses_both_ways(monkeypatch):
     seen = {}
-    monkeypatch.setattr("rcnn.train.run_train", lambda cfg, **kw: seen.update(cfg=cfg))
+    monkeypatch.setattr("rcnn.training.train.run_train", lambda cfg, **kw: seen.update(cfg=cfg))
     for flags, amp in (([], None), (["--amp"], True), (["--no-amp"], False)):
         assert main(["train", "--data", "d", "--out", "o", *flags]) == 0
         assert seen["cfg"].amp is amp

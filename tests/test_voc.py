@@ -1,6 +1,6 @@
 import pytest
 
-from rcnn.voc import (
+from rcnn.data.voc import (
     VOC_CLASSES,
     VOCDataset,
     VOCFormatError,

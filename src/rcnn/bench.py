@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcnn.allocator import reuse_freed_memory
+from rcnn.data.regions import RegionSet
+from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError
-from rcnn.model import build_model
-from rcnn.regions import RegionSet
-from rcnn.sampler import BalancedBatchSampler
-from rcnn.train import (
+from rcnn.modeling.model import build_model
+from rcnn.training.allocator import reuse_freed_memory
+from rcnn.training.train import (
     TrainConfig,
     autocast,
     configure_device,

@@ -45,7 +45,7 @@ def _add_synth(sub) -> None:
 
 
 def _cmd_synth(args) -> None:
-    from rcnn.synth import make_synthetic_voc
+    from rcnn.data.synth import make_synthetic_voc
 
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
@@ -61,7 +61,7 @@ def _cmd_synth(args) -> None:
 
 
 def _add_prepare(sub) -> None:
-    from rcnn.labels import PRESETS
+    from rcnn.data.labels import PRESETS
 
     p = sub.add_parser(
         "prepare",
@@ -137,9 +137,9 @@ def _add_prepare(sub) -> None:
 
 
 def _cmd_prepare(args) -> None:
-    from rcnn.labels import label_config
-    from rcnn.prepare import PrepareConfig, run_prepare
-    from rcnn.proposals import ProposalConfig
+    from rcnn.data.labels import label_config
+    from rcnn.data.prepare import PrepareConfig, run_prepare
+    from rcnn.data.proposals import ProposalConfig
 
     labels = label_config(
         args.preset,
@@ -181,7 +181,7 @@ def format_prepare_summary(summary: dict, out: str) -> str:
 
 
 def _add_train(sub) -> None:
-    from rcnn.config import BEST_METRICS, PRESETS
+    from rcnn.training.config import BEST_METRICS, PRESETS
 
     p = sub.add_parser(
         "train",
@@ -300,8 +300,8 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> None:
-    from rcnn.config import TrainConfig, train_config
-    from rcnn.train import resume_config, run_train
+    from rcnn.training.config import TrainConfig, train_config
+    from rcnn.training.train import resume_config, run_train
 
     # Every TrainConfig field with a flag of the same name; unset flags are None.
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")]
@@ -342,7 +342,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from rcnn.evaluate import run_evaluate
+    from rcnn.evaluation.evaluate import run_evaluate
 
     metrics = run_evaluate(
         args.checkpoint,
@@ -377,7 +377,7 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from rcnn.evaluate import run_compare
+    from rcnn.evaluation.evaluate import run_compare
 
     print(run_compare(args.runs, args.out, args.metric))
     print(f"figure: {args.out}")
@@ -465,7 +465,7 @@ def _cmd_bench(args) -> None:
     import json
 
     from rcnn.bench import bench_loader, bench_train
-    from rcnn.config import TrainConfig
+    from rcnn.training.config import TrainConfig
 
     cfg = TrainConfig(
         data=args.data,

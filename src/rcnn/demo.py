@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rcnn.data.labels import PRESETS as LABEL_PRESETS
+from rcnn.data.prepare import PrepareConfig, run_prepare
+from rcnn.data.proposals import ProposalConfig
+from rcnn.data.synth import make_synthetic_voc
 from rcnn.errors import ConfigError
-from rcnn.evaluate import run_evaluate
-from rcnn.labels import PRESETS as LABEL_PRESETS
-from rcnn.model import imagenet_weights_cached
-from rcnn.prepare import PrepareConfig, run_prepare
-from rcnn.proposals import ProposalConfig
-from rcnn.synth import make_synthetic_voc
-from rcnn.train import TrainConfig, minutes_seconds, run_train
+from rcnn.evaluation.evaluate import run_evaluate
+from rcnn.modeling.model import imagenet_weights_cached
+from rcnn.training.train import TrainConfig, minutes_seconds, run_train
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ Expected layout under the VOC root (the folder that holds ``Annotations``)::
     ImageSets/Main/{split}.txt            one image id per line
     ImageSets/Main/{class}_{split}.txt    "{id} {flag}": 1 present, 0 only difficult, -1 absent
 
-This module is the only place that knows VOC's 1-based inclusive box coordinates.
+This module is the only place that knows VOC's 1-based inclusive box coordinates (the XML
+annotations and the devkit's detection result files).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from rcnn.errors import ConfigError, RcnnError
 
@@ -115,6 +118,21 @@ def voc_to_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[int,
     """
     xmin, ymin, xmax, ymax = (int(round(float(v))) for v in (xmin, ymin, xmax, ymax))
     return xmin - 1, ymin - 1, xmax, ymax
+
+
+def boxes_to_voc(boxes: np.ndarray) -> np.ndarray:
+    """Project boxes ``[N, 4]`` as VOC's 1-based inclusive ``xmin, ymin, xmax, ymax`` (float64):
+    the inverse of :func:`voc_to_box`, for the devkit's result files. Fractional boxes (after
+    box regression) stay fractional."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return boxes + np.array([1.0, 1.0, 0.0, 0.0])
+
+
+def voc_to_boxes(voc_boxes: np.ndarray) -> np.ndarray:
+    """VOC ``xmin, ymin, xmax, ymax`` rows ``[N, 4]`` of a result file as project boxes (float64,
+    unrounded: a result file may hold fractional boxes)."""
+    voc_boxes = np.asarray(voc_boxes, dtype=np.float64).reshape(-1, 4)
+    return voc_boxes - np.array([1.0, 1.0, 0.0, 0.0])
 
 
 def _text(node: ET.Element, tag: str, path: Path, default: str | None = None) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rcnn.regions import RegionSet, RegionStoreError
+from rcnn.data.regions import RegionSet, RegionStoreError
 
 logger = logging.getLogger(__name__)
 

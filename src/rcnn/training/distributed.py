@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node=G -m rcnn train ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; every process then trains one shard of the same balanced batch plan (see
-:class:`rcnn.sampler.BalancedBatchSampler`), validates one shard of the validation batches, and
+:class:`rcnn.data.sampler.BalancedBatchSampler`), validates one shard of the validation batches, and
 the shards' results are combined exactly: sums of losses and counts, and the full list of
 predictions for the ranking metrics. NCCL on GPUs, gloo on CPUs. Only rank 0 writes files.
 """

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcnn.allocator import reuse_freed_memory
-from rcnn.batches import chunks
-from rcnn.dataset import ImageStore, RegionDataset, mean_fill
+from rcnn.data.batches import chunks
+from rcnn.data.dataset import ImageStore, RegionDataset, mean_fill
+from rcnn.evaluation.metrics import classification_metrics, format_metrics, pr_curves
+from rcnn.evaluation.plots import plot_compare, plot_pr, plot_predictions
 from rcnn.files import atomic_write_json
-from rcnn.metrics import classification_metrics, format_metrics, pr_curves
-from rcnn.model import build_model
-from rcnn.plots import plot_compare, plot_pr, plot_predictions
-from rcnn.train import (
+from rcnn.modeling.model import build_model
+from rcnn.training.allocator import reuse_freed_memory
+from rcnn.training.train import (
     TrainConfig,
     check_classes,
     checkpoint_path,

@@ -14,13 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.boxes import clip_boxes, nonempty
+from rcnn.data.labels import LabelConfig, label_regions
+from rcnn.data.proposals import ProposalConfig, compute_proposals, default_cache_dir
+from rcnn.data.regions import RegionSet
+from rcnn.data.voc import (
+    VOCAnnotation,
+    VOCDataset,
+    VOCFormatError,
+    parse_annotation,
+    resolve_classes,
+)
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import atomic_write_json, output_lock
-from rcnn.labels import LabelConfig, label_regions
-from rcnn.proposals import ProposalConfig, compute_proposals, default_cache_dir
-from rcnn.regions import RegionSet
-from rcnn.voc import VOCAnnotation, VOCDataset, VOCFormatError, parse_annotation, resolve_classes
+from rcnn.ops.boxes import clip_boxes, nonempty
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rcnn.boxes import clip_boxes, nonempty, unique_boxes
 from rcnn.errors import ConfigError
 from rcnn.files import atomic_write_bytes
+from rcnn.ops.boxes import clip_boxes, nonempty, unique_boxes
 from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)

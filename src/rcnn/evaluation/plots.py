@@ -58,7 +58,7 @@ def plot_pr(
     path: str | Path,
     title: str = "Precision-recall",
 ) -> None:
-    """Precision-recall curve of each class, as from :func:`rcnn.metrics.pr_curves`.
+    """Precision-recall curve of each class, as from :func:`rcnn.evaluation.metrics.pr_curves`.
 
     Args:
         curves (dict): class name -> ``(precision[T], recall[T], ap)``, highest threshold first.

@@ -1,7 +1,7 @@
 """Classification metrics for region classifiers, in NumPy alone.
 
-Labels follow :mod:`rcnn.labels`: ``BACKGROUND = 0`` and object classes ``1..K``; ``class_names``
-is the full list with background at index 0, e.g. ``["background", "car"]``.
+Labels follow :mod:`rcnn.data.labels`: ``BACKGROUND = 0`` and object classes ``1..K``;
+``class_names`` is the full list with background at index 0, e.g. ``["background", "car"]``.
 
 Region sets are heavily skewed towards background, so plain accuracy says little. Alongside it
 we report balanced accuracy, the accuracy the training batch mix would show, and average
@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from rcnn.labels import BACKGROUND
+from rcnn.data.labels import BACKGROUND
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rcnn.allocator import reuse_freed_memory
-from rcnn.batches import (
+from rcnn.data.batches import (
     DeviceFeeder,
     DeviceImages,
     LoaderFeeder,
@@ -30,16 +29,17 @@ from rcnn.batches import (
     chunks,
     device_images_dtype,
 )
-from rcnn.config import TrainConfig
-from rcnn.dataset import ImageStore, RegionDataset, loader_options, mean_fill
-from rcnn.distributed import World, all_concat, all_sum, barrier, init_world, shutdown
+from rcnn.data.dataset import ImageStore, RegionDataset, loader_options, mean_fill
+from rcnn.data.regions import RegionSet
+from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError, RcnnError
+from rcnn.evaluation.metrics import classification_metrics
 from rcnn.files import atomic_write_bytes, atomic_write_json
-from rcnn.metrics import classification_metrics
-from rcnn.model import build_model, check_input_size, normalization, parameter_groups
+from rcnn.modeling.model import build_model, check_input_size, normalization, parameter_groups
 from rcnn.progress import progress_bar
-from rcnn.regions import RegionSet
-from rcnn.sampler import BalancedBatchSampler
+from rcnn.training.allocator import reuse_freed_memory
+from rcnn.training.config import TrainConfig
+from rcnn.training.distributed import World, all_concat, all_sum, barrier, init_world, shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def write_history(out: Path, history: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
-    from rcnn.plots import plot_curves
+    from rcnn.evaluation.plots import plot_curves
 
     plot_curves(history, out / "curves.png")
 

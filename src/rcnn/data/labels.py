@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from rcnn.boxes import box_area, box_iou, unique_boxes
 from rcnn.errors import ConfigError
+from rcnn.ops.boxes import box_area, box_iou, unique_boxes
 
 BACKGROUND = 0
 
@@ -81,7 +81,7 @@ def label_regions(
 
     Returns:
         boxes (int32 [R, 4]), labels (int16 [R]) and best IoU (float32 [R]) of the kept regions,
-        in the deterministic order of :func:`rcnn.boxes.unique_boxes`.
+        in the deterministic order of :func:`rcnn.ops.boxes.unique_boxes`.
     """
     gt_boxes = np.asarray(gt_boxes, dtype=np.int32).reshape(-1, 4)
     gt_labels = np.asarray(gt_labels, dtype=np.int16).reshape(-1)

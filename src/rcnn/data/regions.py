@@ -1,0 +1,154 @@
+"""The region store: labelled regions of one split as a few flat arrays.
+
+A store is a directory::
+
+    meta.json         format, version, classes, image paths and sizes, labelling settings, and
+                      the dtype, shape and SHA-256 of every array below
+    image_index.npy   int32 [N]     index into meta["images"] of each region's image
+    boxes.npy         int32 [N, 4]  x1, y1, x2, y2; 0-based, x2/y2 exclusive
+    labels.npy        int16 [N]     0 = background, 1..K = meta["classes"][label - 1]
+    ious.npy          float32 [N]   best IoU with a ground-truth box
+
+26 bytes a region; a million regions load in a fraction of a second. Every file is written
+atomically and ``meta.json`` last, and loading checks each array against its recorded
+checksum, so a half-written or damaged store is reported, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rcnn.errors import RcnnError
+from rcnn.files import atomic_write_bytes, atomic_write_json
+
+FORMAT = "rcnn-regions"
+VERSION = 1
+ARRAYS = {"image_index": np.int32, "boxes": np.int32, "labels": np.int16, "ious": np.float32}
+
+
+class RegionStoreError(RcnnError):
+    """A region store is missing, incomplete or damaged; the message names the file."""
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@dataclass
+class RegionSet:
+    """Labelled regions of one split (see the module docstring for the on-disk format)."""
+
+    image_paths: list[str]
+    image_index: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    ious: np.ndarray
+    classes: list[str]
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
+    info: dict = field(default_factory=dict)  # how the regions were made
+
+    def __post_init__(self):
+        for name, dtype in ARRAYS.items():
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
+        self.boxes = self.boxes.reshape(-1, 4)
+        n = len(self.labels)
+        if not (len(self.image_index) == len(self.boxes) == len(self.ious) == n):
+            raise ValueError("image_index, boxes, labels and ious must have the same length")
+        if n and (self.image_index.min() < 0 or self.image_index.max() >= len(self.image_paths)):
+            raise ValueError("image_index refers to an image that is not in image_paths")
+        if n and self.labels.max() > len(self.classes):
+            raise ValueError(f"a label exceeds the {len(self.classes)} classes {self.classes}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_positive(self) -> int:
+        return int(np.count_nonzero(self.labels > 0))
+
+    @property
+    def num_negative(self) -> int:
+        return int(np.count_nonzero(self.labels == 0))
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        arrays = {}
+        for name in ARRAYS:
+            array = getattr(self, name)
+            data = _npy_bytes(array)
+            atomic_write_bytes(directory / f"{name}.npy", data)
+            arrays[name] = {
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "classes": self.classes,
+            "images": self.image_paths,
+            "image_sizes": [list(s) for s in self.image_sizes],
+            "info": self.info,
+            "arrays": arrays,
+        }
+        atomic_write_json(directory / "meta.json", meta)
+
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = True) -> RegionSet:
+        """Loads a store written by :meth:`save`.
+
+        Raises:
+            RegionStoreError: a file is missing, truncated, or does not match its checksum.
+        """
+        directory = Path(directory)
+        meta_path = directory / "meta.json"
+        if not meta_path.is_file():
+            raise RegionStoreError(
+                f"{meta_path} not found: {directory} is not a region store "
+                "(create one with `rcnn prepare --voc-root DIR --out OUT`)"
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise RegionStoreError(f"{meta_path}: damaged ({err})") from err
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise RegionStoreError(
+                f"{meta_path}: not a version-{VERSION} {FORMAT} store "
+                f"(format={meta.get('format')!r}, version={meta.get('version')!r})"
+            )
+        specs = meta["arrays"]
+        arrays = {name: _load_array(directory, name, specs[name], verify) for name in ARRAYS}
+        return cls(
+            image_paths=list(meta["images"]),
+            classes=list(meta["classes"]),
+            image_sizes=[tuple(s) for s in meta.get("image_sizes", [])],
+            info=meta.get("info", {}),
+            **arrays,
+        )
+
+
+def _load_array(directory: Path, name: str, spec: dict, verify: bool) -> np.ndarray:
+    path = directory / f"{name}.npy"
+    if not path.is_file():
+        raise RegionStoreError(f"{path} not found; the store is incomplete, run prepare again")
+    data = path.read_bytes()
+    if verify and hashlib.sha256(data).hexdigest() != spec["sha256"]:
+        raise RegionStoreError(
+            f"{path}: checksum mismatch with meta.json; the file is damaged or from another "
+            "run, run `rcnn prepare` again (cached proposals are reused)"
+        )
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise RegionStoreError(f"{path}: unreadable ({err})") from err
+    if list(array.shape) != spec["shape"] or array.dtype.str != spec["dtype"]:
+        raise RegionStoreError(f"{path}: shape/dtype {array.shape}/{array.dtype} != meta.json")
+    return array

@@ -1,0 +1,1 @@
+"""Metrics, figures and `rcnn evaluate` / `rcnn compare`."""

@@ -1,0 +1,1 @@
+"""The region classifier: torchvision backbones with a new head."""

@@ -1,0 +1,1 @@
+"""Box operations on NumPy arrays and tensors."""

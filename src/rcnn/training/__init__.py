@@ -1,0 +1,1 @@
+"""Fine-tuning: configuration, the training loop and checkpoints, distributed training."""
