@@ -3,14 +3,18 @@ from rcnn.demo import DemoConfig, run_demo
 
 def test_demo_runs_end_to_end_and_says_where_things_are(tmp_path, capsys):
     cfg = DemoConfig(
-        out=str(tmp_path / "demo"), images=8, epochs=1, input_size=64, device="cpu", progress=False
+        out=str(tmp_path / "demo"), images=12, epochs=1, input_size=64, device="cpu", progress=False
     )
     metrics = run_demo(cfg)
     out = capsys.readouterr().out
     assert "random initialisation" in out or "ImageNet weights" in out
-    for line in ("[1/4]", "[2/4] train", "[3/4]", "[4/4]", "Demo finished in", "predictions"):
+    for line in ("[1/5]", "[2/5] train", "[3/5]", "[4/5]", "[5/5]", "Demo finished in", "mean"):
         assert line in out
     assert 0 <= metrics["balanced_accuracy"] <= 1 and metrics["count"] > 0
     run = tmp_path / "demo" / "run"
     for name in ("model.pth", "curves.png", "metrics.csv", "eval-val/examples.png"):
         assert (run / name).is_file(), name
+    test = tmp_path / "demo" / "test"
+    for name in ("comp4_det_test_car.txt", "metrics.json", "pr.png", "detections.png"):
+        assert (test / name).is_file(), name
+    assert 0 <= metrics["test"]["map_07"] <= 1

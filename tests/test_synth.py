@@ -204,6 +204,7 @@ def test_variety_over_many_images(dataset: tuple[Path, dict]) -> None:
         ({"image_size": (96, 32)}, ValueError, "--size must be at least 64x64"),
         ({"val_fraction": 0.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
         ({"val_fraction": 1.0}, ValueError, r"val_fraction must be in \(0, 1\)"),
+        ({"test_fraction": 0.6}, ValueError, "--test-fraction must be in"),
     ],
 )
 def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, error: type, pattern: str) -> None:

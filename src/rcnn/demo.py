@@ -1,21 +1,28 @@
 """``rcnn demo``: the whole pipeline, offline, on a synthetic VOC-format dataset.
 
-synth -> prepare (fast Selective Search) -> train -> evaluate -> a figure of predictions.
+synth -> prepare (fast Selective Search) -> train -> evaluate -> detect and score the test
+split by the VOC devkit's rules -> figures of predictions and detections.
 Sized to finish in a few minutes on a 2-core CPU; on a GPU it is faster still.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from rcnn.data.labels import PRESETS as LABEL_PRESETS
 from rcnn.data.prepare import PrepareConfig, run_prepare
 from rcnn.data.proposals import ProposalConfig
 from rcnn.data.synth import make_synthetic_voc
-from rcnn.errors import ConfigError
+from rcnn.detection.config import eval_detector_config
+from rcnn.detection.voc_test import VOCTestConfig, run_test
+from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.evaluate import run_evaluate
 from rcnn.modeling.model import imagenet_weights_cached
 from rcnn.training.train import TrainConfig, minutes_seconds, run_train
@@ -26,7 +33,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     out: str = "rcnn-demo"
-    images: int = 60
+    images: int = 90  # a third each for train, val and test
     image_size: tuple[int, int] = (256, 192)
     epochs: int = 3
     input_size: int = 112  # smaller than the recipe's 227 so that CPU training takes minutes
@@ -36,9 +43,9 @@ class DemoConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.images < 8:
+        if self.images < 9:
             raise ConfigError(
-                f"--images must be >= 8 for a train and a val split, got {self.images}"
+                f"--images must be >= 9 for a train, a val and a test split, got {self.images}"
             )
 
 
@@ -66,8 +73,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     start = time.time()
     voc = out / "voc"
     if not (voc / "Annotations").is_dir():
-        make_synthetic_voc(voc, cfg.images, cfg.seed, cfg.image_size)
-    print(f"[1/4] synthetic VOC dataset: {voc}")
+        make_synthetic_voc(voc, cfg.images, cfg.seed, cfg.image_size, 1 / 3, 1 / 3)
+    elif not (voc / "ImageSets" / "Main" / "test.txt").is_file():
+        raise RcnnError(
+            f"{voc} has no test split (an older demo's?); delete it or use another --out"
+        )
+    print(f"[1/5] synthetic VOC dataset: {voc}")
     prepared = run_prepare(
         PrepareConfig(
             str(voc),
@@ -81,13 +92,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     for split, s in prepared["splits"].items():
         print(
-            f"[2/4] {split}: {s['images']} images, {s['proposals']} proposals -> "
+            f"[2/5] {split}: {s['images']} images, {s['proposals']} proposals -> "
             f"{s['positives']} positives, {s['negatives']} negatives"
         )
     cached = imagenet_weights_cached("alexnet")
     weights = "imagenet" if cached else "none"
     print(
-        "[3/4] fine-tuning AlexNet from "
+        "[3/5] fine-tuning AlexNet from "
         + (
             "ImageNet weights (found in the torch cache)"
             if cached
@@ -105,8 +116,22 @@ def run_demo(cfg: DemoConfig) -> dict:
         workers=cfg.workers,
         progress=cfg.progress,
     )
-    print("[4/4] evaluation of the best checkpoint on all validation regions:")
+    print("[4/5] evaluation of the best checkpoint on all validation regions:")
     print(metrics["report"])
+    test = run_test(
+        VOCTestConfig(
+            train_cfg.out,
+            str(voc),
+            str(out / "test"),
+            detector=eval_detector_config(device=cfg.device, cache_dir=str(out / "cache")),
+            overwrite=True,
+            progress=cfg.progress,
+        )
+    )
+    figure = out / "test" / "detections.png"
+    draw_test_images(voc, out / "test", train_cfg.out, figure)
+    print("[5/5] detection on the test split (VOC AP by the devkit's rules):")
+    print(test["report"])
     elapsed = time.time() - start
     print(f"\nDemo finished in {minutes_seconds(elapsed)}. Files:")
     run = Path(train_cfg.out)
@@ -119,6 +144,34 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("metrics", Path(metrics["out"]) / "metrics.json"),
         ("PR curve", Path(metrics["out"]) / "pr.png"),
         ("predictions", Path(metrics["out"]) / "examples.png"),
+        ("detection AP", out / "test" / "metrics.json"),
+        ("result files", out / "test" / "comp4_det_test_car.txt"),
+        ("detections", figure),
     ]:
         print(f"  {label:<13}{path}")
-    return {**metrics, "seconds": round(elapsed, 1)}
+    return {**metrics, "test": test, "seconds": round(elapsed, 1)}
+
+
+def draw_test_images(voc: Path, test: Path, run: str, path: Path, count: int = 6) -> None:
+    """A few test images with their ground truth (green) and the detections scoring at least
+    the reference detector's 0.6 (in the class colour)."""
+    from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
+    from rcnn.detection.detector import Detections
+    from rcnn.detection.draw import GROUND_TRUTH_COLOR, draw_boxes, draw_detections
+    from rcnn.evaluation.plots import plot_images
+
+    dataset = VOCDataset(voc)
+    classes = json.loads((test / "settings.json").read_text())["classes"]
+    images, titles = [], []
+    for image_id in read_id_file(dataset.split_path("test"))[:count]:
+        image = cv2.imread(str(dataset.image_path(image_id)))
+        truth = [o.box for o in parse_annotation(dataset.annotation_path(image_id)).objects]
+        image = draw_boxes(image, np.array(truth).reshape(-1, 4), [""] * len(truth),
+                           [GROUND_TRUTH_COLOR] * len(truth))  # fmt: skip
+        with np.load(test / "detections" / f"{image_id}.npz") as data:
+            keep = data["scores"] >= 0.6
+            dets = Detections(data["boxes"][keep], data["scores"][keep], data["labels"][keep])
+        image = draw_detections(image, dets, classes)
+        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        titles.append(f"{image_id}: {len(truth)} objects (green), {len(dets)} detections")
+    plot_images(images, titles, path)

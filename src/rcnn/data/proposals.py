@@ -170,48 +170,72 @@ def compute_proposals(
     (0 = one per core), once per distinct content: identical files share one search. Errors
     (unreadable or corrupt images) come back in ``result.error``.
     """
-    cache = ProposalCache(cache_dir) if cache_dir is not None else None
-    results: list[ProposalResult | None] = [None] * len(image_paths)
-    todo: dict[str, list[int]] = {}  # cache key -> the images with that content
-    for i, path in enumerate(image_paths):
-        data, error = _read(path)
-        if data is None:
-            results[i] = ProposalResult(path, None, error=error)
-            continue
-        key = ProposalCache.key(data, config)
-        hit = cache.get(key) if cache is not None else None
-        if hit is not None:
-            results[i] = ProposalResult(path, hit[0], hit[1], cached=True)
-        else:
-            todo.setdefault(key, []).append(i)
-    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
-    cache_root = str(cache_dir) if cache_dir is not None else None
-    jobs = [(image_paths[same[0]], key, config, cache_root) for key, same in todo.items()]
-    pending = sum(len(same) for same in todo.values())
-    bar = progress_bar(
-        total=len(image_paths),
-        initial=len(image_paths) - pending,
-        desc="proposals",
-        unit="img",
-        enabled=progress,
-    )
-    with bar:
-        if workers <= 1:
-            done = map(_compute_one, jobs)
-            pool = None
-        else:
+    with ProposalPool(config, cache_dir, workers) as pool:
+        return pool.compute(image_paths, progress)
+
+
+class ProposalPool:
+    """Worker processes that stay up between calls of :meth:`compute` (the detector asks for a
+    few images at a time); started at the first search a call needs, stopped on exit."""
+
+    def __init__(self, config: ProposalConfig, cache_dir: str | Path | None, workers: int = 0):
+        self.config, self.workers = config, workers or os.cpu_count() or 1
+        self.cache = ProposalCache(cache_dir) if cache_dir is not None else None
+        self.cache_root = str(cache_dir) if cache_dir is not None else None
+        self.pool = None
+
+    def __enter__(self) -> ProposalPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
+
+    def _map(self, jobs: list):
+        if self.workers <= 1 or len(jobs) <= 1:
+            return map(_compute_one, jobs)
+        if self.pool is None:
             # Not "fork": a child forked while OpenCV's or torch's thread pools hold a lock
             # can hang forever.
             methods = mp.get_all_start_methods()
             context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-            pool = context.Pool(workers, initializer=_init_worker)
-            done = pool.imap(_compute_one, jobs)
-        try:
-            for same, result in zip(todo.values(), done, strict=True):
-                for i in same:
-                    results[i] = replace(result, path=image_paths[i])
-                bar.update(len(same))
-        finally:
-            if pool is not None:
-                pool.terminate()
-    return results
+            self.pool = context.Pool(self.workers, initializer=_init_worker)
+        return self.pool.imap(_compute_one, jobs)
+
+    def compute(self, image_paths: list[str], progress: bool = False) -> list[ProposalResult]:
+        """Proposals for every image, in the order given (see :func:`compute_proposals`)."""
+        results: list[ProposalResult | None] = [None] * len(image_paths)
+        todo: dict[str, list[int]] = {}  # cache key -> the images with that content
+        for i, path in enumerate(image_paths):
+            data, error = _read(path)
+            if data is None:
+                results[i] = ProposalResult(path, None, error=error)
+                continue
+            key = ProposalCache.key(data, self.config)
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                results[i] = ProposalResult(path, hit[0], hit[1], cached=True)
+            else:
+                todo.setdefault(key, []).append(i)
+        jobs = [
+            (image_paths[same[0]], key, self.config, self.cache_root) for key, same in todo.items()
+        ]
+        pending = sum(len(same) for same in todo.values())
+        bar = progress_bar(
+            total=len(image_paths),
+            initial=len(image_paths) - pending,
+            desc="proposals",
+            unit="img",
+            enabled=progress,
+        )
+        with bar:
+            try:
+                for same, result in zip(todo.values(), self._map(jobs), strict=True):
+                    for i in same:
+                        results[i] = replace(result, path=image_paths[i])
+                    bar.update(len(same))
+            except BaseException:
+                self.__exit__()  # workers may be mid-search: stop them
+                raise
+        return results

@@ -379,12 +379,19 @@ def _image_flag(cars: list[_Car]) -> int:
     return 0 if cars else -1
 
 
-def _write_image_sets(main: Path, flags: dict[str, int], n_val: int, seed: int) -> None:
-    """Writes {split}.txt and VOC's car_{split}.txt ("000001  1") for train, val and trainval."""
+def _write_image_sets(
+    main: Path, flags: dict[str, int], n_val: int, n_test: int, seed: int
+) -> None:
+    """Writes {split}.txt and VOC's car_{split}.txt ("000001  1") for train, val, trainval and,
+    when ``n_test``, test."""
     ids = sorted(flags)
     order = np.random.Generator(np.random.PCG64([seed, 0])).permutation(len(ids))
     val = sorted(ids[i] for i in order[:n_val])
-    splits = {"train": sorted(set(ids) - set(val)), "val": val, "trainval": ids}
+    test = sorted(ids[i] for i in order[n_val : n_val + n_test])
+    trainval = sorted(set(ids) - set(test))
+    splits = {"train": sorted(set(trainval) - set(val)), "val": val, "trainval": trainval}
+    if n_test:
+        splits["test"] = test
     for name, members in splits.items():
         _write_atomic(main / f"{name}.txt", "".join(f"{i}\n" for i in members).encode())
         lines = "".join(f"{i} {flags[i]:2d}\n" for i in members)
@@ -392,16 +399,28 @@ def _write_image_sets(main: Path, flags: dict[str, int], n_val: int, seed: int) 
 
 
 def _validate(
-    root: Path, num_images: int, seed: int, image_size: tuple[int, int], val_fraction: float
+    root: Path,
+    num_images: int,
+    seed: int,
+    image_size: tuple[int, int],
+    val_fraction: float,
+    test_fraction: float,
 ) -> None:
-    if num_images < 2:
-        raise ConfigError(f"--images must be >= 2 (got num_images={num_images})")
+    if num_images < 2 + (test_fraction > 0):
+        raise ConfigError(
+            f"--images must be >= 2, or 3 with a test split (got num_images={num_images})"
+        )
     if min(image_size) < _MIN_SIZE:
         raise ConfigError(
             f"--size must be at least {_MIN_SIZE}x{_MIN_SIZE} (got {image_size[0]}x{image_size[1]})"
         )
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1) (--val-fraction, got {val_fraction})")
+    if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"--test-fraction must be in [0, 1) and leave room for train next to "
+            f"--val-fraction (got {test_fraction} and {val_fraction})"
+        )
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0 (got seed={seed})")
     annotations = root / "Annotations"
@@ -418,6 +437,7 @@ def make_synthetic_voc(
     seed: int = 0,
     image_size: tuple[int, int] = (320, 240),
     val_fraction: float = 0.5,
+    test_fraction: float = 0.0,
 ) -> dict:
     """Writes a synthetic VOC2007-layout car dataset under `out`.
 
@@ -427,12 +447,14 @@ def make_synthetic_voc(
         seed: The same seed gives byte-identical files.
         image_size: (width, height), each at least 64.
         val_fraction: Share of images in val, in (0, 1).
+        test_fraction: Share of images in a test split (0: none, as before), kept out of
+            trainval.
 
     Returns:
-        {"root", "images", "train", "val", "cars", "difficult", "truncated"}.
+        {"root", "images", "train", "val", "test", "cars", "difficult", "truncated"}.
     """
     root = Path(out)
-    _validate(root, num_images, seed, image_size, val_fraction)
+    _validate(root, num_images, seed, image_size, val_fraction, test_fraction)
     width, height = image_size
     for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -450,13 +472,15 @@ def make_synthetic_voc(
         )
         flags[image_id] = _image_flag(cars)
         all_cars += cars
-    n_val = min(max(round(num_images * val_fraction), 1), num_images - 1)
-    _write_image_sets(root / "ImageSets" / "Main", flags, n_val, seed)
+    n_test = min(max(round(num_images * test_fraction), 1), num_images - 2) if test_fraction else 0
+    n_val = min(max(round(num_images * val_fraction), 1), num_images - n_test - 1)
+    _write_image_sets(root / "ImageSets" / "Main", flags, n_val, n_test, seed)
     summary = {
         "root": str(out),
         "images": num_images,
-        "train": num_images - n_val,
+        "train": num_images - n_val - n_test,
         "val": n_val,
+        "test": n_test,
         "cars": len(all_cars),
         "difficult": sum(c.difficult for c in all_cars),
         "truncated": sum(c.truncated for c in all_cars),

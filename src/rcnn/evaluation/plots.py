@@ -85,6 +85,54 @@ def plot_pr(
     _save(fig, path)
 
 
+def plot_pr_grid(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    path: str | Path,
+    title: str = "Precision-recall",
+) -> None:
+    """One precision-recall panel per class, for detections.
+
+    Args:
+        curves (dict): class name -> ``(recall[D], precision[D], ap)`` in order of decreasing
+            score (as from :func:`rcnn.evaluation.voc_eval.evaluate_class`).
+        path: PNG file to write.
+        title (str): figure title.
+    """
+    ncols = min(4, max(1, len(curves)))
+    nrows = math.ceil(len(curves) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.3 * nrows + 0.4), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (name, (recall, precision, ap)) in zip(axes, curves.items(), strict=False):
+        if len(recall):
+            ax.plot(np.r_[0.0, recall], np.r_[precision[0], precision], drawstyle="steps-pre")
+        else:
+            ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlim(0.0, 1.02)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title(f"{name} (AP {ap:.3f})", fontsize=10)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(curves) :]:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_images(images: list[np.ndarray], titles: list[str], path: str | Path, ncols=3) -> None:
+    """RGB images in a grid with a title each (e.g. test images with their detections)."""
+    ncols = min(ncols, max(1, len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    fig = Figure(figsize=(4 * ncols, 3.3 * nrows), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, image, title in zip(axes, images, titles, strict=False):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    _save(fig, path)
+
+
 def plot_compare(
     histories: dict[str, list[dict]], path: str | Path, metric: str = "val_balanced_acc"
 ) -> None:

@@ -1,0 +1,1 @@
+"""Detection: the detector, `rcnn detect`, and `rcnn test` (VOC evaluation)."""

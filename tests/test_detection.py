@@ -1,0 +1,225 @@
+"""The detector, `rcnn detect` and `rcnn test` on a small synthetic VOC set with a trained model."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import batched_nms, box_iou
+
+from rcnn.cli import main
+from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
+from rcnn.detection.config import DetectorConfig, eval_detector_config
+from rcnn.detection.detector import Detector, load_model, select_detections
+from rcnn.detection.voc_test import VOCTestConfig, read_results, run_test, write_results
+from rcnn.errors import RcnnError
+
+FLAGS = ["--device", "cpu", "--workers", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic VOC set with a test split and a model fine-tuned on it for a few epochs."""
+    from rcnn.data.prepare import PrepareConfig, run_prepare
+    from rcnn.data.proposals import ProposalConfig
+    from rcnn.data.synth import make_synthetic_voc
+    from rcnn.training.config import TrainConfig
+    from rcnn.training.train import run_train
+
+    root = tmp_path_factory.mktemp("detection")
+    make_synthetic_voc(root / "voc", 30, 3, (256, 192), val_fraction=0.2, test_fraction=0.2)
+    cache = root / "cache"
+    run_prepare(
+        PrepareConfig(
+            str(root / "voc"),
+            str(root / "regions"),
+            proposals=ProposalConfig("fast"),
+            cache_dir=str(cache),
+            workers=1,
+            progress=False,
+        )
+    )
+    cfg = TrainConfig(
+        data=str(root / "regions"), out=str(root / "run"), weights="none", epochs=3,
+        optimizer="adam", lr=1e-4, input_size=64, workers=2, device="cpu", progress=False,
+    )  # fmt: skip
+    run_train(cfg)
+    return root
+
+
+def detector_config(root, **kw):
+    kw = {"device": "cpu", "workers": 1, "cache_dir": str(root / "cache"), **kw}
+    return DetectorConfig(**kw)
+
+
+def test_select_detections_is_torchvision_batched_nms():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 80, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (300, 2))], axis=1).astype(np.float32)
+    scores = rng.random((300, 3)).astype(np.float32)
+    dets = select_detections(boxes, scores, 0.2, 0.3)
+    rows, cols = np.nonzero(scores >= 0.2)
+    keep = batched_nms(
+        torch.from_numpy(boxes[rows]),
+        torch.from_numpy(scores[rows, cols]),
+        torch.from_numpy(cols),
+        0.3,
+    ).numpy()
+    assert np.array_equal(dets.boxes, boxes[rows][keep])
+    assert np.array_equal(dets.labels, cols[keep] + 1)
+    assert (np.diff(dets.scores) <= 0).all()
+    # Within a class no two kept boxes overlap above the threshold; across classes they may.
+    for k in (1, 2, 3):
+        mine = torch.from_numpy(dets.boxes[dets.labels == k])
+        iou = box_iou(mine, mine).fill_diagonal_(0)
+        assert (iou <= 0.3).all()
+
+
+def test_select_detections_caps_and_threshold():
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32)
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.95]], np.float32)
+    dets = select_detections(boxes, scores, 0.5, 0.3)
+    assert dets.labels.tolist() == [2, 1, 1, 2] and dets.scores[0] == pytest.approx(0.95)
+    capped = select_detections(boxes, scores, 0.0, 0.3, max_per_class=1)
+    assert sorted(capped.labels.tolist()) == [1, 2]
+    assert len(select_detections(boxes, scores, 0.0, 0.3, max_per_image=2)) == 2
+    assert len(select_detections(boxes, scores, 0.99, 0.3)) == 0
+
+
+def test_result_files_are_1_based_inclusive_and_round_trip(tmp_path):
+    boxes = np.array([[0, 0, 10, 10], [4.5, 2, 30, 20.25]], np.float32)
+    detections = {1: (["000001", "000002"], np.array([0.9, 0.25]), boxes)}
+    write_results(tmp_path, "test", ["car"], detections)
+    lines = (tmp_path / "comp4_det_test_car.txt").read_text().splitlines()
+    assert lines[0] == "000001 0.900000 1.0 1.0 10.0 10.0"
+    names, scores, back = read_results(tmp_path / "comp4_det_test_car.txt")
+    assert names == ["000001", "000002"] and scores.tolist() == [0.9, 0.25]
+    assert np.allclose(back, boxes, atol=0.05)
+
+
+def test_detect_finds_the_car(trained, tmp_path, capsys):
+    voc = VOCDataset(trained / "voc")
+    image_id = next(  # the first test image with a clearly visible car
+        i
+        for i in read_id_file(voc.split_path("test"))
+        if parse_annotation(voc.annotation_path(i)).select(["car"], keep_difficult=False)
+    )
+    cars = [o.box for o in parse_annotation(voc.annotation_path(image_id)).objects]
+    argv = ["detect", str(trained / "run"), str(voc.image_path(image_id)), "--out",
+            str(tmp_path / "det"), "--score-thresh", "0.5", "--cache-dir", str(trained / "cache"),
+            *FLAGS]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "det" / "detections.jsonl").read_text())
+    assert record["width"] == 256 and record["height"] == 192
+    best = record["detections"][0]
+    assert best["class"] == "car" and best["score"] >= 0.5
+    iou = box_iou(torch.tensor([best["box"]]), torch.tensor(cars, dtype=torch.float32))
+    assert iou.max() >= 0.5, (best, cars)
+    picture = cv2.imread(str(tmp_path / "det" / f"{image_id}.jpg"))
+    assert picture.shape == (192, 256, 3)
+    assert "1 images" in capsys.readouterr().out
+
+
+def test_detect_skips_unreadable_images_and_names_them(trained, tmp_path, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(trained / "voc" / "JPEGImages" / "000002.jpg", folder / "good.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    summary_argv = ["detect", str(trained / "run"), str(folder), "--out", str(tmp_path / "d"),
+                    "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+    assert main(summary_argv) == 0
+    lines = (tmp_path / "d" / "detections.jsonl").read_text().splitlines()
+    assert [json.loads(x)["image"].endswith("good.jpg") for x in lines] == [True]
+    assert "broken.jpg" in caplog.text
+    assert main(summary_argv) == 2, "an existing result is not replaced unasked"
+
+
+def test_rcnn_test_reports_ap_and_resumes_identically(trained, tmp_path, capsys):
+    out = tmp_path / "test"
+    argv = ["test", str(trained / "run"), "--voc-root", str(trained / "voc"), "--out", str(out),
+            "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+    assert main(argv) == 0
+    report = capsys.readouterr().out
+    assert "car" in report and "mean" in report and "proposal recall at IoU 0.5" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.3 <= metrics["classes"]["car"]["ap_07"] <= 1, metrics
+    first = (out / "comp4_det_test_car.txt").read_bytes()
+    # Stopped part-way: only some images' detections exist. The rest are computed again.
+    done = sorted((out / "detections").glob("*.npz"))
+    kept = {p: p.stat().st_mtime_ns for p in done[: len(done) // 2]}
+    for path in done[len(done) // 2 :]:
+        path.unlink()
+    (out / "comp4_det_test_car.txt").unlink()
+    assert main(argv) == 0
+    assert (out / "comp4_det_test_car.txt").read_bytes() == first
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished images kept"
+    # The result files alone give the same numbers.
+    assert main(["test", "--dets", str(out), "--voc-root", str(trained / "voc"),
+                 "--out", str(tmp_path / "rescored")]) == 0  # fmt: skip
+    rescored = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
+    assert rescored["classes"]["car"]["ap"] == pytest.approx(metrics["classes"]["car"]["ap"])
+    # Other settings on the same folder are refused, then accepted with --overwrite.
+    assert main([*argv, "--nms", "0.5"]) == 2
+    assert "other settings (nms)" in capsys.readouterr().err
+    assert main([*argv, "--nms", "0.5", "--overwrite"]) == 0
+
+
+def test_model_pth_needs_matching_classes(trained, tmp_path):
+    pth = trained / "run" / "model.pth"
+    with pytest.raises(RcnnError, match="pass --classes"):
+        load_model(pth)
+    with pytest.raises(RcnnError, match="3 classes"):
+        load_model(pth, ["car", "bus", "dog"])
+    loaded = load_model(pth, ["car"])
+    assert loaded.classes == ["car"] and loaded.config.input_size == 64  # from config.json
+    with pytest.raises(RcnnError, match="trained for"):
+        load_model(trained / "run", ["bus"])
+
+
+def test_bad_inputs_are_named(trained, tmp_path, capsys):
+    voc = trained / "voc"
+    truncated = tmp_path / "best.pt"
+    truncated.write_bytes((trained / "run" / "best.pt").read_bytes()[:5000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    test = ["test", "--voc-root", str(voc), "--out", str(tmp_path / "t"), *FLAGS]
+    cases = [
+        (["detect", str(tmp_path / "nope"), str(voc / "JPEGImages"), "--out", str(tmp_path / "a")],
+         "nope: model not found"),
+        (["detect", str(truncated), str(voc / "JPEGImages"), "--out", str(tmp_path / "a")],
+         "best.pt: not a readable model"),
+        (["detect", str(trained / "run"), str(empty), "--out", str(tmp_path / "a")],
+         "no image to detect"),
+        (["detect", str(trained / "run"), str(tmp_path / "gone.jpg"), "--out", str(empty)],
+         "gone.jpg: no such image file or folder"),
+        ([*test[:1], str(trained / "run"), *test[1:], "--classes", "bus"], "trained for"),
+        ([*test[:1], str(trained / "run"), *test[1:], "--split", "nosuch"], "nosuch.txt not found"),
+        ([*test[:1], str(trained / "run"), *test[1:], "--score-thresh", "2"], "--score-thresh"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    # A split file naming an image that is not there.
+    broken = tmp_path / "voc"
+    shutil.copytree(voc, broken)
+    with (broken / "ImageSets" / "Main" / "test.txt").open("a") as f:
+        f.write("999999\n")
+    detector = eval_detector_config(device="cpu", workers=1)
+    cfg = VOCTestConfig(str(trained / "run"), str(broken), str(tmp_path / "t2"), detector=detector)
+    with pytest.raises(RcnnError, match=r"test.txt names 1 image\(s\) missing .* 999999.jpg"):
+        run_test(cfg)
+
+
+def test_scores_come_in_one_pass_per_chunk(trained):
+    # Two images scored together give what each gives alone.
+    detector = Detector(load_model(trained / "run"), detector_config(trained))
+    paths = [str(trained / "voc" / "JPEGImages" / f"00000{i}.jpg") for i in (1, 2)]
+    boxes = [np.array([[0, 0, 40, 40], [10, 10, 90, 70]]), np.array([[5, 5, 60, 50]])]
+    sizes = [(256, 192), (256, 192)]
+    together = detector.score(paths, boxes, sizes)
+    alone = [detector.score([p], [b], [s])[0] for p, b, s in zip(paths, boxes, sizes, strict=True)]
+    for a, b in zip(together, alone, strict=True):
+        assert np.allclose(a, b, atol=1e-5)
