@@ -404,6 +404,9 @@ def main() -> None:
         "--every-variant", action="store_true", help="also strict fp32, TF32, NCHW, fp16 images"
     )
     parser.add_argument("--epoch", action="store_true", help="one real `rcnn train` epoch, twice")
+    parser.add_argument(
+        "--only-epoch", action="store_true", help="only one `rcnn train` epoch with the defaults"
+    )
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--budget", type=float, default=400, help="seconds; later parts skipped")
     parser.add_argument("--json-out", help="write every number here too")
@@ -429,6 +432,11 @@ def main() -> None:
             f"data: {len(store)} images, {len(regions):,} regions "
             f"({time.perf_counter() - begin:.0f} s)"
         )
+        if args.only_epoch:
+            REPORT["epoch defaults"] = section_epoch(device, data, work, [])
+            save(args.json_out)
+            log(json.dumps(REPORT, indent=1))
+            return
         found, images = section_input(device, store, regions, mean, std, sampler, args.steps)
         REPORT.update(found)
         save(args.json_out)

@@ -20,6 +20,7 @@ from rcnn.training.train import (
     TrainingDiverged,
     compile_mode,
     config_from_checkpoint,
+    default_amp,
     for_device,
     load_checkpoint,
     minutes_seconds,
@@ -206,7 +207,9 @@ def test_amp_on_the_device_pipeline(prepared, tmp_path):
 def test_device_defaults_are_decided_once_and_recorded():
     cpu = torch.device("cpu")
     cfg = for_device(TrainConfig(), cpu)
-    assert (cfg.amp, cfg.val_batch) == (False, 256)  # bfloat16 only by default on CUDA
+    assert (cfg.amp, cfg.val_batch) == (default_amp(cpu), 256)
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert default_amp(cpu) == native  # bfloat16 by default only where it is native
     kept = for_device(TrainConfig(amp=True, val_batch=64), cpu)
     assert (kept.amp, kept.val_batch) == (True, 64)
     assert compile_mode(cpu, SINGLE) is None

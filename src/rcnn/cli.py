@@ -282,7 +282,8 @@ def _add_train(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without "
-        "bfloat16); default on CUDA GPUs, off on CPUs",
+        "bfloat16); default on where the device computes bfloat16 natively (CUDA GPUs, CPUs "
+        "with AVX512-BF16 or AMX), off elsewhere",
     )
     p.add_argument(
         "--channels-last",
@@ -429,7 +430,8 @@ def _add_detector_flags(p, score_thresh: float, max_per_image: int, max_per_clas
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
-        help="bfloat16 autocast (default: on CUDA GPUs, off on CPUs)",
+        help="bfloat16 autocast (default: on where the device computes bfloat16 natively: CUDA "
+        "GPUs, CPUs with AVX512-BF16 or AMX)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when present)")
     p.add_argument(
@@ -618,7 +620,8 @@ def _add_bench(sub) -> None:
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
-        help="bfloat16 autocast (train; default on CUDA GPUs, off on CPUs, as in `rcnn train`)",
+        help="bfloat16 autocast (train; default as in `rcnn train`: on where the device "
+        "computes bfloat16 natively)",
     )
     p.add_argument(
         "--channels-last",

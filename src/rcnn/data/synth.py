@@ -8,6 +8,7 @@ boxes), so no single cue identifies a car: only body + cabin + windows + wheels 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import tempfile
 from dataclasses import dataclass
@@ -398,6 +399,19 @@ def _write_image_sets(
         _write_atomic(main / f"car_{name}.txt", lines.encode())
 
 
+def _write_image(job: tuple) -> list[_Car]:
+    """Renders and writes one image and its annotation; returns its cars."""
+    root, image_id, index, seed, (width, height) = job
+    image, cars = _render_scene(_image_rng(seed, index), (width, height))
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError(f"cv2.imencode failed for image {image_id}")
+    _write_atomic(root / "JPEGImages" / f"{image_id}.jpg", jpeg.tobytes())
+    xml = _annotation_xml(image_id, width, height, cars)
+    _write_atomic(root / "Annotations" / f"{image_id}.xml", xml)
+    return cars
+
+
 def _validate(
     root: Path,
     num_images: int,
@@ -461,15 +475,17 @@ def make_synthetic_voc(
     ids = [f"{i:06d}" for i in range(1, num_images + 1)]
     flags: dict[str, int] = {}
     all_cars: list[_Car] = []
-    for index, image_id in enumerate(ids, start=1):
-        image, cars = _render_scene(_image_rng(seed, index), (width, height))
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise RuntimeError(f"cv2.imencode failed for image {image_id}")
-        _write_atomic(root / "JPEGImages" / f"{image_id}.jpg", jpeg.tobytes())
-        _write_atomic(
-            root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, width, height, cars)
-        )
+    jobs = [(root, image_id, index, seed, image_size) for index, image_id in enumerate(ids, 1)]
+    # Each image has its own generator, so processes give the same bytes as one loop.
+    workers = min(os.cpu_count() or 1, num_images // 200 + 1)
+    if workers > 1:
+        methods = mp.get_all_start_methods()
+        context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with context.Pool(workers) as pool:
+            written = pool.map(_write_image, jobs, chunksize=32)
+    else:
+        written = [_write_image(job) for job in jobs]
+    for image_id, cars in zip(ids, written, strict=True):
         flags[image_id] = _image_flag(cars)
         all_cars += cars
     n_test = min(max(round(num_images * test_fraction), 1), num_images - 2) if test_fraction else 0

@@ -18,7 +18,7 @@ class DetectorConfig:
     mode: str = "fast"  # Selective Search at test time, as the reference detector
     max_side: int = 0
     batch: int = 0  # regions per forward pass; 0: 1024 on CUDA, 256 elsewhere
-    amp: bool | None = None  # None: bfloat16 on CUDA GPUs that have it
+    amp: bool | None = None  # None: bfloat16 where the device has it natively
     device: str = "auto"
     workers: int = 0  # Selective Search processes; 0 = one per core
     threads: int = 2  # warping threads on the CPU path

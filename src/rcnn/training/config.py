@@ -38,7 +38,7 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     pipeline: str = "auto"  # device (default on CUDA) | threads (default on CPU) | loader
-    amp: bool | None = None  # None: bfloat16 autocast on CUDA GPUs that have it, off elsewhere
+    amp: bool | None = None  # None: bfloat16 autocast where the device has it natively
     channels_last: bool = True  # faster for AlexNet on CPU (1.1-1.5x across runs), usual on GPUs
     compile: bool = False  # torch.compile the model
     lr_scale: str = "none"  # linear: lr x number of processes (for larger global batches)
