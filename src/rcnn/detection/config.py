@@ -22,7 +22,7 @@ class DetectorConfig:
     device: str = "auto"
     workers: int = 0  # Selective Search processes; 0 = one per core
     threads: int = 2  # warping threads on the CPU path
-    chunk: int = 8  # images scored together
+    chunk: int = 0  # images scored together; 0: twice the Selective Search processes, >= 8
     cache_dir: str | None = None
 
     def __post_init__(self):
@@ -38,7 +38,7 @@ class DetectorConfig:
             (self.batch >= 0, f"--batch must be >= 0, got {self.batch}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
-            (self.chunk >= 1, f"--chunk must be >= 1, got {self.chunk}"),
+            (self.chunk >= 0, f"--chunk must be >= 0, got {self.chunk}"),
         ]
         for ok, message in checks:
             if not ok:
