@@ -223,3 +223,18 @@ def test_scores_come_in_one_pass_per_chunk(trained):
     alone = [detector.score([p], [b], [s])[0] for p, b, s in zip(paths, boxes, sizes, strict=True)]
     for a, b in zip(together, alone, strict=True):
         assert np.allclose(a, b, atol=1e-5)
+
+
+def test_torchrun_shares_images_and_gives_the_same_results(trained, tmp_path):
+    import subprocess
+    import sys
+
+    common = [str(trained / "run"), "--voc-root", str(trained / "voc"),
+              "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+    assert main(["test", *common, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "rcnn", "test", *common, "--out", str(tmp_path / "two")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name = "comp4_det_test_car.txt"
+    assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
