@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from rcnn.data.labels import BACKGROUND, PRESETS, LabelConfig, label_config, label_regions
+from rcnn.data.labels import (
+    BACKGROUND,
+    PRESETS,
+    LabelConfig,
+    label_config,
+    label_regions,
+    region_details,
+)
 
 GT = np.array([[0, 0, 10, 10]])
 
@@ -82,3 +89,14 @@ def test_config_validation_names_flags():
     with pytest.raises(ValueError, match="--preset"):
         label_config("nope")
     assert label_config("seed", pos_iou=0.7, neg_iou_max=None).pos_iou == 0.7
+
+
+def test_region_details_hand_built():
+    gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10]])
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [20, 0, 30, 5], [50, 50, 60, 60]])
+    gt_index, class_ious, is_gt = region_details(boxes, gt, [1, 2], num_classes=3)
+    assert gt_index.tolist() == [0, 0, 1, -1]
+    np.testing.assert_allclose(class_ious, [[1, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0]])
+    assert is_gt.tolist() == [True, False, False, False]
+    none = region_details(boxes, np.zeros((0, 4)), [], num_classes=1)
+    assert none[0].tolist() == [-1] * 4 and not none[2].any()

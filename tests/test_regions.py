@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rcnn.data.regions import RegionSet, RegionStoreError
 
@@ -81,7 +82,7 @@ def test_damaged_meta_and_wrong_version(tmp_path):
     obj = json.loads(text)
     obj["version"] = 99
     meta.write_text(json.dumps(obj))
-    with pytest.raises(RegionStoreError, match="not a version-1"):
+    with pytest.raises(RegionStoreError, match="not a version-2 .*run `rcnn prepare` again"):
         RegionSet.load(tmp_path)
 
 
@@ -90,3 +91,33 @@ def test_missing_array(tmp_path):
     (tmp_path / "ious.npy").unlink()
     with pytest.raises(RegionStoreError, match="ious.npy not found"):
         RegionSet.load(tmp_path)
+
+
+def test_version_1_stores_load_without_ground_truth(tmp_path):
+    rs = make_set()
+    rs.save(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["version"] == 2 and "gt_index" not in meta["arrays"]  # made without details
+    meta["version"] = 1
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    old = RegionSet.load(tmp_path)
+    assert old.truth is None and len(old) == len(rs)
+    with pytest.raises(RegionStoreError, match="run `rcnn prepare` again"):
+        old.require_truth("train-svm")
+
+
+def test_prepared_store_keeps_ground_truth_details(prepared):
+    rs = RegionSet.load(prepared / "train")
+    truth = rs.require_truth("a test")
+    # Every positive overlaps the box gt_index names at its recorded IoU, in its own image.
+    positive = np.flatnonzero(rs.labels > 0)
+    rows = truth.gt_index[positive]
+    assert (rows >= 0).all()
+    assert (truth.image[rows] == rs.image_index[positive]).all()
+    assert (truth.labels[rows] == rs.labels[positive]).all()
+    from torchvision.ops import box_iou
+
+    iou = box_iou(torch.from_numpy(rs.boxes[positive]).float(),
+                  torch.from_numpy(truth.boxes[rows]).float()).diagonal().numpy()  # fmt: skip
+    np.testing.assert_allclose(iou, rs.ious[positive], rtol=1e-5)
+    np.testing.assert_allclose(truth.class_ious[:, 0], rs.ious, rtol=1e-6)  # one class

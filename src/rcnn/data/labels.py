@@ -107,3 +107,34 @@ def label_regions(
     labels = np.where(positive, gt_labels[best] if len(gt_boxes) else BACKGROUND, BACKGROUND)
     keep = positive | negative
     return boxes[keep], labels[keep].astype(np.int16), max_iou[keep].astype(np.float32)
+
+
+def region_details(
+    boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the SVM and box-regression stages need to know of one image's labelled regions.
+
+    Args:
+        boxes (ndarray[R, 4]): the kept regions.
+        gt_boxes (ndarray[G, 4]), gt_labels (ndarray[G]): the image's ground truth.
+        num_classes: K.
+
+    Returns:
+        gt_index (int32 [R]): the ground-truth box each region overlaps most, -1 if none;
+        class_ious (float32 [R, K]): the best IoU with a box of each class;
+        is_gt (bool [R]): the region is a ground-truth box itself.
+    """
+    boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.int32).reshape(-1, 4)
+    gt_labels = np.asarray(gt_labels).reshape(-1)
+    class_ious = np.zeros((len(boxes), num_classes), np.float32)
+    if len(gt_boxes) == 0:
+        return np.full(len(boxes), -1, np.int32), class_ious, np.zeros(len(boxes), bool)
+    iou = box_iou(boxes, gt_boxes)  # [R, G]
+    gt_index = np.where(iou.max(axis=1) > 0, iou.argmax(axis=1), -1).astype(np.int32)
+    for k in range(1, num_classes + 1):
+        mine = gt_labels == k
+        if mine.any():
+            class_ious[:, k - 1] = iou[:, mine].max(axis=1)
+    is_gt = (boxes[:, None, :] == gt_boxes[None, :, :]).all(axis=2).any(axis=1)
+    return gt_index, class_ious, is_gt

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.labels import LabelConfig, label_regions
+from rcnn.data.labels import LabelConfig, label_regions, region_details
 from rcnn.data.proposals import ProposalConfig, compute_proposals, default_cache_dir
-from rcnn.data.regions import RegionSet
+from rcnn.data.regions import GroundTruth, RegionSet
 from rcnn.data.voc import (
     VOCAnnotation,
     VOCDataset,
@@ -77,6 +77,7 @@ def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, 
     objects = ann.select(classes, keep_difficult)
     boxes = np.array([o.box for o in objects], dtype=np.int32).reshape(-1, 4)
     labels = np.array([classes.index(o.name) + 1 for o in objects], dtype=np.int16)
+    difficult = np.array([o.difficult for o in objects], dtype=bool)
     width, height = size
     if (ann.width, ann.height) != (width, height):
         logger.warning(
@@ -89,7 +90,7 @@ def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, 
         )
     boxes = clip_boxes(boxes, width, height)
     keep = nonempty(boxes)
-    return boxes[keep], labels[keep]
+    return boxes[keep], labels[keep], difficult[keep]
 
 
 def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[RegionSet, dict]:
@@ -103,8 +104,9 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
     cache_dir = cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir()
     results = compute_proposals(paths, cfg.proposals, cache_dir, cfg.workers, cfg.progress)
 
-    image_paths, sizes, parts = [], [], []
-    num_proposals = cached = 0
+    image_paths, sizes, parts, gt_parts = [], [], [], []
+    num_proposals = cached = gt_seen = 0
+    num_classes = len(cfg.classes)
     for image_id, result in zip(kept_ids, results, strict=True):
         if result.error or len(result.boxes) == 0:
             skipped.append(
@@ -116,11 +118,26 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
             continue
         num_proposals += len(result.boxes)
         cached += result.cached
-        gt_boxes, gt_labels = _ground_truth(
+        gt_boxes, gt_labels, gt_difficult = _ground_truth(
             annotations[image_id], cfg.classes, cfg.labels.keep_difficult, result.size
         )
         boxes, labels, ious = label_regions(result.boxes, gt_boxes, gt_labels, cfg.labels)
-        parts.append((np.full(len(labels), len(image_paths), np.int32), boxes, labels, ious))
+        gt_index, class_ious, is_gt = region_details(boxes, gt_boxes, gt_labels, num_classes)
+        image = len(image_paths)
+        gt_index = np.where(gt_index >= 0, gt_index + gt_seen, -1)  # rows of the split's arrays
+        parts.append(
+            (
+                np.full(len(labels), image, np.int32),
+                boxes,
+                labels,
+                ious,
+                gt_index,
+                class_ious,
+                is_gt,
+            )
+        )
+        gt_parts.append((gt_boxes, gt_labels, np.full(len(gt_boxes), image), gt_difficult))
+        gt_seen += len(gt_boxes)
         image_paths.append(str(Path(result.path).resolve()))
         sizes.append(result.size)
 
@@ -135,14 +152,19 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
         raise VOCFormatError(f"split '{split}' of {voc.root}: no usable image{first}")
 
-    index, boxes, labels, ious = (np.concatenate(a) for a in zip(*parts, strict=True))
+    index, boxes, labels, ious, gt_index, class_ious, is_gt = (
+        np.concatenate(a) for a in zip(*parts, strict=True)
+    )
+    truth = GroundTruth(
+        *(np.concatenate(a) for a in zip(*gt_parts, strict=True)), gt_index, class_ious, is_gt
+    )
     info = {
         "split": split,
         "voc_root": str(voc.root.resolve()),
         "labels": cfg.labels.to_dict(),
         "proposals": cfg.proposals.cache_tag(),
     }
-    regions = RegionSet(image_paths, index, boxes, labels, ious, cfg.classes, sizes, info)
+    regions = RegionSet(image_paths, index, boxes, labels, ious, cfg.classes, sizes, info, truth)
     if regions.num_positive == 0:
         logger.warning(
             "split '%s': no object regions; check --classes %s against the <name> of the "
@@ -214,6 +236,9 @@ def generation_of(splits: dict[str, RegionSet]) -> str:
         digest.update(json.dumps(header, sort_keys=True).encode())
         for array in (regions.image_index, regions.boxes, regions.labels, regions.ious):
             digest.update(array.tobytes())
+        if regions.truth is not None:
+            for array in regions.truth.arrays().values():
+                digest.update(array.tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -8,8 +8,18 @@ A store is a directory::
     boxes.npy         int32 [N, 4]  x1, y1, x2, y2; 0-based, x2/y2 exclusive
     labels.npy        int16 [N]     0 = background, 1..K = meta["classes"][label - 1]
     ious.npy          float32 [N]   best IoU with a ground-truth box
+    gt_index.npy      int32 [N]     row of gt_boxes a region overlaps most, -1 if none
+    class_ious.npy    float32 [N, K] best IoU with a box of each class
+    is_gt.npy         bool [N]      the region is a ground-truth box itself
+    gt_boxes.npy      int32 [G, 4]  every ground-truth box of the chosen classes
+    gt_labels.npy     int16 [G]     its class, 1..K
+    gt_image.npy      int32 [G]     its image
+    gt_difficult.npy  bool [G]      VOC's difficult flag
 
-26 bytes a region; a million regions load in a fraction of a second. Every file is written
+Version 1 stores (without the last seven arrays) still load, for training; the SVM and
+box-regression stages ask for a store made again. 31 + 4K bytes a region (26 for the training
+arrays) plus 23 a ground-truth box; a million regions load in a fraction of a second. Every
+file is written
 atomically and ``meta.json`` last, and loading checks each array against its recorded
 checksum, so a half-written or damaged store is reported, never read.
 """
@@ -28,8 +38,12 @@ from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "rcnn-regions"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # version 1 stores lack the ground-truth arrays; they still load
 ARRAYS = {"image_index": np.int32, "boxes": np.int32, "labels": np.int16, "ious": np.float32}
+# Version 2: what the SVM and box-regression stages need (see :class:`GroundTruth`).
+DETAIL_ARRAYS = {"gt_index": np.int32, "class_ious": np.float32, "is_gt": np.bool_}
+GT_ARRAYS = {"boxes": np.int32, "labels": np.int16, "image": np.int32, "difficult": np.bool_}
 
 
 class RegionStoreError(RcnnError):
@@ -40,6 +54,37 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+@dataclass
+class GroundTruth:
+    """Every ground-truth box of a split, and how the regions relate to them.
+
+    Attributes:
+        boxes (int32 [G, 4]), labels (int16 [G], 1..K), image (int32 [G]), difficult (bool [G]):
+            the boxes of the chosen classes (difficult ones only when the labelling kept them).
+        gt_index (int32 [N]): per region, the row of the box it overlaps most; -1 if none.
+        class_ious (float32 [N, K]): per region, the best IoU with a box of each class.
+        is_gt (bool [N]): the region is a ground-truth box itself (``--preset paper``).
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    image: np.ndarray
+    difficult: np.ndarray
+    gt_index: np.ndarray
+    class_ious: np.ndarray
+    is_gt: np.ndarray
+
+    def __post_init__(self):
+        for name, dtype in {**GT_ARRAYS, **DETAIL_ARRAYS}.items():
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
+        self.boxes = self.boxes.reshape(-1, 4)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """File name stem -> array, as stored."""
+        out = {f"gt_{name}": getattr(self, name) for name in GT_ARRAYS}
+        return {**out, **{name: getattr(self, name) for name in DETAIL_ARRAYS}}
 
 
 @dataclass
@@ -54,6 +99,7 @@ class RegionSet:
     classes: list[str]
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
     info: dict = field(default_factory=dict)  # how the regions were made
+    truth: GroundTruth | None = None  # None for version-1 stores
 
     def __post_init__(self):
         for name, dtype in ARRAYS.items():
@@ -66,6 +112,10 @@ class RegionSet:
             raise ValueError("image_index refers to an image that is not in image_paths")
         if n and self.labels.max() > len(self.classes):
             raise ValueError(f"a label exceeds the {len(self.classes)} classes {self.classes}")
+        if self.truth is not None and not (
+            len(self.truth.gt_index) == len(self.truth.is_gt) == len(self.truth.class_ious) == n
+        ):
+            raise ValueError("the ground-truth details must have one row per region")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -78,11 +128,24 @@ class RegionSet:
     def num_negative(self) -> int:
         return int(np.count_nonzero(self.labels == 0))
 
+    def require_truth(self, what: str) -> GroundTruth:
+        """The ground-truth details, or an error saying how to get them."""
+        if self.truth is None:
+            where = self.info.get("split", "this split")
+            raise RegionStoreError(
+                f"{what} needs the ground-truth arrays of a version-{VERSION} region store, and "
+                f"the store of {where} is older: run `rcnn prepare` again (cached proposals are "
+                "reused)"
+            )
+        return self.truth
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         arrays = {}
-        for name in ARRAYS:
-            array = getattr(self, name)
+        named = {name: getattr(self, name) for name in ARRAYS}
+        if self.truth is not None:
+            named.update(self.truth.arrays())
+        for name, array in named.items():
             data = _npy_bytes(array)
             atomic_write_bytes(directory / f"{name}.npy", data)
             arrays[name] = {
@@ -119,18 +182,28 @@ class RegionSet:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as err:
             raise RegionStoreError(f"{meta_path}: damaged ({err})") from err
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        if meta.get("format") != FORMAT or meta.get("version") not in VERSIONS:
             raise RegionStoreError(
                 f"{meta_path}: not a version-{VERSION} {FORMAT} store "
-                f"(format={meta.get('format')!r}, version={meta.get('version')!r})"
+                f"(format={meta.get('format')!r}, version={meta.get('version')!r}); "
+                "run `rcnn prepare` again"
             )
         specs = meta["arrays"]
         arrays = {name: _load_array(directory, name, specs[name], verify) for name in ARRAYS}
+        truth = None
+        if "gt_index" in specs:
+            names = [f"gt_{n}" for n in GT_ARRAYS] + list(DETAIL_ARRAYS)
+            loaded = {n: _load_array(directory, n, specs[n], verify) for n in names}
+            truth = GroundTruth(
+                **{n: loaded[f"gt_{n}"] for n in GT_ARRAYS},
+                **{n: loaded[n] for n in DETAIL_ARRAYS},
+            )
         return cls(
             image_paths=list(meta["images"]),
             classes=list(meta["classes"]),
             image_sizes=[tuple(s) for s in meta.get("image_sizes", [])],
             info=meta.get("info", {}),
+            truth=truth,
             **arrays,
         )
 
