@@ -37,8 +37,9 @@ from rcnn.data.proposals import ProposalConfig, compute_proposals
 from rcnn.data.synth import make_synthetic_voc
 from rcnn.data.voc import VOCDataset, read_id_file
 from rcnn.detection.config import DetectorConfig
-from rcnn.detection.detector import Detector, LoadedModel, load_model
+from rcnn.detection.detector import Detector
 from rcnn.modeling.model import build_model
+from rcnn.modeling.trained import LoadedModel, load_model
 from rcnn.training.config import TrainConfig
 
 

@@ -12,9 +12,10 @@ from torchvision.ops import batched_nms, box_iou
 from rcnn.cli import main
 from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
 from rcnn.detection.config import DetectorConfig, eval_detector_config
-from rcnn.detection.detector import Detector, load_model, select_detections
+from rcnn.detection.detector import Detector, select_detections
 from rcnn.detection.voc_test import VOCTestConfig, read_results, run_test, write_results
 from rcnn.errors import RcnnError
+from rcnn.modeling.trained import load_model
 
 FLAGS = ["--device", "cpu", "--workers", "1", "--no-progress"]
 

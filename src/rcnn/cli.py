@@ -391,18 +391,25 @@ def _cmd_compare(args) -> None:
     print(f"figure: {args.out}")
 
 
-def _add_detector_flags(p, score_thresh: float, max_per_image: int, max_per_class: int) -> None:
+def _add_detector_flags(p, thresh_help: str, max_per_image: int, max_per_class: int) -> None:
     p.add_argument(
         "--classes",
         nargs="+",
         help="class names in training order; needed only for a plain state dict (model.pth)",
     )
     p.add_argument(
-        "--score-thresh",
-        type=float,
-        default=score_thresh,
-        help="keep boxes scoring at least this for their class",
+        "--scorer",
+        choices=["softmax", "svm"],
+        default="softmax",
+        help="score proposals by the network's softmax or by the SVMs on its fc7 features",
     )
+    p.add_argument("--svm", metavar="SVMDIR", help="`rcnn train-svm` output (default: RUN/svm)")
+    p.add_argument(
+        "--bbox-reg",
+        metavar="BBOXDIR",
+        help="move each scored box with these regressors (`rcnn train-bbox`) before NMS",
+    )
+    p.add_argument("--score-thresh", type=float, help=thresh_help)
     p.add_argument(
         "--nms", type=float, default=0.3, help="IoU above which a lower-scored box is suppressed"
     )
@@ -443,11 +450,15 @@ def _add_detector_flags(p, score_thresh: float, max_per_image: int, max_per_clas
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _detector_config(args):
+def _detector_config(args, keep_all: bool = False):
     from rcnn.detection.config import DetectorConfig
 
     return DetectorConfig(
+        scorer=args.scorer,
+        svm=args.svm,
+        bbox_reg=args.bbox_reg,
         score_thresh=args.score_thresh,
+        keep_all=keep_all,
         nms=args.nms,
         max_per_image=args.max_per_image,
         max_per_class=args.max_per_class,
@@ -477,7 +488,13 @@ def _add_detect(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="run folder, best.pt, or model.pth (+ --classes)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for the pictures and detections.jsonl")
-    _add_detector_flags(p, score_thresh=0.6, max_per_image=100, max_per_class=0)
+    _add_detector_flags(
+        p,
+        "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
+        "0 for SVM scores)",
+        max_per_image=100,
+        max_per_class=0,
+    )
 
 
 def _cmd_detect(args) -> None:
@@ -519,11 +536,31 @@ def _add_test(sub) -> None:
     p.add_argument("--split", default="test", help="ImageSets/Main/{split}.txt")
     p.add_argument("--out", help="output folder (default with --dets: the --dets folder)")
     p.add_argument("--dets", help="score the result files in this folder instead of detecting")
-    _add_detector_flags(p, score_thresh=0.0, max_per_image=0, max_per_class=100)
+    _add_detector_flags(
+        p,
+        "keep only boxes scoring at least this (default: every box counts, as AP needs)",
+        max_per_image=0,
+        max_per_class=100,
+    )
+
+
+def _test_config(args):
+    from rcnn.detection.voc_test import VOCTestConfig
+
+    return VOCTestConfig(
+        args.model,
+        args.voc_root,
+        args.out,
+        args.split,
+        args.classes,
+        _detector_config(args, keep_all=args.score_thresh is None),
+        args.overwrite,
+        not args.no_progress,
+    )
 
 
 def _cmd_test(args) -> None:
-    from rcnn.detection.voc_test import VOCTestConfig, evaluate_result_files, run_test
+    from rcnn.detection.voc_test import evaluate_result_files, run_test
 
     if args.dets:
         if args.model:
@@ -534,21 +571,196 @@ def _cmd_test(args) -> None:
     else:
         if not args.model or not args.out:
             raise ConfigError("MODEL and --out are required (or --dets DIR)")
-        cfg = VOCTestConfig(
-            args.model,
-            args.voc_root,
-            args.out,
-            args.split,
-            args.classes,
-            _detector_config(args),
-            args.overwrite,
-            not args.no_progress,
-        )
-        metrics = run_test(cfg)
+        metrics = run_test(_test_config(args))
         if not metrics:  # a torchrun process other than rank 0
             return
     print(metrics["report"])
     print(f"metrics.json and pr.png in {metrics['out']}")
+
+
+def _add_ablate(sub) -> None:
+    p = sub.add_parser(
+        "ablate",
+        formatter_class=_Formatter,
+        help="the R-CNN paper's Table 2: softmax vs SVM vs SVM + box regression",
+        description="Run `rcnn test` three ways from one forward pass per image: the "
+        "fine-tuned network's softmax, the per-class SVMs on its fc7 features (`rcnn "
+        "train-svm`), and the SVMs with box regression (`rcnn train-bbox`). Writes each "
+        "variant's result files and metrics to OUT/{softmax,svm,svm-bbox}/ and the table to "
+        "OUT/ablation.md, ablation.json and ablation.png (per-class AP side by side).",
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder or best.pt")
+    p.add_argument("--voc-root", required=True, help="VOC folder with the split's annotations")
+    p.add_argument("--split", default="test", help="ImageSets/Main/{split}.txt")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_detector_flags(
+        p,
+        "keep only boxes scoring at least this (default: every box counts, as AP needs)",
+        max_per_image=0,
+        max_per_class=100,
+    )
+    p.set_defaults(bbox_reg=None)
+
+
+def _cmd_ablate(args) -> None:
+    from pathlib import Path
+
+    from rcnn.detection.ablate import run_ablation
+
+    if args.bbox_reg is None:
+        args.bbox_reg = str(Path(args.model if Path(args.model).is_dir() else
+                                 Path(args.model).parent) / "bbox")  # fmt: skip
+    result = run_ablation(_test_config(args))
+    if result:
+        print(result["table"])
+        print(f"per-variant results in {result['out']}/{{softmax,svm,svm-bbox}}, table and "
+              f"figure in {result['out']}/ablation.{{md,json,png}}")  # fmt: skip
+
+
+def _add_head_flags(p, default_out: str) -> None:
+    p.add_argument("model", metavar="MODEL", help="run folder or best.pt of `rcnn train`")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="`rcnn prepare` output folder; prepare it with --preset paper, which keeps every "
+        "proposal and adds the ground-truth boxes",
+    )
+    p.add_argument("--out", help=f"output folder (default: RUN/{default_out})")
+    p.add_argument("--features", help="feature store (default: RUN/features; computed if missing)")
+    p.add_argument("--split", default="train", help="split to train on")
+    p.add_argument("--device", default="auto", help="for computing missing features")
+    p.add_argument("--batch", type=int, default=0, help="regions a forward pass (0: automatic)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast")
+    p.add_argument("--threads", type=int, default=2, help="warping threads on the CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _head_config(args):
+    from rcnn.modeling.heads import HeadConfig
+
+    return HeadConfig(
+        args.model, args.data, args.out, args.features, args.split, args.device, args.batch,
+        args.amp, args.threads, not args.no_progress,
+    )  # fmt: skip
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser(
+        "features",
+        formatter_class=_Formatter,
+        help="fc7 (and pool5) features of every region, for the SVM and box stages",
+        description="Warp every region of the chosen splits (no flip) and push it through the "
+        "fine-tuned network in eval mode, keeping fc7 (the input of the last layer: 4,096 "
+        "values for AlexNet, after its ReLU) and with --pool5 also pool5 (the input of the "
+        "first fully connected layer: 9,216 for AlexNet). Other backbones: the inputs of their "
+        "last and first nn.Linear. Stored as float16 chunks of 4,096 regions, written "
+        "atomically: a killed run resumes with the missing chunks. Prints the bytes per region "
+        "before it starts.",
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder or best.pt of `rcnn train`")
+    p.add_argument("--data", required=True, help="`rcnn prepare` output folder")
+    p.add_argument("--out", help="feature store (default: RUN/features)")
+    p.add_argument("--split", nargs="+", default=["train"], dest="splits", help="splits")
+    p.add_argument("--pool5", action="store_true", help="also pool5 (for box regression)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when present)")
+    p.add_argument("--batch", type=int, default=0, help="regions a forward pass (0: automatic)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast")
+    p.add_argument("--threads", type=int, default=2, help="warping threads on the CPU")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace features of another model in --out"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_features(args) -> None:
+    from pathlib import Path
+
+    from rcnn.modeling.extract import FeaturesConfig, run_features
+    from rcnn.modeling.heads import run_folder
+
+    out = args.out or str(run_folder(args.model) / "features")
+    layers = ["fc7", "pool5"] if args.pool5 else ["fc7"]
+    summary = run_features(
+        FeaturesConfig(
+            args.model, args.data, out, args.splits, layers, args.batch, args.amp, args.device,
+            args.threads, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    )  # fmt: skip
+    for split, s in summary["splits"].items():
+        print(
+            f"{split}: {s['regions']} regions, {summary['bytes_per_region']} bytes a region "
+            f"({' + '.join(f'{n} {d}' for n, d in summary['layers'].items())} float16), "
+            f"{s['chunks_computed']} chunk(s) computed"
+        )
+    print(f"features in {Path(out)}")
+
+
+def _add_train_svm(sub) -> None:
+    p = sub.add_parser(
+        "train-svm",
+        formatter_class=_Formatter,
+        help="per-class linear SVMs on fc7 features, with hard-negative mining",
+        description="R-CNN's SVMs: per class, the non-difficult ground-truth boxes are the "
+        "positives and proposals with IoU < 0.3 with every box of the class the negatives. "
+        "Starting from the positives and a first sample of negatives, each round scores every "
+        "negative, adds those above -1 (hard) to the cache, drops cached ones below -1.2 "
+        "(easy) and retrains, until a round adds none or --rounds is reached. liblinear "
+        "(scikit-learn's LinearSVC, hinge loss) with C 0.001, positive weight 2, bias feature "
+        "10, features scaled to a mean L2 norm of 20. Writes svm.npz, svm.json, svm_log.csv.",
+    )
+    _add_head_flags(p, "svm")
+    p.add_argument("--C", type=float, default=0.001, dest="C", help="SVM regularization")
+    p.add_argument("--pos-weight", type=float, default=2.0, help="loss weight of positives")
+    p.add_argument("--rounds", type=int, default=10, help="retraining rounds at most")
+    p.add_argument(
+        "--first-negatives", type=int, default=5000, help="negatives of the first round, a class"
+    )
+
+
+def _cmd_train_svm(args) -> None:
+    from rcnn.modeling.heads import run_train_svm
+    from rcnn.modeling.svm import SVMConfig
+
+    svm = SVMConfig(C=args.C, pos_weight=args.pos_weight, rounds=args.rounds,
+                    first_negatives=args.first_negatives)  # fmt: skip
+    result = run_train_svm(_head_config(args), svm)
+    print(f"{'class':<14}{'round':>6}{'positives':>11}{'cache':>8}{'hard+':>7}{'easy-':>7}"
+          f"{'objective':>12}")  # fmt: skip
+    for row in result["log"]:
+        print(
+            f"{row['class']:<14}{row['round']:>6}{row['positives']:>11}"
+            f"{row['negatives_in_cache']:>8}{row.get('hard_added', ''):>7}"
+            f"{row.get('easy_dropped', ''):>7}{row['objective']:>12.5f}"
+        )
+    print(f"SVMs in {result['out']} ({result['seconds']} s)")
+
+
+def _add_train_bbox(sub) -> None:
+    p = sub.add_parser(
+        "train-bbox",
+        formatter_class=_Formatter,
+        help="per-class bounding-box regression on pool5 features",
+        description="R-CNN's box regressors: per class, ridge regression (lambda 1000) from "
+        "the pool5 features of regions with IoU >= 0.6 with a box of the class (scaled to a "
+        "mean L2 norm of 20) to the targets tx = (Gx - Px) / Pw, ty = (Gy - Py) / Ph, tw = "
+        "log(Gw / Pw), th = log(Gh / Ph). Writes bbox.npz, bbox.json, bbox_log.csv.",
+    )
+    _add_head_flags(p, "bbox")
+    p.add_argument("--ridge", type=float, default=1000.0, help="ridge penalty lambda")
+    p.add_argument("--min-iou", type=float, default=0.6, help="IoU of a training region")
+
+
+def _cmd_train_bbox(args) -> None:
+    from rcnn.modeling.bbox_regression import BBoxConfig
+    from rcnn.modeling.heads import run_train_bbox
+
+    result = run_train_bbox(_head_config(args), BBoxConfig(args.ridge, args.min_iou))
+    for row in result["log"]:
+        print(
+            f"{row['class']}: {row['examples']} regions, target rms {row['target_rms']:.4f}, "
+            f"residual rms {row['residual_rms']:.4f}"
+        )
+    print(f"box regressors in {result['out']} ({result['seconds']} s)")
 
 
 def _add_demo(sub) -> None:
@@ -669,6 +881,10 @@ COMMANDS = {
     "compare": (_add_compare, _cmd_compare),
     "detect": (_add_detect, _cmd_detect),
     "test": (_add_test, _cmd_test),
+    "features": (_add_features, _cmd_features),
+    "train-svm": (_add_train_svm, _cmd_train_svm),
+    "train-bbox": (_add_train_bbox, _cmd_train_bbox),
+    "ablate": (_add_ablate, _cmd_ablate),
     "demo": (_add_demo, _cmd_demo),
     "bench": (_add_bench, _cmd_bench),
 }
@@ -680,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description="R-CNN on PASCAL VOC-format data.\n\n"
         "Pipeline: rcnn synth (optional) -> rcnn prepare -> rcnn train -> rcnn evaluate\n"
-        "          -> rcnn detect (images) / rcnn test (VOC detection AP).\n"
+        "          -> rcnn detect (images) / rcnn test (VOC detection AP)\n"
+        "          -> rcnn features -> rcnn train-svm / train-bbox -> rcnn ablate.\n"
         "`rcnn demo` runs it all on synthetic data.\n"
         "Run `rcnn COMMAND --help` for each command's flags.",
     )

@@ -20,11 +20,16 @@ from rcnn.data.labels import PRESETS as LABEL_PRESETS
 from rcnn.data.prepare import PrepareConfig, run_prepare
 from rcnn.data.proposals import ProposalConfig
 from rcnn.data.synth import make_synthetic_voc
+from rcnn.detection.ablate import run_ablation
 from rcnn.detection.config import eval_detector_config
-from rcnn.detection.voc_test import VOCTestConfig, run_test
+from rcnn.detection.voc_test import VOCTestConfig
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.evaluate import run_evaluate
+from rcnn.modeling.bbox_regression import BBoxConfig
+from rcnn.modeling.extract import FeaturesConfig, run_features
+from rcnn.modeling.heads import HeadConfig, run_train_bbox, run_train_svm
 from rcnn.modeling.model import imagenet_weights_cached
+from rcnn.modeling.svm import SVMConfig
 from rcnn.training.train import TrainConfig, minutes_seconds, run_train
 
 logger = logging.getLogger(__name__)
@@ -78,27 +83,17 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise RcnnError(
             f"{voc} has no test split (an older demo's?); delete it or use another --out"
         )
-    print(f"[1/5] synthetic VOC dataset: {voc}")
-    prepared = run_prepare(
-        PrepareConfig(
-            str(voc),
-            str(out / "regions"),
-            labels=LABEL_PRESETS["seed"],
-            proposals=ProposalConfig("fast"),
-            workers=0,
-            cache_dir=str(out / "cache"),
-            progress=cfg.progress,
-        )
-    )
+    print(f"[1/6] synthetic VOC dataset: {voc}")
+    prepared = _prepare(cfg, voc, out / "regions", "seed", ["train", "val"])
     for split, s in prepared["splits"].items():
         print(
-            f"[2/5] {split}: {s['images']} images, {s['proposals']} proposals -> "
+            f"[2/6] {split}: {s['images']} images, {s['proposals']} proposals -> "
             f"{s['positives']} positives, {s['negatives']} negatives"
         )
     cached = imagenet_weights_cached("alexnet")
     weights = "imagenet" if cached else "none"
     print(
-        "[3/5] fine-tuning AlexNet from "
+        "[3/6] fine-tuning AlexNet from "
         + (
             "ImageNet weights (found in the torch cache)"
             if cached
@@ -116,22 +111,30 @@ def run_demo(cfg: DemoConfig) -> dict:
         workers=cfg.workers,
         progress=cfg.progress,
     )
-    print("[4/5] evaluation of the best checkpoint on all validation regions:")
+    print("[4/6] evaluation of the best checkpoint on all validation regions:")
     print(metrics["report"])
-    test = run_test(
+    stages = train_heads(cfg, voc, out, train_cfg.out)
+    ablation = run_ablation(
         VOCTestConfig(
             train_cfg.out,
             str(voc),
             str(out / "test"),
-            detector=eval_detector_config(device=cfg.device, cache_dir=str(out / "cache")),
+            detector=eval_detector_config(
+                device=cfg.device,
+                cache_dir=str(out / "cache"),
+                bbox_reg=str(Path(train_cfg.out) / "bbox"),
+            ),
             overwrite=True,
             progress=cfg.progress,
         )
     )
+    softmax = ablation["variants"]["softmax"]
     figure = out / "test" / "detections.png"
-    draw_test_images(voc, out / "test", train_cfg.out, figure)
-    print("[5/5] detection on the test split (VOC AP by the devkit's rules):")
-    print(test["report"])
+    draw_test_images(voc, out / "test" / "softmax", figure)
+    print("[6/6] detection on the test split (VOC AP by the devkit's rules), fine-tuned softmax:")
+    print(softmax["report"])
+    print("R-CNN's ablation (Table 2 of the paper) on the test split, AP (VOC2007 11-point):")
+    print(ablation["table"])
     elapsed = time.time() - start
     print(f"\nDemo finished in {minutes_seconds(elapsed)}. Files:")
     run = Path(train_cfg.out)
@@ -144,15 +147,63 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("metrics", Path(metrics["out"]) / "metrics.json"),
         ("PR curve", Path(metrics["out"]) / "pr.png"),
         ("predictions", Path(metrics["out"]) / "examples.png"),
-        ("detection AP", out / "test" / "metrics.json"),
-        ("result files", out / "test" / "comp4_det_test_car.txt"),
+        ("SVMs", run / "svm"),
+        ("box regressors", run / "bbox"),
+        ("detection AP", out / "test" / "softmax" / "metrics.json"),
+        ("result files", out / "test" / "softmax" / "comp4_det_test_car.txt"),
+        ("ablation", out / "test" / "ablation.md"),
         ("detections", figure),
     ]:
-        print(f"  {label:<13}{path}")
-    return {**metrics, "test": test, "seconds": round(elapsed, 1)}
+        print(f"  {label:<15}{path}")
+    seconds = {**stages, "total": round(elapsed, 1)}
+    return {**metrics, "test": softmax, "ablation": ablation, "seconds": seconds}
 
 
-def draw_test_images(voc: Path, test: Path, run: str, path: Path, count: int = 6) -> None:
+def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[str]) -> dict:
+    return run_prepare(
+        PrepareConfig(
+            str(voc),
+            str(out),
+            splits=splits,
+            labels=LABEL_PRESETS[preset],
+            proposals=ProposalConfig("fast"),
+            workers=0,
+            cache_dir=str(Path(cfg.out) / "cache"),
+            progress=cfg.progress,
+        )
+    )
+
+
+def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
+    """R-CNN's SVMs and box regressors on the training split; returns each stage's seconds."""
+    times = {}
+    start = time.time()
+    _prepare(cfg, voc, out / "regions-paper", "paper", ["train"])  # every proposal, and the GT
+    heads = HeadConfig(run, str(out / "regions-paper"), device=cfg.device, progress=cfg.progress)
+    times["prepare_paper"] = round(time.time() - start, 1)
+    start = time.time()
+    features = run_features(
+        FeaturesConfig(run, heads.data, str(Path(run) / "features"), ["train"], ["fc7", "pool5"],
+                       device=cfg.device, overwrite=True, progress=cfg.progress)
+    )  # fmt: skip
+    times["features"] = round(time.time() - start, 1)
+    svm = run_train_svm(heads, SVMConfig())
+    times["train_svm"] = svm["seconds"]
+    bbox = run_train_bbox(heads, BBoxConfig())
+    times["train_bbox"] = bbox["seconds"]
+    last = {row["class"]: row for row in svm["log"]}
+    cached = ", ".join(f"{c}: {r['negatives_in_cache']} negatives cached" for c, r in last.items())
+    examples = ", ".join(f"{r['examples']} {r['class']} regions" for r in bbox["log"])
+    rounds = max(r["round"] for r in svm["log"]) + 1
+    print(
+        f"[5/6] R-CNN's heads on {features['splits']['train']['regions']} training regions "
+        f"({features['bytes_per_region']} bytes of fc7 + pool5 features a region): SVMs after "
+        f"{rounds} round(s) of hard-negative mining ({cached}), box regressors on {examples}"
+    )
+    return times
+
+
+def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
     """A few test images with their ground truth (green) and the detections scoring at least
     the reference detector's 0.6 (in the class colour)."""
     from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file

@@ -9,9 +9,28 @@ from rcnn.errors import ConfigError
 MODES = ("quality", "fast")  # Selective Search strategies, as in rcnn.data.proposals
 
 
+SCORERS = ("softmax", "svm")
+DEFAULT_THRESH = {"softmax": 0.6, "svm": 0.0}  # the reference detector's; an SVM's margin
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How proposals become detections: ``softmax`` (the fine-tuned network's probability) or
+    ``svm`` (the per-class SVMs on fc7), with or without box regression."""
+
+    name: str
+    scorer: str = "softmax"
+    bbox_reg: bool = False
+
+
 @dataclass
 class DetectorConfig:
-    score_thresh: float = 0.6  # the reference detector's; `rcnn test` uses 0 (every box counts)
+    scorer: str = "softmax"
+    svm: str | None = None  # `rcnn train-svm` folder (default: the run's svm/)
+    bbox_reg: str | None = None  # `rcnn train-bbox` folder; None = no box regression
+    # (the ablation's box-regression variant looks in the run's bbox/ when it is None)
+    score_thresh: float | None = None  # None: 0.6 for softmax, 0 for SVM scores
+    keep_all: bool = False  # evaluation: no score threshold at all (low scores add to AP)
     nms: float = 0.3  # IoU above which a lower-scored box of the same class is suppressed
     max_per_image: int = 100  # 0 = no cap
     max_per_class: int = 0  # per image and class; 0 = no cap
@@ -26,10 +45,12 @@ class DetectorConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
+        thresh = self.score_thresh
         checks = [
+            (self.scorer in SCORERS, f"--scorer must be one of {SCORERS}, got {self.scorer!r}"),
             (
-                0 <= self.score_thresh <= 1,
-                f"--score-thresh must be in [0, 1], got {self.score_thresh}",
+                thresh is None or self.scorer != "softmax" or 0 <= thresh <= 1,
+                f"--score-thresh must be in [0, 1] for softmax scores, got {thresh}",
             ),
             (0 < self.nms <= 1, f"--nms must be in (0, 1], got {self.nms}"),
             (self.max_per_image >= 0, f"--max-per-image must be >= 0, got {self.max_per_image}"),
@@ -44,9 +65,20 @@ class DetectorConfig:
             if not ok:
                 raise ConfigError(message)
 
+    @property
+    def variant(self) -> Variant:
+        name = self.scorer + ("-bbox" if self.bbox_reg else "")
+        return Variant(name, self.scorer, self.bbox_reg is not None)
+
+    def threshold(self, scorer: str) -> float:
+        """The score below which boxes are dropped, for ``scorer``'s scores."""
+        if self.keep_all:
+            return float("-inf")
+        return DEFAULT_THRESH[scorer] if self.score_thresh is None else self.score_thresh
+
 
 def eval_detector_config(**overrides) -> DetectorConfig:
     """The detector's settings for evaluation (`rcnn test`): every box counts (no score
     threshold; low-scoring boxes still add to AP), at most 100 per image and class after NMS."""
-    values = {"score_thresh": 0.0, "max_per_class": 100, "max_per_image": 0}
+    values = {"keep_all": True, "max_per_class": 100, "max_per_image": 0}
     return DetectorConfig(**{**values, **overrides})

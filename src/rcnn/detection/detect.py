@@ -9,10 +9,11 @@ from pathlib import Path
 
 import cv2
 
-from rcnn.detection.detector import Detector, DetectorConfig, load_model
+from rcnn.detection.detector import Detector, DetectorConfig
 from rcnn.detection.draw import draw_detections
 from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_bytes, output_lock
+from rcnn.modeling.trained import load_model
 
 logger = logging.getLogger(__name__)
 

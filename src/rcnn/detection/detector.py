@@ -11,7 +11,6 @@ boxes scoring at least ``score_thresh``, suppresses overlaps above ``nms`` IoU w
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,18 +26,17 @@ from rcnn.data.dataset import ImageStore
 from rcnn.data.proposals import ProposalConfig, ProposalPool, ProposalResult
 from rcnn.data.regions import RegionSet
 from rcnn.detection.config import DetectorConfig
-from rcnn.errors import ConfigError
-from rcnn.modeling.model import build_model
+from rcnn.errors import RcnnError
+from rcnn.modeling.bbox_regression import BBoxRegressor
+from rcnn.modeling.features import feature_dims, forward_features
+from rcnn.modeling.svm import SVMModel
+from rcnn.modeling.trained import LoadedModel
 from rcnn.progress import progress_bar
-from rcnn.training.config import TrainConfig
 from rcnn.training.train import (
-    CheckpointError,
     autocast,
-    config_from_checkpoint,
     configure_device,
     for_device,
     input_stats,
-    load_checkpoint,
     make_feeder,
     resolve_device,
 )
@@ -62,72 +60,19 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
-@dataclass
-class LoadedModel:
-    """A fine-tuned classifier with what scoring needs to know about it."""
-
-    model: torch.nn.Module
-    classes: list[str]  # object classes; output 0 is background
-    config: TrainConfig  # backbone, input size, context padding, normalization
-    source: str
-
-
-def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedModel:
-    """A run folder (its ``best.pt``), a ``best.pt``/``last.pt`` checkpoint, or a plain state dict
-    such as ``model.pth`` with ``classes`` (its settings are read from a ``config.json`` beside
-    it when there is one: backbone, input size, context padding, normalization)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: model not found (give a run folder, best.pt or model.pth)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable model, truncated or damaged") from err
-    if isinstance(state, dict) and state.get("format") == "rcnn-checkpoint":
-        ckpt = load_checkpoint(path)
-        cfg, names = config_from_checkpoint(ckpt), list(ckpt["classes"][1:])
-        if classes and [c.lower() for c in classes] != [c.lower() for c in names]:
-            raise CheckpointError(f"--classes {' '.join(classes)}: {path} was trained for {names}")
-        weights = ckpt["model"]
-    else:
-        if not classes:
-            raise ConfigError(
-                f"{path} holds only weights: pass --classes (in the training order) or give its "
-                "run folder"
-            )
-        cfg, names, weights = _config_beside(path), list(classes), state
-    model = build_model(cfg.backbone, len(names) + 1, "none")
-    head = weights.get(f"{model.rcnn_head}.weight") if isinstance(weights, dict) else None
-    if head is not None and head.shape[0] != len(names) + 1:
-        raise CheckpointError(
-            f"{path} has {head.shape[0]} outputs but --classes gives {len(names)} classes "
-            f"+ background"
-        )
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, AttributeError) as err:
-        raise CheckpointError(f"{path} does not fit --backbone {cfg.backbone}") from err
-    return LoadedModel(model.eval(), names, cfg, str(path))
-
-
-def _config_beside(path: Path) -> TrainConfig:
-    config = path.parent / "config.json"
-    if not config.is_file():
-        logger.info("no config.json beside %s: AlexNet at 227x227, no context padding", path)
-        return TrainConfig()
-    known = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in json.loads(config.read_text()).items() if k in known})
-
-
 class Detector:
-    """Scores proposals with a fine-tuned classifier and turns the scores into detections."""
+    """Scores proposals with a fine-tuned classifier (or the SVMs on its fc7 features), moves
+    them with the box regressors when asked, and turns the scores into detections.
 
-    def __init__(self, loaded: LoadedModel, cfg: DetectorConfig):
+    Args:
+        loaded: the fine-tuned classifier.
+        cfg: settings; ``cfg.scorer`` and ``cfg.bbox_reg`` give the default variant.
+        variants: several ways to turn one forward pass into detections (the ablation).
+    """
+
+    def __init__(self, loaded: LoadedModel, cfg: DetectorConfig, variants=None):
         self.cfg, self.classes = cfg, loaded.classes
+        self.variants = list(variants or [cfg.variant])
         self.device = resolve_device(cfg.device)
         configure_device(self.device)
         train = replace(loaded.config, workers=cfg.threads, pipeline="auto")
@@ -135,10 +80,21 @@ class Detector:
         self.mean, self.std = input_stats(self.train)
         fmt = torch.channels_last if self.train.channels_last else torch.contiguous_format
         self.model = loaded.model.to(self.device, memory_format=fmt).eval()
+        dims = feature_dims(self.model)
+        self.svm = self.bbox = None
+        self.svm_folder = Path(cfg.svm or Path(loaded.source).parent / "svm")
+        self.bbox_folder = Path(cfg.bbox_reg or Path(loaded.source).parent / "bbox")
+        if any(v.scorer == "svm" for v in self.variants):
+            svm = SVMModel.load(self.svm_folder)
+            self.svm = check_head(svm, self.svm_folder, loaded, dims["fc7"])
+        if any(v.bbox_reg for v in self.variants):
+            bbox = BBoxRegressor.load(self.bbox_folder)
+            self.bbox = check_head(bbox, self.bbox_folder, loaded, dims["pool5"])
+        self.layers = [n for n, head in (("fc7", self.svm), ("pool5", self.bbox)) if head]
 
-    @torch.no_grad()
-    def score(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[np.ndarray]:
-        """Softmax probabilities ``[K_i, K + 1]`` of each image's boxes ``[K_i, 4]``."""
+    def forward(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[dict]:
+        """Per image: softmax probabilities ``probs [K_i, K + 1]`` of its boxes ``[K_i, 4]`` and
+        the features the scorers need (``fc7``, ``pool5``), in one pass over all of them."""
         counts = [len(b) for b in boxes]
         index = np.repeat(np.arange(len(paths)), counts)
         flat = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32)
@@ -147,19 +103,37 @@ class Detector:
         store = ImageStore.of(regions, self.cfg.threads)
         order = chunks(np.arange(len(regions)), self.train.val_batch)
         feeder = make_feeder(regions, order, self.train, self.device, self.mean, self.std, store)
-        probs = []
-        for images, _ in feeder:  # no torchrun gathering here: each process scores its images
-            with autocast(self.device, self.train.amp):
-                probs.append(self.model(images).float().softmax(1))
-        probs = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, len(self.classes) + 1))
-        return np.split(probs, np.cumsum(counts)[:-1])
+        parts: dict[str, list] = {"probs": [], **{name: [] for name in self.layers}}
+        # No torchrun gathering here: each process scores its own images.
+        amp = lambda: autocast(self.device, self.train.amp)  # noqa: E731
+        for probs, features in forward_features(self.model, feeder, self.layers, amp):
+            parts["probs"].append(probs)
+            for name in self.layers:
+                parts[name].append(features[name])
+        width = {"probs": len(self.classes) + 1}
+        joined = {
+            name: torch.cat(p).float().cpu().numpy() if p else np.zeros((0, width.get(name, 0)))
+            for name, p in parts.items()
+        }
+        cuts = np.cumsum(counts)[:-1]
+        pieces = {name: np.split(array, cuts) for name, array in joined.items()}
+        return [{name: pieces[name][i] for name in pieces} for i in range(len(paths))]
 
-    def postprocess(self, boxes: np.ndarray, probs: np.ndarray) -> Detections:
-        """Threshold, per-class NMS and caps for one image's scored boxes."""
+    def score(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[np.ndarray]:
+        """Softmax probabilities ``[K_i, K + 1]`` of each image's boxes ``[K_i, 4]``."""
+        return [out["probs"] for out in self.forward(paths, boxes, sizes)]
+
+    def postprocess(self, boxes: np.ndarray, out: dict, size, variant=None) -> Detections:
+        """Scores, box regression, threshold, per-class NMS and caps for one image."""
+        variant = variant or self.variants[0]
+        svm = variant.scorer == "svm"
+        scores = self.svm.scores(out["fc7"]) if svm else out["probs"][:, 1:]
+        if variant.bbox_reg:
+            boxes = self.bbox.apply(boxes, out["pool5"], size)
         return select_detections(
             boxes,
-            probs[:, 1:],
-            self.cfg.score_thresh,
+            scores,
+            self.cfg.threshold(variant.scorer),
             self.cfg.nms,
             self.cfg.max_per_class,
             self.cfg.max_per_image,
@@ -168,8 +142,17 @@ class Detector:
     def run(
         self, paths: list[str], progress: bool = True
     ) -> Iterator[tuple[ProposalResult, Detections | None]]:
-        """Detections of every image, in order; ``None`` with ``result.error`` for an image
-        that could not be read. Proposals for the next chunk are computed meanwhile."""
+        """Detections of every image by the first variant, in order; ``None`` with
+        ``result.error`` for an image that could not be read."""
+        first = self.variants[0].name
+        for result, found in self.run_variants(paths, progress):
+            yield result, None if found is None else found[first]
+
+    def run_variants(
+        self, paths: list[str], progress: bool = True
+    ) -> Iterator[tuple[ProposalResult, dict | None]]:
+        """``{variant name: Detections}`` of every image, in order. Proposals for the next
+        chunk of images are computed while the current one is scored."""
         config = ProposalConfig(self.cfg.mode, self.cfg.max_side)
         pool = ProposalPool(config, self.cfg.cache_dir, self.cfg.workers)
         # A chunk smaller than the pool would leave Selective Search processes idle: with 8
@@ -189,15 +172,34 @@ class Detector:
 
     def _detect(self, results: list[ProposalResult]):
         good = [r for r in results if not r.error and r.boxes is not None and len(r.boxes)]
-        probs = self.score([r.path for r in good], [r.boxes for r in good], [r.size for r in good])
-        scored = {id(r): p for r, p in zip(good, probs, strict=True)}
+        outs = self.forward([r.path for r in good], [r.boxes for r in good], [r.size for r in good])
+        scored = {id(r): out for r, out in zip(good, outs, strict=True)}
         for r in results:
             if r.error:
                 yield r, None
-            elif id(r) not in scored:
-                yield r, Detections.empty()  # no proposal at all
+            elif id(r) not in scored:  # no proposal at all
+                yield r, {v.name: Detections.empty() for v in self.variants}
             else:
-                yield r, self.postprocess(r.boxes, scored[id(r)])
+                out = scored[id(r)]
+                yield r, {v.name: self.postprocess(r.boxes, out, r.size, v) for v in self.variants}
+
+
+def check_head(head, folder, loaded: LoadedModel, dim: int):
+    """Refuses SVMs or box regressors made for other classes or another network's features."""
+    if [c.lower() for c in head.classes] != [c.lower() for c in loaded.classes]:
+        raise RcnnError(
+            f"{folder} was trained for classes {head.classes}, the model for {loaded.classes}"
+        )
+    if head.weights.shape[-2 if head.weights.ndim == 3 else -1] != dim:
+        raise RcnnError(
+            f"{folder} was trained on {head.weights.shape[1]}-d features, but {loaded.source} "
+            f"gives {dim}-d ones: it belongs to another backbone; train it again"
+        )
+    trained_on = head.info.get("model", {})
+    source = Path(loaded.source)
+    if trained_on and trained_on.get("size") != source.stat().st_size:
+        logger.warning("%s was trained on features of another model file than %s", folder, source)
+    return head
 
 
 def select_detections(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.data.voc import VOCDataset, boxes_to_voc, parse_annotation, read_id_file, voc_to_boxes
-from rcnn.detection.config import DetectorConfig, eval_detector_config
+from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import RcnnError
 from rcnn.evaluation.voc_eval import GroundTruth, evaluate_class
 from rcnn.files import atomic_write_bytes, atomic_write_json, output_lock
@@ -41,6 +41,7 @@ class VOCTestConfig:
     detector: DetectorConfig = field(default_factory=eval_detector_config)
     overwrite: bool = False
     progress: bool = True
+    variants: list[Variant] | None = None  # several: the ablation, one subfolder each
 
 
 def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> dict:
@@ -71,8 +72,10 @@ def split_images(voc: VOCDataset, split: str) -> list[str]:
 
 def run_test(cfg: VOCTestConfig) -> dict:
     """Detects on every image of the split (or the images still missing after a kill) and
-    evaluates; returns the metrics."""
-    from rcnn.detection.detector import Detector, load_model
+    evaluates; returns the metrics, or with several ``cfg.variants`` the metrics of each
+    (each variant in its own subfolder of ``cfg.out``, all from one forward pass)."""
+    from rcnn.detection.detector import Detector
+    from rcnn.modeling.trained import load_model
     from rcnn.training.distributed import barrier, init_world, shutdown
 
     voc = VOCDataset(cfg.voc_root)
@@ -81,52 +84,74 @@ def run_test(cfg: VOCTestConfig) -> dict:
     truth = load_ground_truth(voc, ids, loaded.classes)
     out = Path(cfg.out)
     world, device = init_world(cfg.detector.device)
-    detector = Detector(loaded, _replace_device(cfg.detector, device))
-    folder = out / "detections"
+    variants = list(cfg.variants or [cfg.detector.variant])
+    detector = Detector(loaded, replace(cfg.detector, device=device), variants)
+    folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
     if world.is_main:
-        claim_test_folder(out, _settings(cfg, voc, loaded), cfg.overwrite)
+        for v in variants:
+            settings = _settings(cfg, voc, loaded, v, detector)
+            claim_test_folder(folders[v.name], settings, cfg.overwrite)
     barrier()
     mine = ids[world.rank :: world.size]
-    todo = [i for i in mine if not (folder / f"{i}.npz").is_file()]
+    todo = [i for i in mine if not all(_npz_path(f, i).is_file() for f in folders.values())]
     if len(todo) < len(mine):
-        logger.info("%d of %d images already done in %s", len(mine) - len(todo), len(mine), folder)
+        logger.info("%d of %d images already done in %s", len(mine) - len(todo), len(mine), out)
     paths = [str(voc.image_path(i)) for i in todo]
     by_path = dict(zip(paths, todo, strict=True))
-    for result, dets in detector.run(paths, cfg.progress and world.is_main):
+    for result, found in detector.run_variants(paths, cfg.progress and world.is_main):
         image_id = by_path[result.path]
-        save_image_detections(folder / f"{image_id}.npz", result, dets, truth)
+        for v in variants:
+            dets = None if found is None else found[v.name]
+            save_image_detections(_npz_path(folders[v.name], image_id), result, dets, truth)
     barrier()
     if not world.is_main:
         shutdown()
         return {}
+    results = {}
     with output_lock(out, "rcnn test"):
-        detections = load_detections(folder, ids, len(loaded.classes))
-        write_results(out, cfg.split, loaded.classes, detections)
-        metrics = evaluate_detections(detections, truth, loaded.classes)
-        metrics.update(proposal_recall(folder, ids), skipped=skipped_images(folder, ids))
-        metrics.update(split=cfg.split, model=loaded.source, images=len(ids))
-        finish(out, metrics)
+        for v in variants:
+            results[v.name] = _evaluate_folder(folders[v.name], cfg, ids, loaded, truth)
     shutdown()
+    return results[variants[0].name] if len(variants) == 1 else results
+
+
+def _npz_path(folder: Path, image_id: str) -> Path:
+    return folder / "detections" / f"{image_id}.npz"
+
+
+def _evaluate_folder(folder: Path, cfg, ids: list[str], loaded, truth: dict) -> dict:
+    detections = load_detections(folder / "detections", ids, len(loaded.classes))
+    write_results(folder, cfg.split, loaded.classes, detections)
+    metrics = evaluate_detections(detections, truth, loaded.classes)
+    metrics.update(proposal_recall(folder / "detections", ids))
+    metrics.update(skipped=skipped_images(folder / "detections", ids))
+    metrics.update(split=cfg.split, model=loaded.source, images=len(ids))
+    finish(folder, metrics)
     return metrics
 
 
-def _replace_device(detector_cfg: DetectorConfig, device: str) -> DetectorConfig:
-    return replace(detector_cfg, device=device)
+def _identity(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded) -> dict:
+def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) -> dict:
     """What makes the detections what they are: a run with other settings starts afresh."""
-    model = Path(loaded.source)
-    stat = model.stat()
     det = asdict(cfg.detector)
-    keys = ("score_thresh", "nms", "max_per_image", "max_per_class", "mode", "max_side")
+    keys = ("score_thresh", "keep_all", "nms", "max_per_image", "max_per_class", "mode",
+            "max_side")  # fmt: skip
+    heads = {}
+    if variant.scorer == "svm":
+        heads["svm"] = _identity(Path(detector.svm_folder) / "svm.npz")
+    if variant.bbox_reg:
+        heads["bbox"] = _identity(Path(detector.bbox_folder) / "bbox.npz")
     return {
-        "model": str(model.resolve()),
-        "model_size": stat.st_size,
-        "model_mtime_ns": stat.st_mtime_ns,
+        "model": _identity(Path(loaded.source)),
         "classes": loaded.classes,
         "voc_root": str(voc.root.resolve()),
         "split": cfg.split,
+        "variant": asdict(variant),
+        **heads,
         **{k: det[k] for k in keys},
     }
 

@@ -72,3 +72,38 @@ def unique_boxes(boxes: np.ndarray) -> np.ndarray:
     if len(boxes) == 0:
         return boxes
     return np.unique(boxes, axis=0)
+
+
+def encode_boxes(proposals: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """R-CNN's box-regression targets of ``targets`` relative to ``proposals``.
+
+    ``tx = (Gx - Px) / Pw``, ``ty = (Gy - Py) / Ph``, ``tw = log(Gw / Pw)``, ``th = log(Gh / Ph)``
+    with centres ``x`` and sizes ``w = x2 - x1`` in the project convention (torchvision's
+    ``BoxCoder`` with weights ``(1, 1, 1, 1)`` gives the same numbers).
+
+    Args:
+        proposals (ndarray[N, 4]), targets (ndarray[N, 4]): boxes with positive sizes.
+
+    Returns:
+        ndarray[N, 4] (float64): ``tx, ty, tw, th``.
+    """
+    p = np.asarray(proposals, dtype=np.float64).reshape(-1, 4)
+    g = np.asarray(targets, dtype=np.float64).reshape(-1, 4)
+    pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    px, py = p[:, 0] + 0.5 * pw, p[:, 1] + 0.5 * ph
+    gx, gy = g[:, 0] + 0.5 * gw, g[:, 1] + 0.5 * gh
+    return np.stack([(gx - px) / pw, (gy - py) / ph, np.log(gw / pw), np.log(gh / ph)], axis=1)
+
+
+def decode_boxes(proposals: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`encode_boxes`: boxes from proposals ``[N, 4]`` and ``tx, ty, tw,
+    th``; ``deltas [N, 4 * M]`` (one set per class) give boxes ``[N, 4 * M]`` (float64)."""
+    p = np.asarray(proposals, dtype=np.float64).reshape(-1, 4)
+    d = np.asarray(deltas, dtype=np.float64).reshape(len(p), -1, 4)  # [N, M, 4]
+    pw, ph = (p[:, 2] - p[:, 0])[:, None], (p[:, 3] - p[:, 1])[:, None]
+    px, py = p[:, 0][:, None] + 0.5 * pw, p[:, 1][:, None] + 0.5 * ph
+    x, y = px + d[..., 0] * pw, py + d[..., 1] * ph
+    w, h = pw * np.exp(d[..., 2]), ph * np.exp(d[..., 3])
+    boxes = np.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], axis=-1)
+    return boxes.reshape(len(p), -1)  # [N, 4 * M], as deltas

@@ -1,0 +1,136 @@
+"""R-CNN's per-class bounding-box regression on pool5 features.
+
+For class k, every region labelled k whose IoU with its ground-truth box is at least 0.6 is
+an example: its pool5 features (scaled to a mean L2 norm of 20, as for the SVMs) are regressed
+on the targets ``tx, ty, tw, th`` that move the region onto that box
+(:func:`rcnn.ops.boxes.encode_boxes`), by ridge regression with lambda = 1000 (scikit-learn's
+``Ridge``; the intercept is not regularized). At test time each scored box is moved by its
+class's regressor before non-maximum suppression and clipped to the image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rcnn.errors import ConfigError, RcnnError
+from rcnn.files import atomic_write_bytes, atomic_write_json
+from rcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BBoxConfig:
+    ridge: float = 1000.0  # lambda
+    min_iou: float = 0.6
+    feature_norm: float = 20.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.ridge < 0:
+            raise ConfigError(f"--ridge must be >= 0, got {self.ridge}")
+        if not 0 < self.min_iou <= 1:
+            raise ConfigError(f"--min-iou must be in (0, 1], got {self.min_iou}")
+
+
+@dataclass
+class BBoxRegressor:
+    """Per class: ``deltas = scale * x @ weights[k] + intercepts[k]``."""
+
+    weights: np.ndarray  # float32 [K, D, 4]
+    intercepts: np.ndarray  # float32 [K, 4]
+    scale: float
+    classes: list[str]
+    info: dict = field(default_factory=dict)
+
+    def deltas(self, features: np.ndarray) -> np.ndarray:
+        """``[N, K, 4]`` regression outputs of raw pool5 features ``[N, D]``."""
+        x = np.asarray(features, np.float32) * self.scale
+        return np.einsum("nd,kdt->nkt", x, self.weights) + self.intercepts
+
+    def apply(self, boxes: np.ndarray, features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Each box moved by every class's regressor: float32 ``[N, K, 4]``, clipped to the
+        ``(width, height)`` image."""
+        deltas = self.deltas(features)
+        moved = decode_boxes(boxes, deltas.reshape(len(boxes), -1)).reshape(deltas.shape)
+        width, height = size
+        return (
+            clip_boxes(moved.reshape(-1, 4), width, height).reshape(moved.shape).astype(np.float32)
+        )
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        buf = io.BytesIO()
+        np.savez(buf, weights=self.weights, intercepts=self.intercepts)
+        atomic_write_bytes(folder / "bbox.npz", buf.getvalue())
+        atomic_write_json(folder / "bbox.json", {"scale": self.scale, "classes": self.classes,
+                                                 **self.info})  # fmt: skip
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BBoxRegressor:
+        folder = Path(folder)
+        if not (folder / "bbox.json").is_file():
+            raise FileNotFoundError(
+                f"{folder / 'bbox.json'} not found: train the regressors with `rcnn train-bbox`"
+            )
+        meta = json.loads((folder / "bbox.json").read_text())
+        with np.load(folder / "bbox.npz") as data:
+            weights, intercepts = data["weights"], data["intercepts"]
+        info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
+        return cls(weights, intercepts, float(meta["scale"]), list(meta["classes"]), info)
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(W [D, T], b [T])`` minimizing ``|x W + b - y|^2 + ridge |W|^2``."""
+    from sklearn.linear_model import Ridge
+
+    model = Ridge(alpha=ridge, fit_intercept=True)
+    model.fit(x, y)
+    return model.coef_.T.astype(np.float32), model.intercept_.astype(np.float32)
+
+
+def regression_examples(regions, k: int, min_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Region indices of class ``k``'s examples and their targets ``[M, 4]``."""
+    truth = regions.require_truth("train-bbox")
+    rows = np.flatnonzero(
+        (regions.labels == k) & (truth.gt_index >= 0) & (truth.class_ious[:, k - 1] >= min_iou)
+    )
+    gt = truth.boxes[truth.gt_index[rows]]
+    return rows, encode_boxes(regions.boxes[rows], gt)
+
+
+def train_bbox(regions, features, cfg: BBoxConfig) -> tuple[BBoxRegressor, list[dict]]:
+    """Fits every class's regressor; returns it and one log row per class."""
+    from rcnn.modeling.svm import feature_scale
+
+    scale = feature_scale(features, seed=cfg.seed, norm=cfg.feature_norm)
+    num_classes = len(regions.classes)
+    weights = np.zeros((num_classes, features.dim, 4), np.float32)
+    intercepts = np.zeros((num_classes, 4), np.float32)
+    log = []
+    for k in range(1, num_classes + 1):
+        rows, targets = regression_examples(regions, k, cfg.min_iou)
+        name = regions.classes[k - 1]
+        if len(rows) == 0:
+            raise RcnnError(
+                f"class {name!r} has no region with IoU >= {cfg.min_iou}: nothing to regress"
+            )
+        x = features.rows(rows) * scale
+        weights[k - 1], intercepts[k - 1] = fit_ridge(x, targets, cfg.ridge)
+        residual = x @ weights[k - 1] + intercepts[k - 1] - targets
+        log.append(
+            {
+                "class": name,
+                "examples": len(rows),
+                "target_rms": float(np.sqrt((targets**2).mean())),
+                "residual_rms": float(np.sqrt((residual**2).mean())),
+            }
+        )
+    info = {"config": asdict(cfg)}
+    return BBoxRegressor(weights, intercepts, scale, list(regions.classes), info), log

@@ -1,0 +1,188 @@
+"""``rcnn features``: fc7 (and pool5) features of every region of a prepared dataset.
+
+Regions are warped by the training paths (no flip), pushed through the fine-tuned network in
+eval mode in large batches, and their features written as float16 chunks of a feature store
+(:mod:`rcnn.data.feature_store`). A killed run resumes with the missing chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from rcnn.data.dataset import ImageStore
+from rcnn.data.feature_store import (
+    CHUNK,
+    FeatureStoreError,
+    chunk_path,
+    num_chunks,
+    read_meta,
+    write_chunk,
+    write_meta,
+)
+from rcnn.errors import ConfigError
+from rcnn.files import output_lock
+from rcnn.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeaturesConfig:
+    model: str
+    data: str  # an `rcnn prepare` output folder
+    out: str
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    layers: list[str] = field(default_factory=lambda: ["fc7"])
+    batch: int = 0  # 0: 1024 on CUDA, 256 elsewhere
+    amp: bool | None = None
+    device: str = "auto"
+    threads: int = 2
+    chunk: int = CHUNK
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        from rcnn.modeling.features import LAYERS
+
+        unknown = [name for name in self.layers if name not in LAYERS]
+        if unknown or not self.layers:
+            raise ConfigError(f"--layers must name some of {LAYERS}, got {self.layers}")
+        if self.batch < 0 or self.chunk < 1:
+            raise ConfigError("--batch must be >= 0 and the chunk size >= 1")
+
+
+def model_identity(path: str | Path) -> dict:
+    """What tells one model file from another without reading it: path, size, mtime."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def run_features(cfg: FeaturesConfig) -> dict:
+    """Computes the missing feature chunks of every requested split; returns a summary."""
+    import torch
+
+    from rcnn.modeling.features import feature_dims, forward_features
+    from rcnn.modeling.trained import load_model
+    from rcnn.training.train import (
+        autocast,
+        configure_device,
+        for_device,
+        input_stats,
+        load_split,
+        make_feeder,
+        resolve_device,
+    )
+
+    loaded = load_model(cfg.model)
+    device = resolve_device(cfg.device)
+    configure_device(device)
+    train = replace(loaded.config, workers=cfg.threads, pipeline="auto")
+    train = for_device(replace(train, amp=cfg.amp, val_batch=cfg.batch), device)
+    fmt = torch.channels_last if train.channels_last else torch.contiguous_format
+    model = loaded.model.to(device, memory_format=fmt)
+    dims = {name: feature_dims(model)[name] for name in cfg.layers}
+    splits = {split: load_split(cfg.data, split) for split in cfg.splits}
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}}
+    with output_lock(root, "rcnn features"):
+        meta = _claim(root, cfg, loaded, train, dims, splits)
+        mean, std = input_stats(train)
+        for split, regions in splits.items():
+            size = summary["bytes_per_region"] * len(regions)
+            logger.info(
+                "%s: %d regions x %d bytes (float16 %s) = %.1f MB",
+                split,
+                len(regions),
+                summary["bytes_per_region"],
+                " + ".join(f"{n} {d}" for n, d in dims.items()),
+                size / 1e6,
+            )
+            todo = [
+                c
+                for c in range(num_chunks(len(regions), meta["chunk"]))
+                if not all(chunk_path(root, split, n, c).is_file() for n in cfg.layers)
+            ]
+            batches = _batches(todo, len(regions), meta["chunk"], train.val_batch)
+            if batches:
+                store = ImageStore.of(regions, cfg.threads)
+                feeder = make_feeder(regions, batches, train, device, mean, std, store)
+                outputs = forward_features(
+                    model, feeder, cfg.layers, lambda: autocast(device, train.amp)
+                )
+                _write_chunks(root, split, cfg.layers, todo, len(regions), meta["chunk"], outputs,
+                              progress_bar(total=sum(len(b) for b in batches), enabled=cfg.progress,
+                                           desc=f"features {split}", unit="region"))  # fmt: skip
+            summary["splits"][split] = {"regions": len(regions), "chunks_computed": len(todo)}
+    summary.update(out=str(root), layers=dims)
+    return summary
+
+
+def _claim(root: Path, cfg: FeaturesConfig, loaded, train, dims: dict, splits: dict) -> dict:
+    """Writes (or checks) ``meta.json``: features of another model or other regions are
+    refused unless ``overwrite``; new layers and splits are added."""
+    model = {
+        **model_identity(loaded.source),
+        "backbone": train.backbone,
+        "input_size": train.input_size,
+        "context_pad": train.context_pad,
+        "norm": train.norm,
+        "classes": loaded.classes,
+    }
+    described = {
+        split: {
+            "regions": len(regions),
+            "generation": regions.info.get("generation"),
+            "store": str((Path(cfg.data) / split).resolve()),
+        }
+        for split, regions in splits.items()
+    }
+    meta = read_meta(root)
+    if meta is not None:
+        clash = [k for k in model if meta["model"].get(k) != model[k]]
+        clash += [s for s, d in described.items() if s in meta["splits"] and meta["splits"][s] != d]
+        if clash and not cfg.overwrite:
+            raise FeatureStoreError(
+                f"--out {root} holds features of another model or other regions "
+                f"({', '.join(clash)}); choose another --out or pass --overwrite"
+            )
+        if clash:
+            for split in meta["splits"]:
+                shutil.rmtree(root / split, ignore_errors=True)
+            meta = None
+    meta = meta or {"model": model, "layers": {}, "splits": {}, "chunk": cfg.chunk}
+    meta["layers"] = {**meta["layers"], **dims}
+    meta["splits"] = {**meta["splits"], **described}
+    write_meta(root, meta)
+    return read_meta(root)
+
+
+def _batches(todo: list[int], num_regions: int, chunk: int, batch: int) -> list[np.ndarray]:
+    """Region index batches covering the chunks still to do, none crossing a chunk boundary."""
+    out = []
+    for c in todo:
+        stop = min((c + 1) * chunk, num_regions)
+        out += [np.arange(s, min(s + batch, stop)) for s in range(c * chunk, stop, batch)]
+    return out
+
+
+def _write_chunks(root, split, layers, todo, num_regions, chunk, outputs, bar) -> None:
+    with bar:
+        for c in todo:
+            need = min((c + 1) * chunk, num_regions) - c * chunk
+            parts: dict[str, list] = {name: [] for name in layers}
+            got = 0
+            while got < need:
+                _, features = next(outputs)
+                for name in layers:
+                    parts[name].append(features[name].cpu().numpy())
+                got += len(parts[layers[0]][-1])
+                bar.update(len(parts[layers[0]][-1]))
+            for name in layers:
+                write_chunk(root, split, name, c, np.concatenate(parts[name]))

@@ -1,0 +1,128 @@
+"""``rcnn train-svm`` and ``rcnn train-bbox``: R-CNN's heads on a fine-tuned network's features.
+
+Both read the features of the training regions from a feature store (``RUN/features`` by
+default), computing whatever is missing first (:mod:`rcnn.modeling.extract`), and write their
+model to ``RUN/svm`` or ``RUN/bbox`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
+from rcnn.errors import RcnnError
+from rcnn.files import atomic_write_bytes, output_lock
+from rcnn.modeling.bbox_regression import BBoxConfig, train_bbox
+from rcnn.modeling.extract import FeaturesConfig, model_identity, run_features
+from rcnn.modeling.svm import SVMConfig, train_svms
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadConfig:
+    model: str  # run folder or checkpoint
+    data: str  # `rcnn prepare` output folder (made with --preset paper for the SVMs)
+    out: str | None = None  # default: RUN/svm or RUN/bbox
+    features: str | None = None  # default: RUN/features
+    split: str = "train"
+    device: str = "auto"
+    batch: int = 0
+    amp: bool | None = None
+    threads: int = 2
+    progress: bool = True
+
+
+def run_folder(model: str) -> Path:
+    path = Path(model)
+    return path if path.is_dir() else path.parent
+
+
+def features_for(cfg: HeadConfig, layer: str) -> tuple:
+    """The regions of ``cfg.split`` and their ``layer`` features, computed first if missing."""
+    from rcnn.modeling.trained import load_model
+    from rcnn.training.train import load_split
+
+    loaded = load_model(cfg.model)
+    regions = load_split(cfg.data, cfg.split)
+    regions.require_truth(f"train-{'svm' if layer == 'fc7' else 'bbox'}")
+    root = Path(cfg.features) if cfg.features else run_folder(cfg.model) / "features"
+    meta = read_meta(root)
+    if meta is not None:
+        identity = model_identity(loaded.source)
+        recorded = {k: meta["model"].get(k) for k in identity}
+        if recorded["size"] != identity["size"] or recorded["mtime_ns"] != identity["mtime_ns"]:
+            raise FeatureStoreError(
+                f"--features {root} holds features of another model ({recorded['path']}), not of "
+                f"{loaded.source}: give another --features folder"
+            )
+    try:
+        store = FeatureStore(root, cfg.split, layer)
+        store.check_regions(regions, cfg.data)
+    except FeatureStoreError as err:
+        logger.info("computing %s features first (%s)", layer, err)
+        layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
+        run_features(
+            FeaturesConfig(
+                cfg.model, cfg.data, str(root), [cfg.split], layers, cfg.batch, cfg.amp,
+                cfg.device, cfg.threads, progress=cfg.progress,
+            )
+        )  # fmt: skip
+        store = FeatureStore(root, cfg.split, layer)
+        store.check_regions(regions, cfg.data)
+    return loaded, regions, store
+
+
+def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
+    """Trains the SVMs; writes ``svm.npz``, ``svm.json`` and ``svm_log.csv``."""
+    loaded, regions, features = features_for(cfg, "fc7")
+    out = Path(cfg.out) if cfg.out else run_folder(cfg.model) / "svm"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def report(round_: int, log: list[dict]) -> None:
+        for row in log:
+            if row["round"] == round_:
+                logger.info(
+                    "round %d %s: %d positives, %d negatives in the cache, objective %.5f",
+                    round_, row["class"], row["positives"], row["negatives_in_cache"],
+                    row["objective"],
+                )  # fmt: skip
+
+    with output_lock(out, "rcnn train-svm"):
+        model, log = train_svms(regions, features, svm, report)
+        model.info.update(model=features.meta["model"], features=str(features.root))
+        model.save(out)
+        write_log(out / "svm_log.csv", log)
+    return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
+            "scale": model.scale, "classes": model.classes}  # fmt: skip
+
+
+def run_train_bbox(cfg: HeadConfig, bbox: BBoxConfig) -> dict:
+    """Fits the box regressors; writes ``bbox.npz``, ``bbox.json`` and ``bbox_log.csv``."""
+    loaded, regions, features = features_for(cfg, "pool5")
+    out = Path(cfg.out) if cfg.out else run_folder(cfg.model) / "bbox"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with output_lock(out, "rcnn train-bbox"):
+        model, log = train_bbox(regions, features, bbox)
+        model.info.update(model=features.meta["model"], features=str(features.root))
+        model.save(out)
+        write_log(out / "bbox_log.csv", log)
+    return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        raise RcnnError("nothing was trained")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
