@@ -94,7 +94,7 @@ def test_result_files_are_1_based_inclusive_and_round_trip(tmp_path):
     detections = {1: (["000001", "000002"], np.array([0.9, 0.25]), boxes)}
     write_results(tmp_path, "test", ["car"], detections)
     lines = (tmp_path / "comp4_det_test_car.txt").read_text().splitlines()
-    assert lines[0] == "000001 0.900000 1.0 1.0 10.0 10.0"
+    assert lines[0] == "000001 0.9 1.0 1.0 10.0 10.0"
     names, scores, back = read_results(tmp_path / "comp4_det_test_car.txt")
     assert names == ["000001", "000002"] and scores.tolist() == [0.9, 0.25]
     assert np.allclose(back, boxes, atol=0.05)
@@ -239,3 +239,34 @@ def test_torchrun_shares_images_and_gives_the_same_results(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     name = "comp4_det_test_car.txt"
     assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_close_scores_keep_their_order_in_result_files(tmp_path):
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9999996, 0.9999999], np.float32)
+    write_results(tmp_path, "test", ["car"], {1: (["a", "b"], scores, boxes)})
+    _, back, _ = read_results(tmp_path / "comp4_det_test_car.txt")
+    assert back[1] > back[0]
+
+
+def test_a_class_missing_from_the_split_is_left_out_of_the_mean():
+    from rcnn.detection.voc_test import evaluate_detections
+    from rcnn.evaluation.voc_eval import GroundTruth
+
+    truth = {
+        "car": {"a": GroundTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))},
+        "bus": {"a": GroundTruth(np.zeros((0, 4)), np.zeros(0, bool))},
+    }
+    dets = {1: (["a"], np.array([0.9]), np.array([[0, 0, 10, 10]], float)),
+            2: (["a"], np.array([0.8]), np.array([[5, 5, 20, 20]], float))}  # fmt: skip
+    metrics = evaluate_detections(dets, truth, ["car", "bus"])
+    assert metrics["map"] == 1.0 and np.isnan(metrics["classes"]["bus"]["ap"])
+
+
+def test_detect_on_only_unreadable_images_reports_them(trained, tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    argv = ["detect", str(trained / "run"), str(folder), "--out", str(tmp_path / "d"), *FLAGS]
+    assert main(argv) == 0
+    assert "0 detections in 0 images (1 skipped)" in capsys.readouterr().out

@@ -315,3 +315,47 @@ def test_capitalised_class_names_still_give_regions(make_voc, tmp_path):
     (main_dir / "car_val.txt").write_text("2  1\n")
     summary = run_prepare(config(root, tmp_path / "out", tmp_path / "cache"))
     assert all(s["positives"] > 0 for s in summary["splits"].values())
+
+
+def test_a_failed_publish_puts_the_previous_stores_back(small_voc, tmp_path, monkeypatch):
+    import os as os_module
+
+    out = tmp_path / "out"
+    run_prepare(config(small_voc, out, tmp_path / "cache"))
+    before = {**store_files(out), "summary.json": (out / "summary.json").read_bytes()}
+    real = os_module.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("summary.json") and ".prepare-" in str(src):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr("rcnn.data.prepare.os.replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run_prepare(config(small_voc, out, tmp_path / "cache", labels=PRESETS["paper"]))
+    monkeypatch.undo()
+    after = {**store_files(out), "summary.json": (out / "summary.json").read_bytes()}
+    assert after == before
+    with pytest.raises(ValueError, match="names a split twice"):
+        config(small_voc, out, tmp_path / "cache", splits=["train", "train"])
+
+
+def test_a_killed_publish_is_repaired_by_the_next_run(small_voc, tmp_path):
+    out = tmp_path / "out"
+    run_prepare(config(small_voc, out, tmp_path / "cache"))
+    before = store_files(out / "val")
+    # Killed after moving the previous val aside and before moving the new one in.
+    stale = out / ".prepare-dead" / ".previous"
+    stale.mkdir(parents=True)
+    (out / "val").rename(stale / "val")
+    with pytest.raises(FileNotFoundError):  # this run fails, but first puts val back
+        run_prepare(config(small_voc, out, tmp_path / "cache", splits=["nosuch"]))
+    assert store_files(out / "val") == before
+    assert not (out / ".prepare-dead").exists()
+
+
+def test_workers_leave_ctrl_c_to_the_parent():
+    code = ("import signal\nfrom rcnn.data.proposals import _init_worker\n_init_worker()\n"
+            "print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr

@@ -223,3 +223,11 @@ def test_amp_flag_parses_both_ways(monkeypatch):
     for flags, amp in (([], None), (["--amp"], True), (["--no-amp"], False)):
         assert main(["train", "--data", "d", "--out", "o", *flags]) == 0
         assert seen["cfg"].amp is amp
+
+
+def test_automatic_settings_are_decided_again_on_resume(one_epoch_run):
+    out, _ = one_epoch_run
+    saved = load_checkpoint(out / "last.pt")["config"]
+    assert saved["amp"] is None and saved["val_batch"] == 64  # as given: amp automatic
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["amp"] == default_amp(torch.device("cpu"))  # config.json: what was run

@@ -1,10 +1,10 @@
 import pytest
 
 from rcnn.data.voc import (
+    _WARNED,
     VOC_CLASSES,
     VOCDataset,
     VOCFormatError,
-    _warn_spelling,
     parse_annotation,
     resolve_classes,
     voc_to_box,
@@ -161,7 +161,7 @@ def test_class_names_compare_trimmed_and_case_insensitively(make_voc, spelling, 
         class_files=(),
     )
     ann = parse_annotation(root / "Annotations" / "1.xml")
-    _warn_spelling.cache_clear()  # each spelling is reported once a process
+    _WARNED.clear()  # each spelling is reported once a process
     assert [o.name for o in ann.select(["car"], keep_difficult=False)] == ["car"]
     assert f"class name {spelling.strip()!r}" in caplog.text and "read as 'car'" in caplog.text
     assert VOCDataset(root).select_images("train", ["car"]) == ["1"]

@@ -140,3 +140,8 @@ def test_matches_the_devkit_on_random_scenes(seed):
         pytest.skip("no positives drawn")
     assert ours["ap_07"] == pytest.approx(devkit_ap(dets, gt, True))
     assert ours["ap"] == pytest.approx(devkit_ap(dets, gt, False))
+
+
+def test_a_class_without_objects_has_no_ap():
+    result = evaluate([("a", 0.9, HIT_A1)], {"a": truth([[10, 10, 50, 40]], [True])})
+    assert result["positives"] == 0 and np.isnan(result["ap"]) and np.isnan(result["ap_07"])

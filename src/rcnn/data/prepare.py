@@ -52,6 +52,8 @@ class PrepareConfig:
         self.classes = resolve_classes(list(self.classes))
         if not self.splits:
             raise ConfigError("--split must name at least one split")
+        if len(set(self.splits)) != len(self.splits):
+            raise ConfigError(f"--split names a split twice: {self.splits}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")
 
@@ -202,6 +204,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "rcnn prepare"):
         for stale in out.glob(".prepare-*"):  # left by a run that was killed: we hold the lock
+            _restore(stale / ".previous", out)
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
         try:
@@ -245,13 +248,32 @@ def generation_of(splits: dict[str, RegionSet]) -> str:
 def _publish(staging: Path, out: Path, splits: list[str]) -> None:
     """Moves the staged stores and summary into ``out``, the previous ones out of the way.
 
-    Each move is a rename inside one folder; stores left half-swapped by a crash in between
-    carry different generations, which training refuses.
+    Each move is a rename inside one folder. If one fails, the previous stores are moved
+    back; if the process dies in between, the next ``prepare`` moves them back first
+    (:func:`_restore`), and stores left half-swapped carry different generations, which
+    training refuses.
     """
     old = staging / ".previous"
     old.mkdir()
-    for split in splits:
-        if (out / split).exists():
-            os.replace(out / split, old / split)
-        os.replace(staging / split, out / split)
-    os.replace(staging / "summary.json", out / "summary.json")
+    try:
+        for split in splits:
+            if (out / split).exists():
+                os.replace(out / split, old / split)
+            os.replace(staging / split, out / split)
+        os.replace(staging / "summary.json", out / "summary.json")
+    except BaseException:
+        for split in splits:
+            if (old / split).exists():
+                shutil.rmtree(out / split, ignore_errors=True)
+        _restore(old, out)
+        raise
+
+
+def _restore(old: Path, out: Path) -> None:
+    """Puts back previous stores that a publish had moved aside and not replaced."""
+    if not old.is_dir():
+        return
+    for store in old.iterdir():
+        if not (out / store.name).exists():
+            os.replace(store, out / store.name)
+            logger.warning("restored the previous %s from an interrupted run", out / store.name)

@@ -14,6 +14,7 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -155,6 +156,9 @@ def decode(data: bytes) -> np.ndarray | None:
 def _init_worker() -> None:
     # One OpenCV thread per process: the parallelism is across images.
     cv2.setNumThreads(1)
+    # Ctrl-C reaches the whole process group. The parent stops the pool; a worker that died
+    # of it instead would lose its task and leave the parent waiting for it forever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def compute_proposals(

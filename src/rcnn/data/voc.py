@@ -13,7 +13,6 @@ annotations and the devkit's detection result files).
 
 from __future__ import annotations
 
-import functools
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
@@ -93,13 +92,18 @@ class VOCAnnotation:
         return chosen
 
 
+_WARNED: set[tuple[str, str]] = set()
+
+
 def class_key(name: str) -> str:
     """How class names are compared: trimmed and case-insensitively (``' Car'`` is ``car``)."""
     return name.strip().lower()
 
 
-@functools.cache
 def _warn_spelling(found: str, name: str, image_id: str) -> None:
+    if (found, name) in _WARNED:
+        return  # once a process for each spelling
+    _WARNED.add((found, name))
     logger.warning(
         "class name %r (first seen in %s.xml) read as %r: names are compared trimmed and "
         "case-insensitively",

@@ -95,6 +95,8 @@ class Detector:
     def forward(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[dict]:
         """Per image: softmax probabilities ``probs [K_i, K + 1]`` of its boxes ``[K_i, 4]`` and
         the features the scorers need (``fc7``, ``pool5``), in one pass over all of them."""
+        if not paths:
+            return []
         counts = [len(b) for b in boxes]
         index = np.repeat(np.arange(len(paths)), counts)
         flat = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32)

@@ -9,6 +9,7 @@ torchrun the images are shared out among the processes and rank 0 writes the res
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -76,7 +77,7 @@ def run_test(cfg: VOCTestConfig) -> dict:
     (each variant in its own subfolder of ``cfg.out``, all from one forward pass)."""
     from rcnn.detection.detector import Detector
     from rcnn.modeling.trained import load_model
-    from rcnn.training.distributed import barrier, init_world, shutdown
+    from rcnn.training.distributed import init_world, shutdown
 
     voc = VOCDataset(cfg.voc_root)
     ids = split_images(voc, cfg.split)
@@ -87,6 +88,17 @@ def run_test(cfg: VOCTestConfig) -> dict:
     variants = list(cfg.variants or [cfg.detector.variant])
     detector = Detector(loaded, replace(cfg.detector, device=device), variants)
     folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutdown)
+        if world.is_main:  # rank 0 holds the folder for the whole run
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(output_lock(out, "rcnn test"))
+        return _run_locked(cfg, voc, ids, loaded, truth, world, detector, variants, folders)
+
+
+def _run_locked(cfg, voc, ids, loaded, truth, world, detector, variants, folders) -> dict:
+    from rcnn.training.distributed import barrier
+
     if world.is_main:
         for v in variants:
             settings = _settings(cfg, voc, loaded, v, detector)
@@ -95,7 +107,8 @@ def run_test(cfg: VOCTestConfig) -> dict:
     mine = ids[world.rank :: world.size]
     todo = [i for i in mine if not all(_npz_path(f, i).is_file() for f in folders.values())]
     if len(todo) < len(mine):
-        logger.info("%d of %d images already done in %s", len(mine) - len(todo), len(mine), out)
+        done = len(mine) - len(todo)
+        logger.info("%d of %d images already done in %s", done, len(mine), cfg.out)
     paths = [str(voc.image_path(i)) for i in todo]
     by_path = dict(zip(paths, todo, strict=True))
     for result, found in detector.run_variants(paths, cfg.progress and world.is_main):
@@ -105,13 +118,8 @@ def run_test(cfg: VOCTestConfig) -> dict:
             save_image_detections(_npz_path(folders[v.name], image_id), result, dets, truth)
     barrier()
     if not world.is_main:
-        shutdown()
         return {}
-    results = {}
-    with output_lock(out, "rcnn test"):
-        for v in variants:
-            results[v.name] = _evaluate_folder(folders[v.name], cfg, ids, loaded, truth)
-    shutdown()
+    results = {v.name: _evaluate_folder(folders[v.name], cfg, ids, loaded, truth) for v in variants}
     return results[variants[0].name] if len(variants) == 1 else results
 
 
@@ -147,6 +155,8 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
         heads["bbox"] = _identity(Path(detector.bbox_folder) / "bbox.npz")
     return {
         "model": _identity(Path(loaded.source)),
+        "device": detector.device.type,
+        "amp": detector.train.amp,  # precision changes scores: a resume must not mix them
         "classes": loaded.classes,
         "voc_root": str(voc.root.resolve()),
         "split": cfg.split,
@@ -157,12 +167,12 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
 
 
 def claim_test_folder(out: Path, settings: dict, overwrite: bool) -> None:
-    """Keeps the detections of an interrupted run with the same settings; refuses (or, with
-    ``overwrite``, clears) those of other settings."""
+    """Keeps the detections of an interrupted run with the same settings; refuses those of
+    other settings. ``overwrite`` clears whatever is there."""
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        if old == settings:
+        if old == settings and not overwrite:
             return
         if not overwrite:
             changed = sorted(k for k in settings if old.get(k) != settings[k])
@@ -225,12 +235,13 @@ def load_detections(folder: Path, ids: list[str], num_classes: int) -> dict:
 
 def write_results(out: Path, split: str, classes: list[str], detections: dict) -> None:
     """The devkit's ``comp4_det_{split}_{class}.txt``: ``id score xmin ymin xmax ymax``, VOC's
-    1-based inclusive pixels."""
+    1-based inclusive pixels. Scores keep 9 significant digits, enough to tell apart any two
+    float32 scores, so the files rank detections exactly as the metrics do."""
     for k, cls in enumerate(classes, start=1):
         names, scores, boxes = detections[k]
         voc = boxes_to_voc(boxes)
         lines = [
-            f"{name} {score:.6f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
+            f"{name} {score:.9g} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
             for name, score, b in zip(names, scores.tolist(), voc.tolist(), strict=True)
         ]
         atomic_write_bytes(out / result_file_name(split, cls), "".join(lines).encode())
@@ -273,10 +284,16 @@ def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> di
                 f"e.g. {unknown[0]}"
             )
         per_class[cls] = evaluate_class(names, scores, boxes, truth[cls])
+    counted = [c for c in per_class.values() if c["positives"]]
+    if len(counted) < len(per_class):
+        empty = [name for name, c in per_class.items() if not c["positives"]]
+        logger.warning("no (non-difficult) object of %s in the split: AP undefined, left out "
+                       "of the mean", empty)  # fmt: skip
+    nan = float("nan")
     return {
         "classes": per_class,
-        "map_07": float(np.mean([c["ap_07"] for c in per_class.values()])),
-        "map": float(np.mean([c["ap"] for c in per_class.values()])),
+        "map_07": float(np.mean([c["ap_07"] for c in counted])) if counted else nan,
+        "map": float(np.mean([c["ap"] for c in counted])) if counted else nan,
     }
 
 

@@ -105,8 +105,12 @@ def evaluate_class(
     positives = int(sum(np.count_nonzero(~gt.difficult) for gt in ground_truth.values()))
     tp, fp = match_detections(image_ids, scores, boxes, ground_truth)
     tp, fp = np.cumsum(tp), np.cumsum(fp)
-    recall = tp / max(positives, 1)
     precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    if positives == 0:  # the devkit's 0 / 0: undefined, left out of the mean
+        nan = float("nan")
+        return {"ap_07": nan, "ap": nan, "recall": nan, "positives": 0,
+                "detections": len(scores), "curve": (tp * nan, precision)}  # fmt: skip
+    recall = tp / positives
     return {
         "ap_07": voc_ap(recall, precision, use_07_metric=True),
         "ap": voc_ap(recall, precision, use_07_metric=False),

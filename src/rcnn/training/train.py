@@ -422,6 +422,9 @@ class Run:
     history: list = field(default_factory=list)
     best: dict | None = None
     first_epoch: int = 0
+    # The settings as given, automatic ones (amp, val_batch) unresolved, so that a resumed
+    # run decides them for the device it resumes on; config.json records the resolved ones.
+    requested: dict = field(default_factory=dict)
 
 
 def setup_run(cfg: TrainConfig, resume: bool, world: World, device: torch.device) -> Run:
@@ -468,7 +471,7 @@ def save_epoch(cfg: TrainConfig, run: Run, row: dict) -> None:
     state = {
         "format": "rcnn-checkpoint",
         "epoch": row["epoch"] + 1,
-        "config": asdict(cfg),
+        "config": run.requested or asdict(cfg),
         "classes": run.class_names,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -494,12 +497,14 @@ def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     world, device_name = init_world(cfg.device)
     device = resolve_device(device_name)
     configure_device(device)
+    requested = asdict(cfg)
     cfg = for_device(cfg, device)
     if not world.is_main:
         cfg = replace(cfg, progress=False)
     if not resume:
         claim_run_folder(Path(cfg.out), overwrite, world.is_main)
     run = setup_run(cfg, resume, world, device)
+    run.requested = requested
     say = print if world.is_main else (lambda *a, **k: None)
     if run.first_epoch:
         if run.first_epoch >= cfg.epochs:
