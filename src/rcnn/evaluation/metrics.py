@@ -1,4 +1,4 @@
-"""Classification metrics for region classifiers, in NumPy alone.
+"""Classification metrics for region classifiers (counts and curves from scikit-learn).
 
 Labels follow :mod:`rcnn.data.labels`: ``BACKGROUND = 0`` and object classes ``1..K``;
 ``class_names`` is the full list with background at index 0, e.g. ``["background", "car"]``.
@@ -14,6 +14,7 @@ import logging
 import math
 
 import numpy as np
+from sklearn import metrics as sk_metrics
 
 from rcnn.data.labels import BACKGROUND
 
@@ -25,7 +26,7 @@ RECIPE_POSITIVE_FRACTION = 32 / 128
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts of each (true, predicted) class pair.
+    """Counts of each (true, predicted) class pair (scikit-learn's ``confusion_matrix``).
 
     Args:
         labels (ndarray[N]): true classes in ``0..num_classes-1``.
@@ -39,8 +40,8 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     preds = _check_labels(preds, num_classes, "preds")
     if labels.shape != preds.shape:
         raise ValueError(f"labels {labels.shape} and preds {preds.shape} must have the same shape")
-    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes).astype(np.int64)
+    matrix = sk_metrics.confusion_matrix(labels, preds, labels=np.arange(num_classes))
+    return matrix.astype(np.int64)
 
 
 def precision_recall_curve(
@@ -48,8 +49,10 @@ def precision_recall_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall at every distinct score threshold, highest threshold first.
 
-    A sample counts as predicted positive at threshold ``t`` when ``score >= t``; tied scores
-    form one threshold, so the result does not depend on the order of tied samples.
+    scikit-learn's ``precision_recall_curve`` without the (recall 0, precision 1) point it
+    appends, in the other order. A sample counts as predicted positive at threshold ``t``
+    when ``score >= t``; tied scores form one threshold, so the result does not depend on the
+    order of tied samples.
 
     Args:
         scores (ndarray[N]): higher means more likely positive.
@@ -57,26 +60,21 @@ def precision_recall_curve(
 
     Returns:
         precision, recall (ndarray[T] float64 each): for the T distinct scores in decreasing
-        order, so recall is non-decreasing. Recall is NaN throughout when no target is positive.
+        order, so recall is non-decreasing. Recall is NaN throughout when no target is positive
+        (scikit-learn would warn and set it to 1).
     """
     scores, targets = _check_binary(scores, targets)
-    order = np.argsort(-scores, kind="stable")
-    scores, targets = scores[order], targets[order]
-    # Last index of each run of equal scores: the cumulative counts there are the threshold's.
-    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    tp = np.cumsum(targets)[ends].astype(np.float64)
-    fp = (ends + 1) - tp
-    precision = tp / (tp + fp)
-    num_pos = tp[-1]
-    recall = tp / num_pos if num_pos > 0 else np.full_like(tp, np.nan)
-    return precision, recall
+    if not targets.any():
+        count = len(np.unique(scores))
+        return np.zeros(count), np.full(count, np.nan)
+    precision, recall, _ = sk_metrics.precision_recall_curve(targets, scores)
+    return precision[-2::-1].astype(np.float64), recall[-2::-1].astype(np.float64)
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Average precision ``sum_n (R_n - R_{n-1}) * P_n`` over distinct thresholds, ``R_0 = 0``.
-
-    This is sklearn's ``average_precision_score``: the area under the step PR curve, without
-    the 11-point or monotone interpolation of the VOC detection benchmark.
+    """Average precision ``sum_n (R_n - R_{n-1}) * P_n`` over distinct thresholds, ``R_0 = 0``:
+    scikit-learn's ``average_precision_score``, the area under the step PR curve, without the
+    11-point or monotone interpolation of the VOC detection benchmark.
 
     Args:
         scores (ndarray[N]): higher means more likely positive.
@@ -85,10 +83,10 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     Returns:
         float: AP in ``[0, 1]``, or NaN when no target is positive.
     """
-    precision, recall = precision_recall_curve(scores, targets)
-    if np.isnan(recall[0]):
+    scores, targets = _check_binary(scores, targets)
+    if not targets.any():
         return math.nan
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return float(sk_metrics.average_precision_score(targets, scores))
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:

@@ -1,0 +1,240 @@
+"""R-CNN's heads: the box transform, ridge regression, the SVMs and hard-negative mining, and
+the feature store they read."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder
+
+from rcnn.cli import main
+from rcnn.data.feature_store import FeatureStore, FeatureStoreError
+from rcnn.modeling.bbox_regression import BBoxRegressor, fit_ridge
+from rcnn.modeling.features import feature_dims
+from rcnn.modeling.svm import SVMConfig, fit_svm, svm_objective, update_cache
+from rcnn.ops.boxes import decode_boxes, encode_boxes
+
+
+def random_boxes(rng, n):
+    xy = rng.uniform(0, 200, (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(4, 120, (n, 2))], axis=1)
+
+
+def test_box_transform_round_trips_and_matches_torchvision():
+    rng = np.random.default_rng(0)
+    proposals, targets = random_boxes(rng, 50), random_boxes(rng, 50)
+    deltas = encode_boxes(proposals, targets)
+    np.testing.assert_allclose(decode_boxes(proposals, deltas), targets, atol=1e-9)
+    coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+    theirs = coder.encode_single(torch.from_numpy(targets), torch.from_numpy(proposals))
+    np.testing.assert_allclose(deltas, theirs.numpy(), rtol=1e-9, atol=1e-12)
+    back = coder.decode_single(torch.from_numpy(deltas), torch.from_numpy(proposals))
+    np.testing.assert_allclose(decode_boxes(proposals, deltas), back.numpy(), atol=1e-9)
+    # Hand-computed: a box twice as wide, shifted right by half its width.
+    hand = encode_boxes([[0, 0, 10, 10]], [[5, 0, 25, 10]])
+    assert hand.tolist() == [[1.0, 0.0, np.log(2), 0.0]]
+
+
+def test_ridge_weights_are_the_closed_form():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 4))
+    w, b = fit_ridge(x, y, ridge=3.0)
+    # Closed form with an unpenalized intercept: centre, then solve (X'X + lambda I) W = X'Y.
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = np.linalg.solve(xc.T @ xc + 3.0 * np.eye(6), xc.T @ yc)
+    np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, y.mean(0) - x.mean(0) @ expected, rtol=1e-4, atol=1e-5)
+
+
+def test_regressor_moves_boxes_and_clips_them(tmp_path):
+    weights = np.zeros((1, 3, 4), np.float32)
+    intercepts = np.array([[0.5, 0.0, 0.0, 0.0]], np.float32)  # half a width to the right
+    bbox = BBoxRegressor(weights, intercepts, 1.0, ["car"])
+    moved = bbox.apply(np.array([[0, 0, 10, 10], [90, 0, 100, 10]]), np.zeros((2, 3)), (100, 50))
+    np.testing.assert_allclose(moved[:, 0], [[5, 0, 15, 10], [95, 0, 100, 10]])
+    bbox.save(tmp_path)
+    np.testing.assert_array_equal(BBoxRegressor.load(tmp_path).intercepts, intercepts)
+
+
+def separable(rng, n=60, dim=5):
+    w = rng.normal(size=dim)
+    x = rng.normal(size=(n, dim))
+    y = np.where(x @ w > 0, 1.0, -1.0)
+    x += 0.5 * y[:, None] * w / np.linalg.norm(w)  # a clear gap between the classes
+    return x, y
+
+
+def test_svm_separates_a_separable_set():
+    x, y = separable(np.random.default_rng(2))
+    w, b = fit_svm(x, y, SVMConfig(C=10.0, bias=1.0))
+    assert (np.sign(x @ w + b) == y).all()
+    assert (y * (x @ w + b)).min() > 0.5  # a margin, not a tie
+
+
+def test_svm_minimizes_its_objective_with_c_and_the_positive_weight():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(80, 4)), np.where(rng.random(80) < 0.3, 1.0, -1.0)
+    cfg = SVMConfig(C=0.5, pos_weight=2.0, bias=10.0)
+    w, b = fit_svm(x, y, cfg)
+    best = svm_objective(w, b, x, y, cfg)
+    for _ in range(200):  # no nearby point does better: the documented objective is minimized
+        dw, db = rng.normal(scale=1e-2, size=4), rng.normal(scale=1e-1)
+        assert svm_objective(w + dw, b + db, x, y, cfg) >= best - 1e-4
+    # The positive weight matters: weighing positives more moves the boundary to negatives.
+    w1, b1 = fit_svm(x, y, SVMConfig(C=0.5, pos_weight=1.0))
+    w4, b4 = fit_svm(x, y, SVMConfig(C=0.5, pos_weight=4.0))
+    assert (x @ w4 + b4 > 0).sum() > (x @ w1 + b1 > 0).sum()
+    # And C: a smaller C regularizes harder.
+    small, _ = fit_svm(x, y, SVMConfig(C=0.01))
+    assert np.linalg.norm(small) < np.linalg.norm(w)
+
+
+def test_mining_adds_hard_drops_easy_and_stops():
+    candidates = np.arange(10)
+    cache = np.array([0, 1, 2, 3])
+    scores = np.array([-1.3, -1.1, -0.5, -2.0, -0.9, -1.0, -1.2, 0.3, -5.0, -0.99])
+    new, added, dropped = update_cache(cache, candidates, scores, hard=-1.0, easy=-1.2)
+    # Hard: uncached and above -1 -> 4, 7, 9 (5 is exactly -1: not above). Easy: cached and
+    # below -1.2 -> 0 and 3 (6 is exactly -1.2 and uncached anyway).
+    assert new.tolist() == [1, 2, 4, 7, 9] and (added, dropped) == (3, 2)
+    again, added, dropped = update_cache(new, candidates, scores, hard=-1.0, easy=-1.2)
+    assert again.tolist() == new.tolist() and added == 0 and dropped == 0  # a fixed point
+
+
+@pytest.fixture(scope="module")
+def heads_run(prepared, tmp_path_factory):
+    """A one-epoch run on the paper-preset regions (ground-truth boxes included)."""
+    from rcnn.data.labels import PRESETS
+    from rcnn.data.prepare import PrepareConfig, run_prepare
+    from rcnn.data.proposals import ProposalConfig
+    from rcnn.training.config import TrainConfig
+    from rcnn.training.train import run_train
+
+    root = tmp_path_factory.mktemp("heads")
+    voc, cache = prepared.parent / "voc", prepared.parent / "cache"
+    run_prepare(PrepareConfig(str(voc), str(root / "regions"), labels=PRESETS["paper"],
+                              proposals=ProposalConfig("fast"), cache_dir=str(cache), workers=1,
+                              progress=False))  # fmt: skip
+    run_train(TrainConfig(data=str(prepared), out=str(root / "run"), weights="none", epochs=1,
+                          input_size=64, num_pos=4, num_neg=12, workers=1, device="cpu",
+                          optimizer="adam", lr=1e-4, progress=False))  # fmt: skip
+    return root
+
+
+FLAGS = ["--device", "cpu", "--no-progress", "--amp"]
+
+
+def test_features_equal_the_networks_activations(heads_run, prepared):
+    from rcnn.data.dataset import ImageStore
+    from rcnn.modeling.trained import load_model
+    from rcnn.training.train import input_stats, load_split, make_feeder
+
+    run = heads_run / "run"
+    out = heads_run / "feats"
+    argv = ["features", str(run), "--data", str(heads_run / "regions"), "--out", str(out),
+            "--pool5", "--device", "cpu", "--no-amp", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    regions = load_split(heads_run / "regions", "train")
+    rows = np.array([0, 7, len(regions) - 1])
+    fc7, pool5 = FeatureStore(out, "train", "fc7"), FeatureStore(out, "train", "pool5")
+    # The same warped regions through the plain model, layer by layer.
+    loaded = load_model(run)
+    mean, std = input_stats(loaded.config)
+    feeder = make_feeder(regions, [rows], loaded.config, torch.device("cpu"), mean, std,
+                         ImageStore.of(regions))  # fmt: skip
+    images, _ = next(iter(feeder))
+    model = loaded.model.eval()
+    with torch.no_grad():
+        flat = torch.flatten(model.avgpool(model.features(images)), 1)
+        expected_fc7 = model.classifier[:6](flat)
+    np.testing.assert_allclose(pool5.rows(rows), flat.numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(fc7.rows(rows), expected_fc7.numpy(), rtol=2e-3, atol=2e-3)
+    assert feature_dims(model) == {"fc7": 4096, "pool5": 9216}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["layers"] == {"fc7": 4096, "pool5": 9216}
+
+
+def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path):
+    out = tmp_path / "feats"
+    argv = ["features", str(heads_run / "run"), "--data", str(heads_run / "regions"), "--out",
+            str(out), *FLAGS]  # fmt: skip
+    from rcnn.modeling.extract import FeaturesConfig, run_features
+
+    # Small chunks, so that a tiny set has several; the store keeps its chunk size.
+    cfg = FeaturesConfig(str(heads_run / "run"), str(heads_run / "regions"), str(out),
+                         device="cpu", chunk=256, progress=False)  # fmt: skip
+    run_features(cfg)
+    chunks = sorted((out / "train" / "fc7").glob("*.npy"))
+    assert len(chunks) >= 2
+    first = {p.name: p.read_bytes() for p in chunks}
+    # Killed part-way: the last chunks never written. A new run computes only those.
+    for p in chunks[1:]:
+        p.unlink()
+    kept = chunks[0].stat().st_mtime_ns
+    assert main(argv) == 0
+    assert {p.name: p.read_bytes() for p in sorted((out / "train" / "fc7").glob("*.npy"))} == first
+    assert chunks[0].stat().st_mtime_ns == kept
+
+
+def test_train_svm_and_bbox_then_detect_with_them(heads_run, capsys):
+    run, data = heads_run / "run", heads_run / "regions"
+    feats = ["--features", str(heads_run / "feats")]
+    assert main(["train-svm", str(run), "--data", str(data), *feats, *FLAGS]) == 0
+    log = capsys.readouterr().out
+    assert "round" in log and "SVMs in" in log
+    assert (run / "svm" / "svm.npz").is_file() and (run / "svm" / "svm_log.csv").is_file()
+    assert main(["train-bbox", str(run), "--data", str(data), *feats, *FLAGS]) == 0
+    assert "box regressors in" in capsys.readouterr().out
+    from rcnn.modeling.svm import SVMModel
+
+    svm = SVMModel.load(run / "svm")
+    assert svm.weights.shape == (1, 4096) and svm.scale > 0
+    rows = json.loads((run / "svm" / "svm.json").read_text())
+    assert rows["config"]["C"] == 0.001 and rows["config"]["pos_weight"] == 2.0
+
+
+def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
+    run = heads_run / "run"
+    # Features of another model: the same store, but a retrained model file.
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("svm", "bbox", "features"))
+    best = torch.load(other / "best.pt", weights_only=True)
+    best["epoch"] = 99
+    torch.save(best, other / "best.pt")
+    cases = [
+        (["train-svm", str(other), "--data", str(heads_run / "regions"), "--features",
+          str(heads_run / "feats"), *FLAGS], "holds features of another model"),
+        (["train-svm", str(run), "--data", str(prepared), "--features", str(tmp_path / "f"),
+          *FLAGS], "ground-truth"),
+        (["train-svm", str(run), "--data", str(tmp_path / "nothing"), *FLAGS], "not found"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    with pytest.raises(FeatureStoreError, match="no pool5 features|run `rcnn features`"):
+        FeatureStore(tmp_path / "f", "train", "pool5")
+
+
+def test_svm_of_other_classes_is_refused(heads_run, tmp_path):
+    from rcnn.detection.config import DetectorConfig
+    from rcnn.detection.detector import Detector
+    from rcnn.errors import RcnnError
+    from rcnn.modeling.svm import SVMModel
+    from rcnn.modeling.trained import load_model
+
+    svm = SVMModel(np.zeros((2, 4096), np.float32), np.zeros(2, np.float32), 1.0, ["car", "bus"])
+    svm.save(tmp_path / "svm")
+    cfg = DetectorConfig(scorer="svm", svm=str(tmp_path / "svm"), device="cpu")
+    with pytest.raises(RcnnError, match="trained for classes"):
+        Detector(load_model(heads_run / "run"), cfg)
+    wrong = SVMModel(np.zeros((1, 100), np.float32), np.zeros(1, np.float32), 1.0, ["car"])
+    wrong.save(tmp_path / "svm2")
+    loaded = load_model(heads_run / "run")
+    with pytest.raises(RcnnError, match="100-d features"):
+        Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "svm2"), device="cpu"))
+    with pytest.raises(FileNotFoundError, match="rcnn train-svm"):
+        Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "none"), device="cpu"))
