@@ -145,3 +145,11 @@ def test_matches_the_devkit_on_random_scenes(seed):
 def test_a_class_without_objects_has_no_ap():
     result = evaluate([("a", 0.9, HIT_A1)], {"a": truth([[10, 10, 50, 40]], [True])})
     assert result["positives"] == 0 and np.isnan(result["ap"]) and np.isnan(result["ap_07"])
+
+
+def test_a_stricter_overlap_needs_tighter_boxes():
+    gt = {"c": truth([[0, 0, 10, 10]])}
+    loose = [("c", 0.9, [0, 0, 10, 16])]  # IoU 10/16 = 0.625
+    assert evaluate(loose, gt)["recall"] == 1.0
+    ids, scores, boxes = ["c"], np.array([0.9]), np.array([[0, 0, 10, 16]], float)
+    assert evaluate_class(ids, scores, boxes, gt, iou_threshold=0.7)["recall"] == 0.0

@@ -114,6 +114,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("[4/6] evaluation of the best checkpoint on all validation regions:")
     print(metrics["report"])
     stages = train_heads(cfg, voc, out, train_cfg.out)
+    ablation_start = time.time()
     ablation = run_ablation(
         VOCTestConfig(
             train_cfg.out,
@@ -128,12 +129,16 @@ def run_demo(cfg: DemoConfig) -> dict:
             progress=cfg.progress,
         )
     )
+    stages["ablation"] = round(time.time() - ablation_start, 1)
     softmax = ablation["variants"]["softmax"]
     figure = out / "test" / "detections.png"
     draw_test_images(voc, out / "test" / "softmax", figure)
     print("[6/6] detection on the test split (VOC AP by the devkit's rules), fine-tuned softmax:")
     print(softmax["report"])
-    print("R-CNN's ablation (Table 2 of the paper) on the test split, AP (VOC2007 11-point):")
+    print(
+        f"R-CNN's ablation (Table 2 of the paper) on the test split, AP (VOC2007 11-point), "
+        f"{stages['ablation']} s:"
+    )
     print(ablation["table"])
     elapsed = time.time() - start
     print(f"\nDemo finished in {minutes_seconds(elapsed)}. Files:")
@@ -197,8 +202,10 @@ def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
     rounds = max(r["round"] for r in svm["log"]) + 1
     print(
         f"[5/6] R-CNN's heads on {features['splits']['train']['regions']} training regions "
-        f"({features['bytes_per_region']} bytes of fc7 + pool5 features a region): SVMs after "
-        f"{rounds} round(s) of hard-negative mining ({cached}), box regressors on {examples}"
+        f"({features['bytes_per_region']} bytes of fc7 + pool5 features a region, "
+        f"{times['features']} s): SVMs after {rounds} round(s) of hard-negative mining "
+        f"({cached}; {times['train_svm']} s), box regressors on {examples} "
+        f"({times['train_bbox']} s)"
     )
     return times
 

@@ -272,8 +272,12 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.array(scores, float), voc_to_boxes(np.array(boxes, float).reshape(-1, 4))
 
 
+STRICT_IOU = 0.7  # a second, stricter overlap, where box regression shows
+
+
 def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> dict:
-    """Per-class and mean AP (VOC2007 11-point and area under the curve) and final recall."""
+    """Per-class and mean AP (VOC2007 11-point and area under the curve) and final recall, and
+    the 11-point mean AP at IoU > 0.7 (localization)."""
     per_class = {}
     for k, cls in enumerate(classes, start=1):
         names, scores, boxes = detections[k]
@@ -284,6 +288,8 @@ def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> di
                 f"e.g. {unknown[0]}"
             )
         per_class[cls] = evaluate_class(names, scores, boxes, truth[cls])
+        strict = evaluate_class(names, scores, boxes, truth[cls], STRICT_IOU)
+        per_class[cls]["ap_07_strict"] = strict["ap_07"]
     counted = [c for c in per_class.values() if c["positives"]]
     if len(counted) < len(per_class):
         empty = [name for name, c in per_class.items() if not c["positives"]]
@@ -294,6 +300,7 @@ def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> di
         "classes": per_class,
         "map_07": float(np.mean([c["ap_07"] for c in counted])) if counted else nan,
         "map": float(np.mean([c["ap"] for c in counted])) if counted else nan,
+        "map_07_strict": float(np.mean([c["ap_07_strict"] for c in counted])) if counted else nan,
     }
 
 
@@ -372,6 +379,7 @@ def format_report(metrics: dict) -> str:
             f"{m['positives']:>9}{m['detections']:>12}"
         )
     lines.append(f"{'mean':<14}{metrics['map_07']:>9.3f}{metrics['map']:>8.3f}")
+    lines.append(f"mean AP (07) at IoU > {STRICT_IOU}: {metrics['map_07_strict']:.3f}")
     if "proposal_recall" in metrics:
         lines.append(
             f"proposal recall at IoU {PROPOSAL_IOU}: {metrics['proposal_recall']:.3f} "
