@@ -81,10 +81,10 @@ def plot_ablation(summary: dict, path: Path, split: str) -> None:
     for i, name in enumerate(names):
         values = [summary[name]["ap_07"][c] for c in classes] + [summary[name]["map_07"]]
         bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=TITLES[name])
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(x, groups, rotation=45 if len(groups) > 6 else 0)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("AP (VOC2007 11-point)")
     ax.set_title(f"R-CNN ablation on the {split} split")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(names))
     _save(fig, path)
