@@ -57,3 +57,28 @@ def output_lock(folder: str | Path, command: str):
             yield
         finally:
             f.truncate(0)
+
+
+def write_arrays(folder: str | Path, stem: str, arrays: dict, meta: dict) -> None:
+    """``folder/stem.npz`` (the arrays) and ``folder/stem.json`` (the rest), atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(Path(folder) / f"{stem}.npz", buf.getvalue())
+    atomic_write_json(Path(folder) / f"{stem}.json", meta)
+
+
+def read_arrays(folder: str | Path, stem: str, made_by: str) -> tuple[dict, dict]:
+    """The arrays and the JSON of :func:`write_arrays`; ``made_by`` names the command that
+    writes them, for the message when they are missing."""
+    import numpy as np
+
+    folder = Path(folder)
+    if not (folder / f"{stem}.json").is_file() or not (folder / f"{stem}.npz").is_file():
+        raise FileNotFoundError(f"{folder / (stem + '.json')} not found: run `{made_by}` first")
+    with np.load(folder / f"{stem}.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    return arrays, json.loads((folder / f"{stem}.json").read_text())

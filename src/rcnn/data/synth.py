@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 
 from rcnn.errors import ConfigError
+from rcnn.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -362,18 +362,6 @@ def _annotation_xml(image_id: str, width: int, height: int, cars: list[_Car]) ->
     return (ET.tostring(root, encoding="unicode") + "\n").encode("utf-8")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Writes via a temp file in the same folder so an interrupted run never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _image_flag(cars: list[_Car]) -> int:
     if any(not car.difficult for car in cars):
         return 1
@@ -394,9 +382,9 @@ def _write_image_sets(
     if n_test:
         splits["test"] = test
     for name, members in splits.items():
-        _write_atomic(main / f"{name}.txt", "".join(f"{i}\n" for i in members).encode())
+        atomic_write_bytes(main / f"{name}.txt", "".join(f"{i}\n" for i in members).encode())
         lines = "".join(f"{i} {flags[i]:2d}\n" for i in members)
-        _write_atomic(main / f"car_{name}.txt", lines.encode())
+        atomic_write_bytes(main / f"car_{name}.txt", lines.encode())
 
 
 def _write_image(job: tuple) -> list[_Car]:
@@ -406,9 +394,9 @@ def _write_image(job: tuple) -> list[_Car]:
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError(f"cv2.imencode failed for image {image_id}")
-    _write_atomic(root / "JPEGImages" / f"{image_id}.jpg", jpeg.tobytes())
+    atomic_write_bytes(root / "JPEGImages" / f"{image_id}.jpg", jpeg.tobytes())
     xml = _annotation_xml(image_id, width, height, cars)
-    _write_atomic(root / "Annotations" / f"{image_id}.xml", xml)
+    atomic_write_bytes(root / "Annotations" / f"{image_id}.xml", xml)
     return cars
 
 

@@ -10,8 +10,6 @@ class's regressor before non-maximum suppression and clipped to the image.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.files import atomic_write_bytes, atomic_write_json
+from rcnn.files import read_arrays, write_arrays
 from rcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 
 logger = logging.getLogger(__name__)
@@ -65,25 +63,16 @@ class BBoxRegressor:
         )
 
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        buf = io.BytesIO()
-        np.savez(buf, weights=self.weights, intercepts=self.intercepts)
-        atomic_write_bytes(folder / "bbox.npz", buf.getvalue())
-        atomic_write_json(folder / "bbox.json", {"scale": self.scale, "classes": self.classes,
-                                                 **self.info})  # fmt: skip
+        meta = {"scale": self.scale, "classes": self.classes, **self.info}
+        arrays = {"weights": self.weights, "intercepts": self.intercepts}
+        write_arrays(folder, "bbox", arrays, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> BBoxRegressor:
-        folder = Path(folder)
-        if not (folder / "bbox.json").is_file():
-            raise FileNotFoundError(
-                f"{folder / 'bbox.json'} not found: train the regressors with `rcnn train-bbox`"
-            )
-        meta = json.loads((folder / "bbox.json").read_text())
-        with np.load(folder / "bbox.npz") as data:
-            weights, intercepts = data["weights"], data["intercepts"]
+        arrays, meta = read_arrays(folder, "bbox", "rcnn train-bbox")
         info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
-        return cls(weights, intercepts, float(meta["scale"]), list(meta["classes"]), info)
+        scale, classes = float(meta["scale"]), list(meta["classes"])
+        return cls(arrays["weights"], arrays["intercepts"], scale, classes, info)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,6 @@ and the scale is kept with the model.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.files import atomic_write_bytes, atomic_write_json
+from rcnn.files import read_arrays, write_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -72,30 +70,15 @@ class SVMModel:
         return (np.asarray(features, np.float32) * self.scale) @ self.weights.T + self.biases
 
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        buf = _npz(weights=self.weights, biases=self.biases)
-        atomic_write_bytes(folder / "svm.npz", buf)
         meta = {"scale": self.scale, "classes": self.classes, **self.info}
-        atomic_write_json(folder / "svm.json", meta)
+        write_arrays(folder, "svm", {"weights": self.weights, "biases": self.biases}, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> SVMModel:
-        folder = Path(folder)
-        if not (folder / "svm.json").is_file():
-            raise FileNotFoundError(
-                f"{folder / 'svm.json'} not found: train the SVMs with `rcnn train-svm`"
-            )
-        meta = json.loads((folder / "svm.json").read_text())
-        with np.load(folder / "svm.npz") as data:
-            weights, biases = data["weights"], data["biases"]
+        arrays, meta = read_arrays(folder, "svm", "rcnn train-svm")
         info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
-        return cls(weights, biases, float(meta["scale"]), list(meta["classes"]), info)
-
-
-def _npz(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+        scale, classes = float(meta["scale"]), list(meta["classes"])
+        return cls(arrays["weights"], arrays["biases"], scale, classes, info)
 
 
 def feature_scale(features, sample: int = 10_000, seed: int = 0, norm: float = 20.0) -> float:
