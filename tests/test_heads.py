@@ -192,6 +192,16 @@ def test_train_svm_and_bbox_then_detect_with_them(heads_run, capsys):
     assert svm.weights.shape == (1, 4096) and svm.scale > 0
     rows = json.loads((run / "svm" / "svm.json").read_text())
     assert rows["config"]["C"] == 0.001 and rows["config"]["pos_weight"] == 2.0
+    from rcnn.data.regions import RegionSet
+
+    image = RegionSet.load(data / "train").image_paths[0]
+    argv = ["detect", str(run), image, "--out", str(heads_run / "det"), "--scorer", "svm",
+            "--bbox-reg", str(run / "bbox"), "--score-thresh", "-100", *FLAGS]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((heads_run / "det" / "detections.jsonl").read_text())
+    assert record["detections"], "every box passes a threshold of -100"
+    box = np.array(record["detections"][0]["box"])
+    assert (box[:2] >= 0).all() and box[2] <= record["width"] and box[3] <= record["height"]
 
 
 def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):

@@ -296,7 +296,7 @@ def _add_train(sub) -> None:
         action="store_true",
         default=None,
         help="torch.compile the model; on one GPU with CUDA graphs (reduce-overhead): "
-        "1.2x the training steps on an H200 after about 10 s of compiling",
+        "1.24x the training steps on an H200 after 10 to 30 s of compiling",
     )
     p.add_argument(
         "--lr-scale",
