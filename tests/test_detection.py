@@ -165,6 +165,10 @@ def test_rcnn_test_reports_ap_and_resumes_identically(trained, tmp_path, capsys)
     assert main([*argv, "--nms", "0.5"]) == 2
     assert "other settings (nms)" in capsys.readouterr().err
     assert main([*argv, "--nms", "0.5", "--overwrite"]) == 0
+    # --overwrite with the same settings detects again rather than keeping the old files.
+    before = {p: p.stat().st_mtime_ns for p in (out / "detections").glob("*.npz")}
+    assert main([*argv, "--nms", "0.5", "--overwrite"]) == 0
+    assert all(p.stat().st_mtime_ns != t for p, t in before.items())
 
 
 def test_model_pth_needs_matching_classes(trained, tmp_path):

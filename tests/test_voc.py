@@ -168,3 +168,12 @@ def test_class_names_compare_trimmed_and_case_insensitively(make_voc, spelling, 
     assert VOCDataset(root).select_images("train", ["Car"]) == ["1"]
     with pytest.raises(ValueError, match="duplicates"):
         resolve_classes(["car", "Car"])
+
+
+def test_each_spelling_is_reported_once(make_voc, caplog):
+    specs = [(str(i), "train", [("Car", (5, 5, 30, 30), False)]) for i in (1, 2, 3)]
+    root = make_voc(specs, class_files=())
+    _WARNED.clear()
+    for i in (1, 2, 3):
+        parse_annotation(root / "Annotations" / f"{i}.xml").select(["car"], False)
+    assert caplog.text.count("class name 'Car'") == 1

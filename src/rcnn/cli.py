@@ -599,17 +599,14 @@ def _add_ablate(sub) -> None:
         max_per_image=0,
         max_per_class=100,
     )
-    p.set_defaults(bbox_reg=None)
 
 
 def _cmd_ablate(args) -> None:
-    from pathlib import Path
-
     from rcnn.detection.ablate import run_ablation
+    from rcnn.modeling.heads import run_folder
 
     if args.bbox_reg is None:
-        args.bbox_reg = str(Path(args.model if Path(args.model).is_dir() else
-                                 Path(args.model).parent) / "bbox")  # fmt: skip
+        args.bbox_reg = str(run_folder(args.model) / "bbox")
     result = run_ablation(_test_config(args))
     if result:
         print(result["table"])

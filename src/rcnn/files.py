@@ -82,3 +82,10 @@ def read_arrays(folder: str | Path, stem: str, made_by: str) -> tuple[dict, dict
     with np.load(folder / f"{stem}.npz") as data:
         arrays = {name: data[name] for name in data.files}
     return arrays, json.loads((folder / f"{stem}.json").read_text())
+
+
+def file_identity(path: str | Path) -> dict:
+    """What tells one file from another without reading it: resolved path, size, mtime."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

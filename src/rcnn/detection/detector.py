@@ -11,10 +11,11 @@ boxes scoring at least ``score_thresh``, suppresses overlaps above ``nms`` IoU w
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,12 @@ from rcnn.errors import RcnnError
 from rcnn.modeling.bbox_regression import BBoxRegressor
 from rcnn.modeling.features import feature_dims, forward_features
 from rcnn.modeling.svm import SVMModel
-from rcnn.modeling.trained import LoadedModel
+from rcnn.modeling.trained import LoadedModel, for_inference
 from rcnn.progress import progress_bar
 from rcnn.training.train import (
     autocast,
-    configure_device,
-    for_device,
     input_stats,
     make_feeder,
-    resolve_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,13 +71,10 @@ class Detector:
     def __init__(self, loaded: LoadedModel, cfg: DetectorConfig, variants=None):
         self.cfg, self.classes = cfg, loaded.classes
         self.variants = list(variants or [cfg.variant])
-        self.device = resolve_device(cfg.device)
-        configure_device(self.device)
-        train = replace(loaded.config, workers=cfg.threads, pipeline="auto")
-        self.train = for_device(replace(train, amp=cfg.amp, val_batch=cfg.batch), self.device)
+        self.device, self.train, self.model = for_inference(
+            loaded, cfg.device, cfg.threads, cfg.batch, cfg.amp
+        )
         self.mean, self.std = input_stats(self.train)
-        fmt = torch.channels_last if self.train.channels_last else torch.contiguous_format
-        self.model = loaded.model.to(self.device, memory_format=fmt).eval()
         dims = feature_dims(self.model)
         self.svm = self.bbox = None
         self.svm_folder = Path(cfg.svm or Path(loaded.source).parent / "svm")
@@ -107,7 +102,7 @@ class Detector:
         feeder = make_feeder(regions, order, self.train, self.device, self.mean, self.std, store)
         parts: dict[str, list] = {"probs": [], **{name: [] for name in self.layers}}
         # No torchrun gathering here: each process scores its own images.
-        amp = lambda: autocast(self.device, self.train.amp)  # noqa: E731
+        amp = functools.partial(autocast, self.device, self.train.amp)
         for probs, features in forward_features(self.model, feeder, self.layers, amp):
             parts["probs"].append(probs)
             for name in self.layers:

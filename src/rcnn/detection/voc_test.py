@@ -24,7 +24,7 @@ from rcnn.data.voc import VOCDataset, boxes_to_voc, parse_annotation, read_id_fi
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import RcnnError
 from rcnn.evaluation.voc_eval import GroundTruth, evaluate_class
-from rcnn.files import atomic_write_bytes, atomic_write_json, output_lock
+from rcnn.files import atomic_write_bytes, atomic_write_json, file_identity, output_lock
 from rcnn.ops.boxes import box_iou
 
 logger = logging.getLogger(__name__)
@@ -128,19 +128,13 @@ def _npz_path(folder: Path, image_id: str) -> Path:
 
 
 def _evaluate_folder(folder: Path, cfg, ids: list[str], loaded, truth: dict) -> dict:
-    detections = load_detections(folder / "detections", ids, len(loaded.classes))
+    detections, extra = load_detections(folder / "detections", ids, len(loaded.classes))
     write_results(folder, cfg.split, loaded.classes, detections)
     metrics = evaluate_detections(detections, truth, loaded.classes)
-    metrics.update(proposal_recall(folder / "detections", ids))
-    metrics.update(skipped=skipped_images(folder / "detections", ids))
+    metrics.update(extra)
     metrics.update(split=cfg.split, model=loaded.source, images=len(ids))
     finish(folder, metrics)
     return metrics
-
-
-def _identity(path: Path) -> dict:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) -> dict:
@@ -150,11 +144,11 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
             "max_side")  # fmt: skip
     heads = {}
     if variant.scorer == "svm":
-        heads["svm"] = _identity(Path(detector.svm_folder) / "svm.npz")
+        heads["svm"] = file_identity(detector.svm_folder / "svm.npz")
     if variant.bbox_reg:
-        heads["bbox"] = _identity(Path(detector.bbox_folder) / "bbox.npz")
+        heads["bbox"] = file_identity(detector.bbox_folder / "bbox.npz")
     return {
-        "model": _identity(Path(loaded.source)),
+        "model": file_identity(loaded.source),
         "device": detector.device.type,
         "amp": detector.train.amp,  # precision changes scores: a resume must not mix them
         "classes": loaded.classes,
@@ -216,21 +210,35 @@ def _load_npz(folder: Path, image_id: str):
         raise RcnnError(f"{path}: unreadable ({err}); delete it and run again") from err
 
 
-def load_detections(folder: Path, ids: list[str], num_classes: int) -> dict:
-    """``{label: (image ids, scores, boxes)}`` over all images, for labels ``1..K``."""
+def load_detections(folder: Path, ids: list[str], num_classes: int) -> tuple[dict, dict]:
+    """Every image's saved results, read once: ``{label: (image ids, scores, boxes)}`` for
+    labels ``1..K``, and the proposals' recall and the skipped images."""
     parts = {k: ([], [], []) for k in range(1, num_classes + 1)}
+    objects = found = 0
+    skipped = []
     for image_id in ids:
         with _load_npz(folder, image_id) as data:
             labels, scores, boxes = data["labels"], data["scores"], data["boxes"]
+            objects += int(data["objects"])
+            found += int(data["found"])
+            if str(data["error"]):
+                skipped.append(str(data["error"]))
         for k, (names, s, b) in parts.items():
             mine = labels == k
             names += [image_id] * int(mine.sum())
             s.append(scores[mine])
             b.append(boxes[mine])
-    return {
+    detections = {
         k: (names, np.concatenate(s), np.concatenate(b).reshape(-1, 4))
         for k, (names, s, b) in parts.items()
     }
+    extra = {
+        "proposal_recall": found / objects if objects else float("nan"),
+        "objects": objects,
+        "objects_found_by_proposals": found,
+        "skipped": skipped,
+    }
+    return detections, extra
 
 
 def write_results(out: Path, split: str, classes: list[str], detections: dict) -> None:
@@ -302,28 +310,6 @@ def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> di
         "map": float(np.mean([c["ap"] for c in counted])) if counted else nan,
         "map_07_strict": float(np.mean([c["ap_07_strict"] for c in counted])) if counted else nan,
     }
-
-
-def proposal_recall(folder: Path, ids: list[str]) -> dict:
-    objects = found = 0
-    for image_id in ids:
-        with _load_npz(folder, image_id) as data:
-            objects += int(data["objects"])
-            found += int(data["found"])
-    return {
-        "proposal_recall": found / objects if objects else float("nan"),
-        "objects": objects,
-        "objects_found_by_proposals": found,
-    }
-
-
-def skipped_images(folder: Path, ids: list[str]) -> list[str]:
-    skipped = []
-    for image_id in ids:
-        with _load_npz(folder, image_id) as data:
-            if str(data["error"]):
-                skipped.append(str(data["error"]))
-    return skipped
 
 
 def evaluate_result_files(

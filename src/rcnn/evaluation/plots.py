@@ -98,10 +98,7 @@ def plot_pr_grid(
         path: PNG file to write.
         title (str): figure title.
     """
-    ncols = min(4, max(1, len(curves)))
-    nrows = math.ceil(len(curves) / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 3.3 * nrows + 0.4), dpi=DPI, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    fig, axes = _grid(len(curves), 4, (3.6, 3.3), extra_height=0.4)
     for ax, (name, (recall, precision, ap)) in zip(axes, curves.items(), strict=False):
         if len(recall):
             ax.plot(np.r_[0.0, recall], np.r_[precision[0], precision], drawstyle="steps-pre")
@@ -121,10 +118,7 @@ def plot_pr_grid(
 
 def plot_images(images: list[np.ndarray], titles: list[str], path: str | Path, ncols=3) -> None:
     """RGB images in a grid with a title each (e.g. test images with their detections)."""
-    ncols = min(ncols, max(1, len(images)))
-    nrows = math.ceil(len(images) / ncols)
-    fig = Figure(figsize=(4 * ncols, 3.3 * nrows), dpi=DPI, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    fig, axes = _grid(len(images), ncols, (4, 3.3))
     for ax, image, title in zip(axes, images, titles, strict=False):
         ax.imshow(image)
         ax.set_title(title, fontsize=9)
@@ -260,6 +254,15 @@ def _decorate(ax: Axes, title: str, ylabel: str, xlabel: str = "epoch") -> None:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+
+
+def _grid(count: int, max_cols: int, cell: tuple[float, float], extra_height: float = 0.0):
+    """A figure of ``count`` panels, at most ``max_cols`` a row; returns it and the flat axes."""
+    ncols = min(max_cols, max(1, count))
+    nrows = math.ceil(count / ncols)
+    size = (cell[0] * ncols, cell[1] * nrows + extra_height)
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
 
 
 def _save(fig: Figure, path: str | Path) -> None:

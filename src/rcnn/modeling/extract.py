@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from rcnn.data.feature_store import (
     write_meta,
 )
 from rcnn.errors import ConfigError
-from rcnn.files import output_lock
+from rcnn.files import file_identity, output_lock
 from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -56,36 +56,20 @@ class FeaturesConfig:
             raise ConfigError("--batch must be >= 0 and the chunk size >= 1")
 
 
-def model_identity(path: str | Path) -> dict:
-    """What tells one model file from another without reading it: path, size, mtime."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def run_features(cfg: FeaturesConfig) -> dict:
     """Computes the missing feature chunks of every requested split; returns a summary."""
-    import torch
 
     from rcnn.modeling.features import feature_dims, forward_features
-    from rcnn.modeling.trained import load_model
+    from rcnn.modeling.trained import for_inference, load_model
     from rcnn.training.train import (
         autocast,
-        configure_device,
-        for_device,
         input_stats,
         load_split,
         make_feeder,
-        resolve_device,
     )
 
     loaded = load_model(cfg.model)
-    device = resolve_device(cfg.device)
-    configure_device(device)
-    train = replace(loaded.config, workers=cfg.threads, pipeline="auto")
-    train = for_device(replace(train, amp=cfg.amp, val_batch=cfg.batch), device)
-    fmt = torch.channels_last if train.channels_last else torch.contiguous_format
-    model = loaded.model.to(device, memory_format=fmt)
+    device, train, model = for_inference(loaded, cfg.device, cfg.threads, cfg.batch, cfg.amp)
     dims = {name: feature_dims(model)[name] for name in cfg.layers}
     splits = {split: load_split(cfg.data, split) for split in cfg.splits}
     root = Path(cfg.out)
@@ -128,7 +112,7 @@ def _claim(root: Path, cfg: FeaturesConfig, loaded, train, dims: dict, splits: d
     """Writes (or checks) ``meta.json``: features of another model or other regions are
     refused unless ``overwrite``; new layers and splits are added."""
     model = {
-        **model_identity(loaded.source),
+        **file_identity(loaded.source),
         "backbone": train.backbone,
         "input_size": train.input_size,
         "context_pad": train.context_pad,

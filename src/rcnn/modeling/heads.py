@@ -16,9 +16,9 @@ from pathlib import Path
 
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
 from rcnn.errors import RcnnError
-from rcnn.files import atomic_write_bytes, output_lock
+from rcnn.files import atomic_write_bytes, file_identity, output_lock
 from rcnn.modeling.bbox_regression import BBoxConfig, train_bbox
-from rcnn.modeling.extract import FeaturesConfig, model_identity, run_features
+from rcnn.modeling.extract import FeaturesConfig, run_features
 from rcnn.modeling.svm import SVMConfig, train_svms
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def features_for(cfg: HeadConfig, layer: str) -> tuple:
     root = Path(cfg.features) if cfg.features else run_folder(cfg.model) / "features"
     meta = read_meta(root)
     if meta is not None:
-        identity = model_identity(loaded.source)
+        identity = file_identity(loaded.source)
         recorded = {k: meta["model"].get(k) for k in identity}
         if recorded["size"] != identity["size"] or recorded["mtime_ns"] != identity["mtime_ns"]:
             raise FeatureStoreError(

@@ -13,7 +13,7 @@ import torch
 from rcnn.errors import ConfigError
 from rcnn.modeling.model import build_model
 from rcnn.training.config import TrainConfig
-from rcnn.training.train import CheckpointError, config_from_checkpoint, load_checkpoint
+from rcnn.training.train import CheckpointError, config_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,10 @@ def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedMode
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable model, truncated or damaged") from err
     if isinstance(state, dict) and state.get("format") == "rcnn-checkpoint":
-        ckpt = load_checkpoint(path)
-        cfg, names = config_from_checkpoint(ckpt), list(ckpt["classes"][1:])
+        cfg, names = config_from_checkpoint(state), list(state["classes"][1:])
         if classes and [c.lower() for c in classes] != [c.lower() for c in names]:
             raise CheckpointError(f"--classes {' '.join(classes)}: {path} was trained for {names}")
-        weights = ckpt["model"]
+        weights = state["model"]
     else:
         if not classes:
             raise ConfigError(
@@ -77,3 +76,18 @@ def _config_beside(path: Path) -> TrainConfig:
         return TrainConfig()
     known = set(TrainConfig.__dataclass_fields__)
     return TrainConfig(**{k: v for k, v in json.loads(config.read_text()).items() if k in known})
+
+
+def for_inference(loaded: LoadedModel, device: str, threads: int, batch: int, amp: bool | None):
+    """The device, the run's settings for scoring there (warp threads, batch, precision) and
+    the model on that device in eval mode: what the detector and feature extraction share."""
+    from dataclasses import replace
+
+    from rcnn.training.train import configure_device, for_device, resolve_device
+
+    dev = resolve_device(device)
+    configure_device(dev)
+    settings = replace(loaded.config, workers=threads, pipeline="auto", amp=amp, val_batch=batch)
+    settings = for_device(settings, dev)
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    return dev, settings, loaded.model.to(dev, memory_format=fmt).eval()
