@@ -83,6 +83,9 @@ def bad_invocations(prepared, run, tmp_path):
         (["train", "--resume", str(run), "--optimizer", "sgd"], "--optimizer sgd"),
         (["train", "--resume", str(run), "--epochs", "1"], "has already trained 1 epochs"),
         (["train", "--resume", str(run), "--preset", "adam"], "--preset cannot be combined"),
+        (["train", "--resume", str(run), "--out", new], "is not --resume"),
+        # --out naming the run's own folder is accepted (the next check is what stops it).
+        (["train", "--resume", str(run), "--out", f"{run}/", "--epochs", "1"], "already trained"),
         (["evaluate", str(run / "model.pth"), "--data", data], "holds only weights"),
     ]  # fmt: skip
 

@@ -91,8 +91,8 @@ def test_select_detections_caps_and_threshold():
 
 def test_result_files_are_1_based_inclusive_and_round_trip(tmp_path):
     boxes = np.array([[0, 0, 10, 10], [4.5, 2, 30, 20.25]], np.float32)
-    detections = {1: (["000001", "000002"], np.array([0.9, 0.25]), boxes)}
-    write_results(tmp_path, "test", ["car"], detections)
+    detections = {1: (np.array([0, 1]), np.array([0.9, 0.25]), boxes)}
+    write_results(tmp_path, "test", ["car"], detections, ["000001", "000002"])
     lines = (tmp_path / "comp4_det_test_car.txt").read_text().splitlines()
     assert lines[0] == "000001 0.9 1.0 1.0 10.0 10.0"
     names, scores, back = read_results(tmp_path / "comp4_det_test_car.txt")
@@ -243,26 +243,34 @@ def test_torchrun_shares_images_and_gives_the_same_results(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     name = "comp4_det_test_car.txt"
     assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    # A folder another process is writing: every rank stops with the message, none hangs or
+    # ends in a communication traceback.
+    from rcnn.files import output_lock
+
+    with output_lock(tmp_path / "two", "rcnn test"):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("is being written by rcnn test") == 2, done.stderr[-2000:]
+    assert "gloo" not in done.stderr.lower() and "Connection" not in done.stderr, done.stderr
 
 
 def test_close_scores_keep_their_order_in_result_files(tmp_path):
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
     scores = np.array([0.9999996, 0.9999999], np.float32)
-    write_results(tmp_path, "test", ["car"], {1: (["a", "b"], scores, boxes)})
+    write_results(tmp_path, "test", ["car"], {1: (np.array([0, 1]), scores, boxes)}, ["a", "b"])
     _, back, _ = read_results(tmp_path / "comp4_det_test_car.txt")
     assert back[1] > back[0]
 
 
 def test_a_class_missing_from_the_split_is_left_out_of_the_mean():
-    from rcnn.detection.voc_test import evaluate_detections
-    from rcnn.evaluation.voc_eval import GroundTruth
+    from rcnn.detection.voc_test import SplitTruth, evaluate_detections
+    from rcnn.evaluation.voc_eval import ClassTruth, GroundTruth
 
-    truth = {
-        "car": {"a": GroundTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))},
-        "bus": {"a": GroundTruth(np.zeros((0, 4)), np.zeros(0, bool))},
-    }
-    dets = {1: (["a"], np.array([0.9]), np.array([[0, 0, 10, 10]], float)),
-            2: (["a"], np.array([0.8]), np.array([[5, 5, 20, 20]], float))}  # fmt: skip
+    car = GroundTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))
+    classes = {"car": ClassTruth.of(["a"], {"a": car}), "bus": ClassTruth.of(["a"], {})}
+    truth = SplitTruth(["a"], classes, {}, {}, {}, set())
+    dets = {1: (np.array([0]), np.array([0.9]), np.array([[0, 0, 10, 10]], float)),
+            2: (np.array([0]), np.array([0.8]), np.array([[5, 5, 20, 20]], float))}  # fmt: skip
     metrics = evaluate_detections(dets, truth, ["car", "bus"])
     assert metrics["map"] == 1.0 and np.isnan(metrics["classes"]["bus"]["ap"])
 
@@ -274,3 +282,128 @@ def test_detect_on_only_unreadable_images_reports_them(trained, tmp_path, capsys
     argv = ["detect", str(trained / "run"), str(folder), "--out", str(tmp_path / "d"), *FLAGS]
     assert main(argv) == 0
     assert "0 detections in 0 images (1 skipped)" in capsys.readouterr().out
+
+
+def test_detect_never_writes_over_its_inputs_and_reads_plain_files_only(trained, tmp_path):
+    import os
+
+    images = tmp_path / "imgs"
+    (images / "a").mkdir(parents=True)
+    (images / "b").mkdir()
+    source = trained / "voc" / "JPEGImages" / "000002.jpg"
+    for path in (images / "x.jpg", images / "a" / "x.jpg", images / "b" / "x-2.jpg"):
+        shutil.copy(source, path)
+    before = (images / "x.jpg").read_bytes()
+    base = [str(trained / "run"), "--cache-dir", str(trained / "cache"), *FLAGS]
+    # Pictures into the folder of the inputs could replace them: refused before any work.
+    assert main(["detect", *base[:1], str(images), "--out", str(images), *base[1:]]) == 2
+    assert (images / "x.jpg").read_bytes() == before
+    assert sorted(p.name for p in images.iterdir()) == ["a", "b", "x.jpg"]
+    # A FIFO or a device behind an image name is skipped, not read (it would hang or never end).
+    os.mkfifo(images / "a" / "pipe.jpg")
+    (images / "a" / "zero.jpg").symlink_to("/dev/zero")
+    out = tmp_path / "out"
+    argv = ["detect", *base[:1], str(images / "a"), str(images / "b"), str(images / "x.jpg"),
+            str(images / "a" / "x.jpg"), "--out", str(out), *base[1:]]  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    # Three images (the one given twice is detected once), three distinct pictures.
+    assert [r["picture"] for r in records] == ["x.jpg", "x-2.jpg", "x-3.jpg"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "detections.jsonl", "x-2.jpg", "x-3.jpg", "x.jpg"]  # fmt: skip
+    assert main(["detect", *base[:1], str(images / "a" / "zero.jpg"), "--out",
+                 str(tmp_path / "z"), *base[1:]]) == 2  # fmt: skip
+    # --overwrite replaces the whole previous result, pictures of other names included.
+    argv = ["detect", *base[:1], str(images / "b"), "--out", str(out), "--overwrite", *base[1:]]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "detections.jsonl", "x-2.jpg"]  # fmt: skip
+
+
+def test_rcnn_test_detects_changed_inputs_again(trained, tmp_path, caplog):
+    voc = tmp_path / "voc"
+    shutil.copytree(trained / "voc", voc)
+    ids = read_id_file(VOCDataset(voc).split_path("test"))[:3]
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "test"
+    argv = ["test", str(trained / "run"), "--voc-root", str(voc), "--out", str(out),
+            "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+    (voc / "JPEGImages" / f"{ids[0]}.jpg").write_bytes(b"broken")
+    assert main(argv) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert len(first["skipped"]) == 1
+    saved = {i: (out / "detections" / f"{i}.npz").stat().st_mtime_ns for i in ids}
+    # The broken image fixed, another annotation edited: only those two are detected again.
+    shutil.copy(trained / "voc" / "JPEGImages" / f"{ids[0]}.jpg", voc / "JPEGImages")
+    xml = voc / "Annotations" / f"{ids[1]}.xml"
+    xml.write_text(xml.read_text().replace("<difficult>1</difficult>", "<difficult>0</difficult>")
+                   + "\n")  # fmt: skip
+    (out / "detections" / f".{ids[2]}.npz.abcd1234.tmp").write_bytes(b"half")
+    assert main(argv) == 0
+    again = {i: (out / "detections" / f"{i}.npz").stat().st_mtime_ns for i in ids}
+    assert [again[i] != saved[i] for i in ids] == [True, True, False]
+    assert json.loads((out / "metrics.json").read_text())["skipped"] == []
+    assert not list(out.rglob("*.tmp"))
+    # A damaged per-image file is made again, with a warning, not trusted or fatal.
+    (out / "detections" / f"{ids[2]}.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert main(argv) == 0
+    assert "detections file (File is not a zip file); detecting that image again" in caplog.text
+
+
+def test_scored_result_files_must_be_finite_unambiguous_and_of_the_split(trained, tmp_path, capsys):
+    voc = str(trained / "voc")
+    ids = read_id_file(VOCDataset(voc).split_path("test"))
+    dets = tmp_path / "dets"
+    dets.mkdir()
+    good = f"{ids[0]} 0.9 10 10 50 50\n"
+    cases = [
+        ({"comp4_det_test_car.txt": f"{ids[0]} nan 10 10 50 50\n"}, [], "not a finite number"),
+        ({"comp4_det_test_car.txt": f"{ids[0]} 0.5 nan 10 50 50\n"}, [], "not a finite number"),
+        ({"comp4_det_test_car.txt": b"\xff\xfe\x00bad"}, [], "not a text result file"),
+        ({"comp4_det_test_car.txt": good, "comp3_det_test_car.txt": good}, [],
+         "--competition comp3"),
+        ({"comp4_det_test_car.txt": "notanimage 0.9 10 10 50 50\n"}, [], "another dataset"),
+        ({"comp4_det_test_bus.txt": good}, [], "no (non-difficult) object of ['bus']"),
+    ]  # fmt: skip
+    for files, extra, message in cases:
+        for old in dets.iterdir():
+            old.unlink()
+        for name, text in files.items():
+            (dets / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
+                *extra]  # fmt: skip
+        assert main(argv) == 2, files
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (files, err)
+    # Choosing the competition reads its files alone.
+    (dets / "comp4_det_test_car.txt").write_text(good)
+    (dets / "comp3_det_test_car.txt").write_text(good)
+    argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
+            "--competition", "comp4"]  # fmt: skip
+    assert main(argv) == 0
+
+
+def test_an_rcnn_test_folder_is_not_rescored_in_place(trained, tmp_path, capsys):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "settings.json").write_text("{}")
+    (out / "metrics.json").write_text('{"proposal_recall": 1.0}')
+    shutil.copy(trained / "voc" / "ImageSets" / "Main" / "car_test.txt",
+                out / "comp4_det_test_car.txt")  # fmt: skip
+    argv = ["test", "--dets", str(out), "--voc-root", str(trained / "voc")]
+    assert main(argv) == 2
+    assert "pass --out" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text()) == {"proposal_recall": 1.0}
+
+
+def test_a_model_of_other_classes_than_the_split_is_refused(trained, tmp_path, capsys):
+    voc = tmp_path / "voc"
+    shutil.copytree(trained / "voc", voc)
+    for xml in (voc / "Annotations").glob("*.xml"):
+        xml.write_text(xml.read_text().replace("<name>car</name>", "<name>bus</name>"))
+    argv = ["test", str(trained / "run"), "--voc-root", str(voc), "--out", str(tmp_path / "t"),
+            *FLAGS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no (non-difficult) object of ['car']" in err and "['bus']" in err
+    assert not (tmp_path / "t").exists(), "refused before anything was written"

@@ -155,26 +155,36 @@ def test_features_equal_the_networks_activations(heads_run, prepared):
     assert meta["layers"] == {"fc7": 4096, "pool5": 9216}
 
 
+@pytest.mark.precision
 def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path):
-    out = tmp_path / "feats"
-    argv = ["features", str(heads_run / "run"), "--data", str(heads_run / "regions"), "--out",
-            str(out), *FLAGS]  # fmt: skip
     from rcnn.modeling.extract import FeaturesConfig, run_features
 
-    # Small chunks, so that a tiny set has several; the store keeps its chunk size.
+    out = tmp_path / "feats"
+    # Small chunks, so that a tiny set has several; the store keeps its chunk size. The
+    # precision is automatic: bfloat16 or float32, as this machine (or RCNN_NATIVE_BF16) says.
     cfg = FeaturesConfig(str(heads_run / "run"), str(heads_run / "regions"), str(out),
                          device="cpu", chunk=256, progress=False)  # fmt: skip
     run_features(cfg)
     chunks = sorted((out / "train" / "fc7").glob("*.npy"))
     assert len(chunks) >= 2
     first = {p.name: p.read_bytes() for p in chunks}
-    # Killed part-way: the last chunks never written. A new run computes only those.
+    made_in = json.loads((out / "meta.json").read_text())["precision"]
+    # Killed part-way: the last chunks never written, a temporary file left behind.
     for p in chunks[1:]:
         p.unlink()
+    (out / "train" / "fc7" / ".000001.npy.abcd1234.tmp").write_bytes(b"half")
     kept = chunks[0].stat().st_mtime_ns
+    argv = ["features", str(heads_run / "run"), "--data", str(heads_run / "regions"), "--out",
+            str(out), "--device", "cpu", "--no-progress"]  # fmt: skip
+    # The other precision would mix chunks that differ by about 0.3%: refused, nothing written.
+    other = "--amp" if made_in == "float32" else "--no-amp"
+    assert main([*argv, other]) == 2
+    assert sorted(p.name for p in (out / "train" / "fc7").glob("*.npy")) == [chunks[0].name]
+    # Automatic precision resumes in the store's own, whatever this machine's default is.
     assert main(argv) == 0
     assert {p.name: p.read_bytes() for p in sorted((out / "train" / "fc7").glob("*.npy"))} == first
     assert chunks[0].stat().st_mtime_ns == kept
+    assert not list(out.rglob("*.tmp")), "a successful run removes interrupted writes' leftovers"
 
 
 def test_train_svm_and_bbox_then_detect_with_them(heads_run, capsys):
@@ -210,9 +220,11 @@ def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
     other = tmp_path / "other"
     import shutil
 
-    shutil.copytree(run, other, ignore=shutil.ignore_patterns("svm", "bbox", "features"))
+    shutil.copytree(
+        run, other, ignore=shutil.ignore_patterns("svm", "bbox", "features", "*.pth", "last.pt")
+    )
     best = torch.load(other / "best.pt", weights_only=True)
-    best["epoch"] = 99
+    best["model"]["classifier.6.bias"] += 1e-3  # same architecture, other weights
     torch.save(best, other / "best.pt")
     cases = [
         (["train-svm", str(other), "--data", str(heads_run / "regions"), "--features",
@@ -248,3 +260,125 @@ def test_svm_of_other_classes_is_refused(heads_run, tmp_path):
         Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "svm2"), device="cpu"))
     with pytest.raises(FileNotFoundError, match="rcnn train-svm"):
         Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "none"), device="cpu"))
+
+
+def test_heads_of_another_network_are_refused_and_of_a_copy_accepted(heads_run, tmp_path):
+    import shutil
+
+    from rcnn.detection.config import DetectorConfig
+    from rcnn.detection.detector import Detector
+    from rcnn.errors import RcnnError
+    from rcnn.modeling.trained import load_model
+
+    run = heads_run / "run"
+    cfg = DetectorConfig(scorer="svm", svm=str(run / "svm"), bbox_reg=str(run / "bbox"),
+                         device="cpu")  # fmt: skip
+    copy = tmp_path / "copy.pt"
+    shutil.copy(run / "best.pt", copy)  # the same weights elsewhere, with another file time
+    Detector(load_model(copy), cfg)
+    best = torch.load(run / "best.pt", weights_only=True)
+    best["model"]["features.0.bias"] += 1e-4  # same architecture and size, other weights
+    torch.save(best, tmp_path / "other.pt")
+    with pytest.raises(RcnnError, match="features of another model"):
+        Detector(load_model(tmp_path / "other.pt"), cfg)
+
+
+def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(
+        heads_run / "run", run, ignore=shutil.ignore_patterns("features", "*.pth", "last.pt")
+    )
+    feats = tmp_path / "feats"
+    shutil.copytree(heads_run / "feats", feats)
+    data = tmp_path / "regions"
+    shutil.copytree(heads_run / "regions", data)
+    image = json.loads((data / "train" / "meta.json").read_text())["images"][0]
+    detect = ["detect", str(run), image, "--out", str(tmp_path / "d"), *FLAGS]
+    svm = [*detect, "--scorer", "svm"]
+    train_svm = ["train-svm", str(run), "--data", str(data), "--features", str(feats),
+                 "--device", "cpu", "--no-progress"]  # fmt: skip
+
+    def damage(path, data: bytes):
+        path.write_bytes(data)
+
+    def keep_json_but(path, **changes):
+        value = json.loads(path.read_text())
+        value.update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            value.pop(key)
+        path.write_text(json.dumps(value))
+
+    state = torch.load(run / "best.pt", weights_only=True)
+    pth = tmp_path / "pth"
+    pth.mkdir()
+    torch.save(state["model"], pth / "model.pth")
+    cases = [
+        (lambda: damage(run / "svm" / "svm.json", b"{half"), svm, "svm.json: not a readable"),
+        (lambda: keep_json_but(run / "svm" / "svm.json", classes=None), svm, "classes missing"),
+        (lambda: damage(run / "svm" / "svm.npz", b"PK\x03\x04"), svm, "svm.npz is not the file"),
+        (lambda: damage(run / "bbox" / "bbox.json", b"[]"), [*detect, "--bbox-reg",
+         str(run / "bbox")], "bbox.json: not a"),
+        (lambda: damage(feats / "train" / "fc7" / "000000.npy", b"\x93NUMPY junk"), train_svm,
+         "000000.npy: unreadable"),
+        (lambda: damage(feats / "meta.json", "{\"format\": \"\xe9\"}".encode("latin-1")),
+         train_svm, "meta.json: not a readable"),
+        (lambda: damage(data / "train" / "meta.json", b"\x00\x01"), train_svm,
+         "meta.json: not a readable region store"),
+        (lambda: damage(pth / "config.json", b"[1, 2]"), ["detect", str(pth / "model.pth"),
+         image, "--classes", "car", "--out", str(tmp_path / "d"), *FLAGS], "config.json: not a"),
+        (lambda: damage(pth / "config.json", b'{"lr": -1}'), ["detect", str(pth / "model.pth"),
+         image, "--classes", "car", "--out", str(tmp_path / "d"), *FLAGS],
+         "config.json: a setting that rcnn cannot use"),
+        (lambda: torch.save({k: v for k, v in state.items() if k != "model"}, run / "best.pt"),
+         detect, "model missing"),
+        (lambda: damage(run / "metrics.csv", b"epoch,lr\nfirst,0.1\n"),
+         ["compare", str(run), "--out", str(tmp_path / "c.png")], "not a metrics table"),
+        (lambda: None, ["compare", str(heads_run / "run"), "--out", str(tmp_path / "c.gif")],
+         "a figure is written as"),
+    ]  # fmt: skip
+    pristine = {
+        path: path.read_bytes()
+        for folder in (run / "svm", run / "bbox", feats, data)
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix != ".npy"
+    }
+    pristine[feats / "train" / "fc7" / "000000.npy"] = b""  # restored from the original
+    for make, argv, message in cases:
+        for path, content in pristine.items():  # each case damages one file of whole ones
+            if path.suffix == ".npy":
+                shutil.copy(heads_run / "feats" / path.relative_to(feats), path)
+            else:
+                path.write_bytes(content)
+        make()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (message, err)
+    # A figure of another format is written in that format, not as PNG bytes under its name.
+    assert main(["compare", str(heads_run / "run"), "--out", str(tmp_path / "c.pdf")]) == 0
+    assert (tmp_path / "c.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_svms_need_the_ground_truth_positives_of_the_paper_preset(heads_run, prepared, capsys):
+    argv = ["train-svm", str(heads_run / "run"), "--data", str(prepared), *FLAGS]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "without their ground-truth boxes" in err and "--preset paper" in err
+
+
+def test_messages_name_what_to_do(heads_run, tmp_path, capsys):
+    import shutil
+
+    feats = tmp_path / "feats"
+    shutil.copytree(heads_run / "feats", feats)
+    meta = json.loads((feats / "meta.json").read_text())
+    meta["splits"]["train"]["generation"] = "0123456789abcdef"
+    (feats / "meta.json").write_text(json.dumps(meta))
+    argv = ["train-svm", str(heads_run / "run"), "--data", str(heads_run / "regions"),
+            "--features", str(feats), "--out", str(tmp_path / "svm"), *FLAGS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    # train-svm has no --overwrite: the message says which command has one.
+    assert "rcnn features" in err and "--overwrite" in err and "--features" in err
+    assert "regions, not" not in err

@@ -99,3 +99,17 @@ def test_missing_and_corrupt_images_reported(images, tmp_path):
     assert results[0].error == "" and len(results[0].boxes) > 0
     assert "missing.jpg: cannot read image" in results[1].error
     assert "corrupt.jpg: not a readable image" in results[2].error
+
+
+def test_large_images_are_shrunk_by_default_and_small_ones_keep_their_entries(images):
+    assert ProposalConfig().max_side == 1000  # a 6000x4000 photo: minutes and GBs at full size
+    small = Path(images[0]).read_bytes()  # 96x72
+    # An image that fits the cap is searched at full size: one cache entry, whatever the cap.
+    assert ProposalCache.key(small, ProposalConfig("fast", 0)) == ProposalCache.key(
+        small, ProposalConfig("fast", 1000)
+    )
+    assert ProposalCache.key(small, ProposalConfig("fast", 64)) != ProposalCache.key(
+        small, ProposalConfig("fast", 0)
+    )
+    assert ProposalConfig("fast", 64).for_image((96, 72)).max_side == 64
+    assert ProposalConfig("fast", 96).for_image((96, 72)).max_side == 0

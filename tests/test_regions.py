@@ -77,7 +77,7 @@ def test_damaged_meta_and_wrong_version(tmp_path):
     meta = tmp_path / "meta.json"
     text = meta.read_text()
     meta.write_text(text[:30])
-    with pytest.raises(RegionStoreError, match="meta.json: damaged"):
+    with pytest.raises(RegionStoreError, match="meta.json: not a readable region store"):
         RegionSet.load(tmp_path)
     obj = json.loads(text)
     obj["version"] = 99

@@ -6,9 +6,11 @@ from rcnn.data.voc import (
     VOCDataset,
     VOCFormatError,
     parse_annotation,
+    read_id_file,
     resolve_classes,
     voc_to_box,
 )
+from rcnn.errors import ConfigError
 
 from .conftest import write_xml
 
@@ -177,3 +179,48 @@ def test_each_spelling_is_reported_once(make_voc, caplog):
     for i in (1, 2, 3):
         parse_annotation(root / "Annotations" / f"{i}.xml").select(["car"], False)
     assert caplog.text.count("class name 'Car'") == 1
+
+
+@pytest.mark.parametrize("bad", ["sub/a1", "/etc/passwd", "..", "../x", ".hidden", "a\\b"])
+def test_ids_that_name_other_files_are_refused(small_voc, bad):
+    main = small_voc / "ImageSets" / "Main"
+    with (main / "val.txt").open("a") as f:
+        f.write(f"{bad}\n")
+    with pytest.raises(VOCFormatError, match=r"val.txt:3: .* is not an image id"):
+        read_id_file(main / "val.txt")
+    (main / "car_val.txt").write_text(f"000005  1\n{bad}  1\n")
+    with pytest.raises(VOCFormatError, match=r"car_val.txt:2: .* is not an image id"):
+        VOCDataset(small_voc).select_images("val", ["car"])
+
+
+def test_an_image_listed_twice_is_an_error(small_voc):
+    main = small_voc / "ImageSets" / "Main"
+    (main / "val.txt").write_text("000005\n000006\n000005\n")
+    with pytest.raises(VOCFormatError, match=r"val.txt:3: image 000005 is listed twice"):
+        read_id_file(main / "val.txt")
+    (main / "car_val.txt").write_text("000005  1\n000005 -1\n")
+    with pytest.raises(VOCFormatError, match="listed twice"):
+        VOCDataset(small_voc).select_images("val", ["car"])
+
+
+@pytest.mark.parametrize("name", ["../../x/notes", "a/b", ".car", "", "tab\tcar", "x\\y"])
+def test_class_names_that_cannot_be_file_names_are_refused(name):
+    from rcnn.data.voc import check_class_names
+
+    with pytest.raises(ConfigError, match="not a usable class name"):
+        resolve_classes(["car", name])
+    with pytest.raises(ConfigError, match="best.pt: .* not a usable class name"):
+        check_class_names(["car", name], "best.pt")
+    assert check_class_names(["traffic light", "Car"], "x") == ["traffic light", "Car"]
+
+
+def test_each_annotation_is_read_once(make_voc, caplog):
+    # Without class files the selection reads every XML; its warnings are not given twice.
+    root = make_voc([("a", "train", [("car", (10, 10, 50, 40), False)])], class_files=())
+    path = root / "Annotations" / "a.xml"
+    write_xml(path, "a.jpg", (96, 72), [("car", (11, 11, 120, 40), False)])
+    voc = VOCDataset(root)
+    with caplog.at_level("WARNING"):
+        assert voc.select_images("train", ["car"]) == ["a"]
+        assert voc.annotation("a").objects[0].box == (10, 10, 96, 40)
+    assert caplog.text.count("reaches outside") == 1

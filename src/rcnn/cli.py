@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from rcnn import __version__
 from rcnn.errors import ConfigError, RcnnError
@@ -125,9 +126,9 @@ def _add_prepare(sub) -> None:
     p.add_argument(
         "--max-side",
         type=int,
-        default=0,
-        help="shrink images so the longer side is at most this before searching "
-        "(0 = full size); boxes are mapped back to full size",
+        default=1000,
+        help="images whose longer side is larger are shrunk to this for Selective Search, "
+        "whose time and memory grow with the pixels (0 = never); boxes are mapped back",
     )
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
     p.add_argument(
@@ -317,9 +318,13 @@ def _cmd_train(args) -> None:
     flags.pop("progress", None)
     progress = False if args.no_progress else None
     if args.resume:
-        for flag, value in (("--preset", args.preset), ("--out", args.out)):
-            if value is not None:
-                raise ConfigError(f"{flag} cannot be combined with --resume RUN")
+        if args.preset is not None:
+            raise ConfigError("--preset cannot be combined with --resume RUN")
+        if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(
+                f"--out {args.out} is not --resume {args.resume}: a resumed run goes on in "
+                "its own folder (copy the folder first to continue it elsewhere)"
+            )
         cfg = resume_config(args.resume, data=args.data, progress=progress, **flags)
         run_train(cfg, resume=True)
         return
@@ -429,7 +434,11 @@ def _add_detector_flags(p, thresh_help: str, max_per_image: int, max_per_class: 
         help="Selective Search strategy at test time",
     )
     p.add_argument(
-        "--max-side", type=int, default=0, help="shrink images for Selective Search (0 = off)"
+        "--max-side",
+        type=int,
+        default=1000,
+        help="images whose longer side is larger are shrunk to this for Selective Search "
+        "(0 = never)",
     )
     p.add_argument(
         "--batch", type=int, default=0, help="regions a forward pass (0: 1024 on CUDA, 256 else)"
@@ -536,6 +545,12 @@ def _add_test(sub) -> None:
     p.add_argument("--split", default="test", help="ImageSets/Main/{split}.txt")
     p.add_argument("--out", help="output folder (default with --dets: the --dets folder)")
     p.add_argument("--dets", help="score the result files in this folder instead of detecting")
+    p.add_argument(
+        "--competition",
+        metavar="PREFIX",
+        help="with --dets: read {PREFIX}_det_{split}_{class}.txt (e.g. comp4) when the folder "
+        "holds several competitions' files",
+    )
     _add_detector_flags(
         p,
         "keep only boxes scoring at least this (default: every box counts, as AP needs)",
@@ -566,7 +581,7 @@ def _cmd_test(args) -> None:
         if args.model:
             raise ConfigError("give MODEL or --dets DIR, not both")
         metrics = evaluate_result_files(
-            args.dets, args.voc_root, args.split, args.classes, args.out
+            args.dets, args.voc_root, args.split, args.classes, args.out, args.competition
         )
     else:
         if not args.model or not args.out:

@@ -213,6 +213,7 @@ def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
 def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
     """A few test images with their ground truth (green) and the detections scoring at least
     the reference detector's 0.6 (in the class colour)."""
+    from rcnn.data.images import read_image
     from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
     from rcnn.detection.detector import Detections
     from rcnn.detection.draw import GROUND_TRUTH_COLOR, draw_boxes, draw_detections
@@ -222,7 +223,7 @@ def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
     classes = json.loads((test / "settings.json").read_text())["classes"]
     images, titles = [], []
     for image_id in read_id_file(dataset.split_path("test"))[:count]:
-        image = cv2.imread(str(dataset.image_path(image_id)))
+        image = read_image(dataset.image_path(image_id))
         truth = [o.box for o in parse_annotation(dataset.annotation_path(image_id)).objects]
         image = draw_boxes(image, np.array(truth).reshape(-1, 4), [""] * len(truth),
                            [GROUND_TRUTH_COLOR] * len(truth))  # fmt: skip

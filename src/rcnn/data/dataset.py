@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rcnn.data.images import read_image
 from rcnn.data.regions import RegionSet, RegionStoreError
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,15 @@ class ImageStore:
         sizes = list(sizes) if sizes else [None] * len(paths)
 
         def decode(path: str, size) -> np.ndarray:
-            image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR; converted right below
+            why = ""
+            try:
+                image = read_image(path)  # BGR; converted right below
+            except OSError as err:
+                image, why = None, f" ({err.strerror or err})"
             if image is None:
                 raise FileNotFoundError(
-                    f"{path}: image missing or unreadable; the region store "
-                    "refers to it (re-run `rcnn prepare`?)"
+                    f"{path}: image missing or unreadable{why}; the region store refers to it "
+                    "(re-run `rcnn prepare`?)"
                 )
             found = (image.shape[1], image.shape[0])
             if size is not None and tuple(size) != found:

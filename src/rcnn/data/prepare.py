@@ -21,11 +21,10 @@ from rcnn.data.voc import (
     VOCAnnotation,
     VOCDataset,
     VOCFormatError,
-    parse_annotation,
     resolve_classes,
 )
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.files import atomic_write_json, output_lock
+from rcnn.files import atomic_write_json, output_dir, output_lock, remove_temporaries
 from rcnn.ops.boxes import clip_boxes, nonempty
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ def _load_annotations(voc: VOCDataset, ids: list[str], skipped: list[dict]):
     for image_id in ids:
         path = voc.annotation_path(image_id)
         try:
-            ann = parse_annotation(path)
+            ann = voc.annotation(image_id)
         except VOCFormatError as err:
             skipped.append({"image": image_id, "reason": str(err)})
             continue
@@ -200,9 +199,9 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     stores and the summary share one ``generation`` id, which training checks.
     """
     voc = VOCDataset(cfg.voc_root)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out)
     with output_lock(out, "rcnn prepare"):
+        remove_temporaries(out)
         for stale in out.glob(".prepare-*"):  # left by a run that was killed: we hold the lock
             _restore(stale / ".previous", out)
             shutil.rmtree(stale, ignore_errors=True)

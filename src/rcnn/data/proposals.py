@@ -21,20 +21,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rcnn.data.images import decode_image, image_size
 from rcnn.errors import ConfigError
-from rcnn.files import atomic_write_bytes
+from rcnn.files import atomic_write_bytes, read_regular_file
 from rcnn.ops.boxes import clip_boxes, nonempty, unique_boxes
 from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 MODES = ("quality", "fast")
+# Selective Search takes time and memory in proportion to pixels: a 6000x4000 photo took more
+# than 7 minutes and 3 GB at full size. Larger images are shrunk to this for the search (VOC's
+# and COCO's images, at most 500 and 640 pixels, are searched as they are).
+DEFAULT_MAX_SIDE = 1000
 
 
 @dataclass(frozen=True)
 class ProposalConfig:
     mode: str = "quality"
-    max_side: int = 0  # resize so the longer side is at most this before searching; 0 = off
+    max_side: int = DEFAULT_MAX_SIDE  # longer side shrunk to at most this first; 0 = never
+
+    def for_image(self, size: tuple[int, int] | None) -> ProposalConfig:
+        """The search an image of ``size`` gets: an image that fits ``max_side`` is searched at
+        full size, so its cache entry is the same whatever the cap."""
+        if self.max_side and size is not None and max(size) <= self.max_side:
+            return replace(self, max_side=0)
+        return self
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -44,7 +56,11 @@ class ProposalConfig:
 
     def cache_tag(self) -> str:
         # OpenCV's version is part of the key: another release may segment differently.
-        return f"selective-search/{self.mode}/max_side={self.max_side}/opencv={cv2.__version__}"
+        # Images are read as stored, their EXIF orientation ignored (rcnn.data.images).
+        return (
+            f"selective-search/{self.mode}/max_side={self.max_side}/opencv={cv2.__version__}"
+            "/stored-pixels"
+        )
 
 
 @dataclass
@@ -92,6 +108,9 @@ class ProposalCache:
 
     @staticmethod
     def key(image_bytes: bytes, config: ProposalConfig) -> str:
+        """The entry of an image's proposals under ``config`` (as the image gets it: see
+        :meth:`ProposalConfig.for_image`)."""
+        config = config.for_image(image_size(image_bytes))
         digest = hashlib.sha256(config.cache_tag().encode())
         digest.update(image_bytes)
         return digest.hexdigest()
@@ -118,9 +137,9 @@ class ProposalCache:
 
 def _read(path: str) -> tuple[bytes | None, str]:
     try:
-        return Path(path).read_bytes(), ""
+        return read_regular_file(path), ""
     except OSError as err:
-        return None, f"{path}: cannot read image ({err})"
+        return None, f"{path}: cannot read image ({err.strerror or err})"
 
 
 def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalResult:
@@ -129,7 +148,7 @@ def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalRe
     data, error = _read(path)
     if data is None:
         return ProposalResult(path, None, error=error)
-    image = decode(data)
+    image = decode_image(data)
     if image is None:
         what = "an empty file" if not data else "not a readable image (corrupt JPEG?)"
         return ProposalResult(path, None, error=f"{path}: {what}")
@@ -141,16 +160,6 @@ def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalRe
     if cache_root is not None:
         ProposalCache(cache_root).put(key, boxes, size)
     return ProposalResult(path, boxes, size)
-
-
-def decode(data: bytes) -> np.ndarray | None:
-    """A BGR uint8 image from encoded bytes; ``None`` when they are empty or undecodable."""
-    if not data:
-        return None  # OpenCV asserts on an empty buffer instead of failing politely
-    try:
-        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        return None
 
 
 def _init_worker() -> None:

@@ -28,14 +28,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rcnn.errors import RcnnError
-from rcnn.files import atomic_write_bytes, atomic_write_json
+from rcnn.files import (
+    DamagedFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    require_keys,
+)
 
 FORMAT = "rcnn-regions"
 VERSION = 2
@@ -179,20 +184,23 @@ class RegionSet:
                 "(create one with `rcnn prepare --voc-root DIR --out OUT`)"
             )
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise RegionStoreError(f"{meta_path}: damaged ({err})") from err
+            meta = read_json(meta_path, "region store description")
+        except DamagedFileError as err:
+            raise RegionStoreError(f"{err}; run `rcnn prepare` again") from None
         if meta.get("format") != FORMAT or meta.get("version") not in VERSIONS:
             raise RegionStoreError(
                 f"{meta_path}: not a version-{VERSION} {FORMAT} store "
                 f"(format={meta.get('format')!r}, version={meta.get('version')!r}); "
                 "run `rcnn prepare` again"
             )
+        require_keys(meta, ("classes", "images", "arrays"), meta_path, "rcnn prepare")
         specs = meta["arrays"]
+        require_keys(specs, ARRAYS, meta_path, "rcnn prepare")
         arrays = {name: _load_array(directory, name, specs[name], verify) for name in ARRAYS}
         truth = None
         if "gt_index" in specs:
             names = [f"gt_{n}" for n in GT_ARRAYS] + list(DETAIL_ARRAYS)
+            require_keys(specs, names, meta_path, "rcnn prepare")
             loaded = {n: _load_array(directory, n, specs[n], verify) for n in names}
             truth = GroundTruth(
                 **{n: loaded[f"gt_{n}"] for n in GT_ARRAYS},

@@ -14,6 +14,7 @@ annotations and the devkit's detection result files).
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -207,12 +208,38 @@ def parse_annotation(path: str | Path) -> VOCAnnotation:
     return VOCAnnotation(path.stem, filename, width, height, objects)
 
 
+# What may name a class or an image: it becomes part of file names (result files, per-image
+# detections), so no path separator, no control character, and no leading dot ("..").
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def safe_name(name: str) -> bool:
+    """Whether ``name`` can be a file name's part as it is: not empty, no ``/`` or ``\\``, no
+    control character, not starting with a dot."""
+    return bool(name) and not name.startswith(".") and not _UNSAFE.search(name)
+
+
+def check_class_names(names, source: str) -> list[str]:
+    """``names`` as a list, or a :class:`~rcnn.errors.ConfigError` naming ``source`` (a flag or
+    a file) when one of them is not a usable class name (see :func:`safe_name`)."""
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not safe_name(n.strip())]
+    if bad:
+        raise ConfigError(
+            f"{source}: {bad[0]!r} is not a usable class name (class names become parts of "
+            "file names: no '/', '\\', control characters or leading '.')"
+        )
+    return names
+
+
 def resolve_classes(names: list[str]) -> list[str]:
-    """Expands ``["all"]`` to the 20 VOC classes and rejects duplicates or empty lists."""
+    """Expands ``["all"]`` to the 20 VOC classes and rejects duplicates, empty lists and names
+    that cannot be part of a file name."""
     if names == ["all"]:
         return list(VOC_CLASSES)
     if not names:
         raise ConfigError("--classes must name at least one class (or 'all')")
+    check_class_names(names, "--classes")
     if len({class_key(n) for n in names}) != len(names):
         raise ConfigError(f"--classes has duplicates: {names}")
     if "background" in names or "__background__" in names:
@@ -225,23 +252,49 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8-sig").splitlines()
 
 
+def _image_id(value: str, path: Path, lineno: int) -> str:
+    """An image id as read from a split file; one that is not a plain file name (``sub/a1``,
+    ``/abs``, ``..``) would reach outside the VOC root, and is an error naming the line."""
+    if not safe_name(value):
+        raise VOCFormatError(
+            f"{path}:{lineno}: {value!r} is not an image id (ids name files in JPEGImages/ "
+            "and Annotations/: no '/', '\\' or leading '.')"
+        )
+    return value
+
+
+def _once(path: Path, seen: dict[str, int], image_id: str, lineno: int) -> None:
+    if image_id in seen:
+        raise VOCFormatError(
+            f"{path}:{lineno}: image {image_id} is listed twice (first on line "
+            f"{seen[image_id]}); each image must appear once"
+        )
+    seen[image_id] = lineno
+
+
 def read_id_file(path: Path) -> list[str]:
-    """Image ids from an ``ImageSets/Main/{split}.txt`` file."""
+    """Image ids from an ``ImageSets/Main/{split}.txt`` file, each once."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; {LAYOUT_HINT}")
-    return [line.split()[0] for line in read_lines(path) if line.strip()]
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if line.strip():
+            _once(path, seen, _image_id(line.split()[0], path, lineno), lineno)
+    return list(seen)
 
 
 def read_class_flags(path: Path) -> dict[str, int]:
-    """``{id: flag}`` from an ``ImageSets/Main/{class}_{split}.txt`` file."""
-    flags = {}
+    """``{id: flag}`` from an ``ImageSets/Main/{class}_{split}.txt`` file, each id once."""
+    flags, seen = {}, {}
     for lineno, line in enumerate(read_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
             raise VOCFormatError(f"{path}:{lineno}: expected '<id> <1|0|-1>', got {line!r}")
-        flags[parts[0]] = int(parts[1])
+        image_id = _image_id(parts[0], path, lineno)
+        _once(path, seen, image_id, lineno)
+        flags[image_id] = int(parts[1])
     return flags
 
 
@@ -253,9 +306,26 @@ class VOCDataset:
         for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
             if not (self.root / sub).is_dir():
                 raise FileNotFoundError(f"{self.root / sub} not found; {LAYOUT_HINT}")
+        self._parsed: dict[str, VOCAnnotation | VOCFormatError] = {}
 
     def annotation_path(self, image_id: str) -> Path:
         return self.root / "Annotations" / f"{image_id}.xml"
+
+    def annotation(self, image_id: str) -> VOCAnnotation:
+        """The parsed annotation of an image, read once (its warnings are given once).
+
+        Raises:
+            VOCFormatError: the file is missing or malformed (every time it is asked for).
+        """
+        if image_id not in self._parsed:
+            try:
+                self._parsed[image_id] = parse_annotation(self.annotation_path(image_id))
+            except VOCFormatError as err:
+                self._parsed[image_id] = err
+        found = self._parsed[image_id]
+        if isinstance(found, VOCFormatError):
+            raise found
+        return found
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
@@ -296,7 +366,7 @@ class VOCDataset:
         ids, seen_names = [], set()
         for image_id in read_id_file(self.split_path(split)):
             try:
-                ann = parse_annotation(self.annotation_path(image_id))
+                ann = self.annotation(image_id)
             except VOCFormatError as err:
                 # Keep it: prepare reports and skips it with the same message.
                 logger.debug("selection: %s", err)

@@ -35,7 +35,7 @@ class DetectorConfig:
     max_per_image: int = 100  # 0 = no cap
     max_per_class: int = 0  # per image and class; 0 = no cap
     mode: str = "fast"  # Selective Search at test time, as the reference detector
-    max_side: int = 0
+    max_side: int = 1000  # larger images are shrunk for Selective Search (rcnn.data.proposals)
     batch: int = 0  # regions per forward pass; 0: 1024 on CUDA, 256 elsewhere
     amp: bool | None = None  # None: bfloat16 where the device has it natively
     device: str = "auto"

@@ -1,51 +1,82 @@
 """``rcnn detect``: the detector over image files and folders, with pictures and a JSON-lines
-file of every detection."""
+file of every detection.
+
+Pictures and ``detections.jsonl`` are made in a staging folder inside ``--out`` and moved in
+when every image is done: an interrupted run leaves the previous results as they were, and
+``--overwrite`` replaces the previous run's pictures, not only those of the same names.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
 
+from rcnn.data.images import read_image
 from rcnn.detection.detector import Detector, DetectorConfig
 from rcnn.detection.draw import draw_detections
-from rcnn.errors import RcnnError
-from rcnn.files import atomic_write_bytes, output_lock
+from rcnn.errors import ConfigError, RcnnError
+from rcnn.files import (
+    atomic_write_bytes,
+    is_regular_file,
+    output_dir,
+    output_lock,
+    remove_temporaries,
+)
 from rcnn.modeling.trained import load_model
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+RESULTS = "detections.jsonl"
 
 
 def collect_images(inputs: list[str]) -> list[str]:
-    """Image files given directly or found (not recursively) in given folders, in order."""
-    paths = []
+    """Image files given directly or found (not recursively) in given folders, in order, each
+    once. Only plain files are taken: a FIFO or a device behind an image name is skipped with
+    a warning (or, given directly, refused), never read."""
+    paths, seen = [], set()
     for name in inputs:
         path = Path(name)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            odd = [p for p in found if not is_regular_file(p)]
+            for p in odd:
+                logger.warning("%s: not a regular file, skipped", p)
+            found = [p for p in found if p not in odd]
             if not found:
                 logger.warning("%s: no image files (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
-            paths += [str(p) for p in found]
-        elif path.is_file():
-            paths.append(str(path))
+        elif is_regular_file(path):
+            found = [path]
+        elif path.exists():
+            raise RcnnError(f"{path}: not a regular file or folder")
         else:
             raise FileNotFoundError(f"{path}: no such image file or folder")
+        for p in found:
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                paths.append(str(p))
     if not paths:
         raise RcnnError(f"no image to detect in {' '.join(inputs)}")
     return paths
 
 
 def picture_names(paths: list[str]) -> list[str]:
-    """``stem.jpg`` for each image, made unique when two folders hold the same name."""
-    names, seen = [], {}
+    """``stem.jpg`` for each image, made unique (``stem-2.jpg``, ...) when names meet."""
+    names, used = [], set()
     for path in paths:
         stem = Path(path).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(f"{stem}.jpg" if seen[stem] == 1 else f"{stem}-{seen[stem]}.jpg")
+        name, n = f"{stem}.jpg", 1
+        while name.lower() in used:  # case-insensitive file systems would merge them too
+            n += 1
+            name = f"{stem}-{n}.jpg"
+        used.add(name.lower())
+        names.append(name)
     return names
 
 
@@ -59,36 +90,85 @@ def run_detect(
     progress: bool = True,
 ) -> dict:
     """Detects objects in every image; writes ``OUT/NAME.jpg`` pictures and
-    ``OUT/detections.jsonl`` (one line per image: its path, size and detections with the box
-    in the project convention, the class and the score)."""
+    ``OUT/detections.jsonl`` (one line per image: its path, picture, size and detections with
+    the box in the project convention, the class and the score)."""
     paths = collect_images(inputs)
     out_dir = Path(out)
-    if (out_dir / "detections.jsonl").exists() and not overwrite:
-        raise RcnnError(
-            f"--out {out_dir} already holds detections.jsonl; pass --overwrite to replace it"
-        )
+    _check_out(out_dir, paths, overwrite)
     loaded = load_model(model, classes)
     detector = Detector(loaded, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     lines, skipped, total = [], [], 0
     with output_lock(out_dir, "rcnn detect"):
-        names = dict(zip(paths, picture_names(paths), strict=True))
-        for result, dets in detector.run(paths, progress):
-            if dets is None:
-                logger.warning("skipped %s", result.error)
-                skipped.append(result.error)
-                continue
-            picture = draw_detections(cv2.imread(result.path), dets, loaded.classes)
-            atomic_write_bytes(out_dir / names[result.path], _jpeg(picture))
-            total += len(dets)
-            lines.append(json.dumps(_record(result, dets, loaded.classes)))
-        atomic_write_bytes(out_dir / "detections.jsonl", "".join(f"{x}\n" for x in lines).encode())
+        _check_out(out_dir, paths, overwrite)  # again: another run may have finished meanwhile
+        remove_temporaries(out_dir)
+        for stale in out_dir.glob(".detect-*"):  # a killed run's staging folder
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".detect-", dir=out_dir))
+        try:
+            names = dict(zip(paths, picture_names(paths), strict=True))
+            for result, dets in detector.run(paths, progress):
+                image = read_image(result.path) if dets is not None else None
+                if image is None:
+                    reason = result.error or f"{result.path}: no longer readable"
+                    logger.warning("skipped %s", reason)
+                    skipped.append(reason)
+                    continue
+                picture = draw_detections(image, dets, loaded.classes)
+                atomic_write_bytes(staging / names[result.path], _jpeg(picture))
+                total += len(dets)
+                record = _record(result, names[result.path], dets, loaded.classes)
+                lines.append(json.dumps(record))
+            atomic_write_bytes(staging / RESULTS, "".join(f"{x}\n" for x in lines).encode())
+            _publish(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return {"images": len(lines), "detections": total, "skipped": skipped, "out": str(out_dir)}
 
 
-def _record(result, dets, classes: list[str]) -> dict:
+def _check_out(out_dir: Path, paths: list[str], overwrite: bool) -> None:
+    if (out_dir / RESULTS).exists() and not overwrite:
+        raise RcnnError(f"--out {out_dir} already holds {RESULTS}; pass --overwrite to replace it")
+    if out_dir.is_dir():
+        inside = [p for p in paths if Path(p).resolve().parent == out_dir.resolve()]
+        if inside:
+            raise ConfigError(
+                f"--out {out_dir} holds the input image {inside[0]}: pictures written there "
+                "could replace inputs; choose another folder for the output"
+            )
+
+
+def _previous_pictures(out_dir: Path) -> list[str]:
+    """The pictures the run that wrote ``OUT/detections.jsonl`` made (its ``picture`` fields;
+    older files name only the images, whose picture names follow from them)."""
+    path = out_dir / RESULTS
+    if not path.is_file():
+        return []
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if all("picture" in r for r in records):
+            names = [r["picture"] for r in records]
+        else:
+            names = picture_names([r["image"] for r in records])
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        logger.warning("%s is unreadable: its pictures are left in place", path)
+        return []
+    return [n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".jpg")]
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Replaces the previous run's pictures and results with the staged ones, results last."""
+    for name in _previous_pictures(out_dir):
+        (out_dir / name).unlink(missing_ok=True)
+    for picture in sorted(staging.glob("*.jpg")):
+        os.replace(picture, out_dir / picture.name)
+    os.replace(staging / RESULTS, out_dir / RESULTS)
+
+
+def _record(result, picture: str, dets, classes: list[str]) -> dict:
     return {
         "image": str(Path(result.path).resolve()),
+        "picture": picture,
         "width": result.size[0],
         "height": result.size[1],
         "detections": [

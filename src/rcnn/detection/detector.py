@@ -182,7 +182,9 @@ class Detector:
 
 
 def check_head(head, folder, loaded: LoadedModel, dim: int):
-    """Refuses SVMs or box regressors made for other classes or another network's features."""
+    """Refuses SVMs or box regressors made for other classes or on another network's features
+    (compared by the digest of its weights: a network of the same architecture is not the
+    same network)."""
     if [c.lower() for c in head.classes] != [c.lower() for c in loaded.classes]:
         raise RcnnError(
             f"{folder} was trained for classes {head.classes}, the model for {loaded.classes}"
@@ -192,10 +194,13 @@ def check_head(head, folder, loaded: LoadedModel, dim: int):
             f"{folder} was trained on {head.weights.shape[1]}-d features, but {loaded.source} "
             f"gives {dim}-d ones: it belongs to another backbone; train it again"
         )
-    trained_on = head.info.get("model", {})
-    source = Path(loaded.source)
-    if trained_on and trained_on.get("size") != source.stat().st_size:
-        logger.warning("%s was trained on features of another model file than %s", folder, source)
+    trained_on = head.info.get("model")
+    if not isinstance(trained_on, dict) or trained_on.get("digest") != loaded.digest:
+        made = trained_on.get("path") if isinstance(trained_on, dict) else "an unknown model"
+        raise RcnnError(
+            f"{folder} was trained on the features of another model ({made}), not of "
+            f"{loaded.source}: train it again for this model"
+        )
     return head
 
 

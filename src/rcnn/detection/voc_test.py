@@ -2,7 +2,8 @@
 their average precision by the devkit's rules.
 
 Each image's detections are written to ``OUT/detections/{id}.npz`` as soon as it is done
-(atomically), so a killed run continues where it stopped; the result files
+(atomically), with a digest of the image and its annotation: a killed run continues where it
+stopped, and an image or annotation changed since is detected again. The result files
 ``comp4_det_{split}_{class}.txt`` and the metrics are made from them at the end. Under
 torchrun the images are shared out among the processes and rank 0 writes the results.
 """
@@ -10,8 +11,7 @@ torchrun the images are shared out among the processes and rank 0 writes the res
 from __future__ import annotations
 
 import contextlib
-import io
-import json
+import hashlib
 import logging
 import re
 import shutil
@@ -20,16 +20,33 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.voc import VOCDataset, boxes_to_voc, parse_annotation, read_id_file, voc_to_boxes
+from rcnn.data.voc import (
+    VOCDataset,
+    boxes_to_voc,
+    read_id_file,
+    voc_to_boxes,
+)
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
-from rcnn.errors import RcnnError
-from rcnn.evaluation.voc_eval import GroundTruth, evaluate_class
-from rcnn.files import atomic_write_bytes, atomic_write_json, file_identity, output_lock
+from rcnn.errors import ConfigError, RcnnError
+from rcnn.evaluation.voc_eval import ClassTruth, GroundTruth, evaluate_flat
+from rcnn.files import (
+    DamagedFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_npz,
+    npz_bytes,
+    output_dir,
+    output_lock,
+    read_json,
+    read_regular_file,
+    remove_temporaries,
+)
 from rcnn.ops.boxes import box_iou
 
 logger = logging.getLogger(__name__)
 
 PROPOSAL_IOU = 0.5  # a ground-truth object counts as found by the proposals at this overlap
+DETECTION_ARRAYS = ("boxes", "scores", "labels", "objects", "found", "error", "inputs")
 
 
 @dataclass
@@ -45,16 +62,47 @@ class VOCTestConfig:
     variants: list[Variant] | None = None  # several: the ablation, one subfolder each
 
 
-def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> dict:
-    """``{class: {image id: GroundTruth}}`` of every image, difficult objects flagged."""
-    truth: dict[str, dict[str, GroundTruth]] = {c: {} for c in classes}
+@dataclass
+class SplitTruth:
+    """The annotations of a split's images for a list of classes.
+
+    Attributes:
+        ids: the images, in split order; image ``i`` of every array is ``ids[i]``.
+        classes: per class name, its boxes (:class:`ClassTruth`).
+        objects: per image, its non-difficult boxes of every class (for proposal recall).
+        sizes: per image, ``(width, height)`` as its annotation says (``(0, 0)`` if it does not).
+        annotations: per image, the SHA-256 of its annotation file.
+        names: every object name the annotations use.
+    """
+
+    ids: list[str]
+    classes: dict[str, ClassTruth]
+    objects: dict[str, np.ndarray]
+    sizes: dict[str, tuple[int, int]]
+    annotations: dict[str, str]
+    names: set[str]
+
+
+def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> SplitTruth:
+    """The boxes of ``classes`` in every image of ``ids``, difficult objects flagged."""
+    per_class: dict[str, dict] = {c: {} for c in classes}
+    objects, sizes, annotations, names = {}, {}, {}, set()
     for image_id in ids:
-        objects = parse_annotation(voc.annotation_path(image_id)).select(classes, True)
+        path = voc.annotation_path(image_id)
+        annotation = voc.annotation(image_id)
+        annotations[image_id] = hashlib.sha256(path.read_bytes()).hexdigest()
+        sizes[image_id] = (annotation.width, annotation.height)
+        names.update(o.name for o in annotation.objects)
+        chosen = annotation.select(classes, True)
         for cls in classes:
-            mine = [o for o in objects if o.name == cls]
+            mine = [o for o in chosen if o.name == cls]
             boxes = np.array([o.box for o in mine], np.float64).reshape(-1, 4)
-            truth[cls][image_id] = GroundTruth(boxes, np.array([o.difficult for o in mine], bool))
-    return truth
+            difficult = np.array([o.difficult for o in mine], bool)
+            per_class[cls][image_id] = GroundTruth(boxes, difficult)
+        plain = [o.box for o in chosen if not o.difficult]
+        objects[image_id] = np.array(plain, np.float64).reshape(-1, 4)
+    flat = {c: ClassTruth.of(ids, per_class[c]) for c in classes}
+    return SplitTruth(list(ids), flat, objects, sizes, annotations, names)
 
 
 def split_images(voc: VOCDataset, split: str) -> list[str]:
@@ -71,68 +119,148 @@ def split_images(voc: VOCDataset, split: str) -> list[str]:
     return ids
 
 
+def check_classes_present(truth: SplitTruth, classes: list[str], where: str) -> None:
+    """Refuses a split in which none of ``classes`` has an object: its mean AP is undefined,
+    and the model was most likely trained for another dataset."""
+    if not any(t.positives for t in truth.classes.values()):
+        raise RcnnError(
+            f"no (non-difficult) object of {classes} in {where} (its annotations name "
+            f"{sorted(truth.names) or 'no object'}): is the model for this dataset?"
+        )
+
+
 def run_test(cfg: VOCTestConfig) -> dict:
     """Detects on every image of the split (or the images still missing after a kill) and
     evaluates; returns the metrics, or with several ``cfg.variants`` the metrics of each
     (each variant in its own subfolder of ``cfg.out``, all from one forward pass)."""
     from rcnn.detection.detector import Detector
     from rcnn.modeling.trained import load_model
-    from rcnn.training.distributed import init_world, shutdown
+    from rcnn.training.distributed import init_world, rank_zero_first, shutdown
 
     voc = VOCDataset(cfg.voc_root)
     ids = split_images(voc, cfg.split)
     loaded = load_model(cfg.model, cfg.classes)
     truth = load_ground_truth(voc, ids, loaded.classes)
+    check_classes_present(truth, loaded.classes, f"split '{cfg.split}' of {voc.root}")
     out = Path(cfg.out)
     world, device = init_world(cfg.detector.device)
     variants = list(cfg.variants or [cfg.detector.variant])
-    detector = Detector(loaded, replace(cfg.detector, device=device), variants)
-    folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
     with contextlib.ExitStack() as stack:
         stack.callback(shutdown)
-        if world.is_main:  # rank 0 holds the folder for the whole run
-            out.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(output_lock(out, "rcnn test"))
-        return _run_locked(cfg, voc, ids, loaded, truth, world, detector, variants, folders)
+        detector = Detector(loaded, replace(cfg.detector, device=device), variants)
+        folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
+
+        def claim() -> None:  # rank 0 holds the folder for the whole run
+            stack.enter_context(output_lock(output_dir(out), "rcnn test"))
+            for v in variants:
+                settings = _settings(cfg, voc, loaded, v, detector)
+                claim_test_folder(folders[v.name], settings, cfg.overwrite)
+                remove_temporaries(folders[v.name])
+
+        rank_zero_first(world, claim)
+        return _run_locked(cfg, voc, truth, loaded, world, detector, variants, folders)
 
 
-def _run_locked(cfg, voc, ids, loaded, truth, world, detector, variants, folders) -> dict:
+def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, folders) -> dict:
     from rcnn.training.distributed import barrier
 
-    if world.is_main:
-        for v in variants:
-            settings = _settings(cfg, voc, loaded, v, detector)
-            claim_test_folder(folders[v.name], settings, cfg.overwrite)
-    barrier()
-    mine = ids[world.rank :: world.size]
-    todo = [i for i in mine if not all(_npz_path(f, i).is_file() for f in folders.values())]
+    mine = truth.ids[world.rank :: world.size]
+    inputs = {i: input_digest(voc, i, truth) for i in mine}
+    done: dict[str, dict] = {name: {} for name in folders}
+    for name, folder in folders.items():
+        done[name] = _scan(folder / "detections", mine, inputs)
+    todo = [i for i in mine if not all(i in done[name] for name in folders)]
     if len(todo) < len(mine):
-        done = len(mine) - len(todo)
-        logger.info("%d of %d images already done in %s", done, len(mine), cfg.out)
+        logger.info("%d of %d images already done in %s", len(mine) - len(todo), len(mine),
+                    cfg.out)  # fmt: skip
     paths = [str(voc.image_path(i)) for i in todo]
     by_path = dict(zip(paths, todo, strict=True))
     for result, found in detector.run_variants(paths, cfg.progress and world.is_main):
         image_id = by_path[result.path]
+        if not result.error:
+            _check_size(image_id, result.size, truth.sizes[image_id])
         for v in variants:
             dets = None if found is None else found[v.name]
-            save_image_detections(_npz_path(folders[v.name], image_id), result, dets, truth)
+            path = _npz_path(folders[v.name], image_id)
+            done[v.name][image_id] = save_image_detections(
+                path, result, dets, truth.objects[image_id], inputs[image_id]
+            )
     barrier()
     if not world.is_main:
         return {}
-    results = {v.name: _evaluate_folder(folders[v.name], cfg, ids, loaded, truth) for v in variants}
+    results = {
+        name: _evaluate_folder(folders[name], cfg, truth, loaded, done[name]) for name in folders
+    }
     return results[variants[0].name] if len(variants) == 1 else results
+
+
+def input_digest(voc: VOCDataset, image_id: str, truth: SplitTruth) -> str:
+    """What an image's detections were made from: its bytes and its annotation's."""
+    try:
+        image = hashlib.sha256(read_regular_file(voc.image_path(image_id))).hexdigest()
+    except OSError:
+        image = "unreadable"
+    return f"{image[:32]}:{truth.annotations[image_id][:32]}"
 
 
 def _npz_path(folder: Path, image_id: str) -> Path:
     return folder / "detections" / f"{image_id}.npz"
 
 
-def _evaluate_folder(folder: Path, cfg, ids: list[str], loaded, truth: dict) -> dict:
-    detections, extra = load_detections(folder / "detections", ids, len(loaded.classes))
-    write_results(folder, cfg.split, loaded.classes, detections)
+def _scan(folder: Path, ids: list[str], inputs: dict[str, str]) -> dict[str, dict]:
+    """The saved detections of ``ids`` that were made from the same inputs; a damaged file
+    or one of a changed image or annotation is left out (to be made again)."""
+    remove_temporaries(folder)
+    kept, changed = {}, 0
+    for image_id in ids:
+        path = folder / f"{image_id}.npz"
+        if not path.is_file():
+            continue
+        try:
+            data = read_image_detections(path)
+        except DamagedFileError as err:
+            logger.warning("%s; detecting that image again", err)
+            continue
+        if str(data["inputs"]) != inputs[image_id]:
+            changed += 1
+            continue
+        kept[image_id] = data
+    if changed:
+        logger.info("%d image(s) or annotation(s) changed since they were detected: detecting "
+                    "them again", changed)  # fmt: skip
+    return kept
+
+
+def read_image_detections(path: Path) -> dict:
+    data = load_npz(path, "per-image detections file")
+    missing = [k for k in DETECTION_ARRAYS if k not in data]
+    labels = data.get("labels", np.zeros(0))
+    shapes_fit = (
+        not missing
+        and data["boxes"].shape == (len(data["scores"]), 4)
+        and labels.shape == data["scores"].shape
+    )
+    if not shapes_fit:
+        raise DamagedFileError(f"{path}: not a per-image detections file of `rcnn test`")
+    return data
+
+
+def _check_size(image_id: str, found: tuple[int, int], recorded: tuple[int, int]) -> None:
+    if recorded != (0, 0) and tuple(found) != tuple(recorded):
+        logger.warning(
+            "%s: the annotation says %dx%d but the image is %dx%d (pixels as stored, EXIF "
+            "orientation ignored): its boxes may not fit the image",
+            image_id, *recorded, *found,
+        )  # fmt: skip
+
+
+def _evaluate_folder(folder: Path, cfg, truth: SplitTruth, loaded, saved: dict) -> dict:
+    detections, extra = gather_detections(folder / "detections", truth.ids, saved,
+                                          len(loaded.classes))  # fmt: skip
+    write_results(folder, cfg.split, loaded.classes, detections, truth.ids)
     metrics = evaluate_detections(detections, truth, loaded.classes)
     metrics.update(extra)
-    metrics.update(split=cfg.split, model=loaded.source, images=len(ids))
+    metrics.update(split=cfg.split, model=loaded.source, images=len(truth.ids))
     finish(folder, metrics)
     return metrics
 
@@ -144,11 +272,11 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
             "max_side")  # fmt: skip
     heads = {}
     if variant.scorer == "svm":
-        heads["svm"] = file_identity(detector.svm_folder / "svm.npz")
+        heads["svm"] = _head_digest(detector.svm_folder)
     if variant.bbox_reg:
-        heads["bbox"] = file_identity(detector.bbox_folder / "bbox.npz")
+        heads["bbox"] = _head_digest(detector.bbox_folder)
     return {
-        "model": file_identity(loaded.source),
+        "model": loaded.digest,
         "device": detector.device.type,
         "amp": detector.train.amp,  # precision changes scores: a resume must not mix them
         "classes": loaded.classes,
@@ -160,12 +288,21 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
     }
 
 
+def _head_digest(folder: Path) -> str:
+    return hashlib.sha256(read_regular_file(folder / f"{folder.name}.npz")).hexdigest()
+
+
 def claim_test_folder(out: Path, settings: dict, overwrite: bool) -> None:
     """Keeps the detections of an interrupted run with the same settings; refuses those of
     other settings. ``overwrite`` clears whatever is there."""
     path = out / "settings.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = read_json(path, "`rcnn test` settings")
+        except DamagedFileError as err:
+            if not overwrite:
+                raise DamagedFileError(f"{err}; pass --overwrite to start afresh") from None
+            old = {}
         if old == settings and not overwrite:
             return
         if not overwrite:
@@ -178,60 +315,56 @@ def claim_test_folder(out: Path, settings: dict, overwrite: bool) -> None:
     atomic_write_json(path, settings)
 
 
-def save_image_detections(path: Path, result, dets, truth: dict) -> None:
-    """One image's detections and how many of its objects the proposals found, atomically."""
-    image_id = path.stem
-    objects = [gt.boxes[~gt.difficult] for gt in (t[image_id] for t in truth.values())]
-    objects = np.concatenate(objects) if objects else np.zeros((0, 4))
+def save_image_detections(path: Path, result, dets, objects: np.ndarray, inputs: str) -> dict:
+    """One image's detections and how many of its objects the proposals found, atomically;
+    returns what was written."""
     found = 0
     if result.boxes is not None and len(result.boxes) and len(objects):
         found = int((box_iou(objects, result.boxes).max(axis=1) >= PROPOSAL_IOU).sum())
     if dets is None:
         logger.warning("skipped %s", result.error)
     empty = dets is None
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        boxes=np.zeros((0, 4), np.float32) if empty else dets.boxes,
-        scores=np.zeros(0, np.float32) if empty else dets.scores,
-        labels=np.zeros(0, np.int64) if empty else dets.labels,
-        objects=len(objects),
-        found=found,
-        error=result.error or "",
-    )
-    atomic_write_bytes(path, buf.getvalue())
+    data = {
+        "boxes": np.zeros((0, 4), np.float32) if empty else dets.boxes,
+        "scores": np.zeros(0, np.float32) if empty else dets.scores,
+        "labels": np.zeros(0, np.int64) if empty else dets.labels,
+        "objects": np.asarray(len(objects)),
+        "found": np.asarray(found),
+        "error": np.asarray(result.error or ""),
+        "inputs": np.asarray(inputs),
+    }
+    atomic_write_bytes(path, npz_bytes(data))
+    return data
 
 
-def _load_npz(folder: Path, image_id: str):
-    path = folder / f"{image_id}.npz"
-    try:
-        return np.load(path)
-    except (OSError, ValueError) as err:
-        raise RcnnError(f"{path}: unreadable ({err}); delete it and run again") from err
-
-
-def load_detections(folder: Path, ids: list[str], num_classes: int) -> tuple[dict, dict]:
-    """Every image's saved results, read once: ``{label: (image ids, scores, boxes)}`` for
-    labels ``1..K``, and the proposals' recall and the skipped images."""
-    parts = {k: ([], [], []) for k in range(1, num_classes + 1)}
+def gather_detections(folder: Path, ids: list[str], saved: dict, num_classes: int):
+    """Every image's results (``saved`` in memory, the others read from ``folder``):
+    ``{label: (images [D], scores [D], boxes [D, 4])}`` for labels ``1..K``, image ``i``
+    being ``ids[i]``, and the proposals' recall and the skipped images."""
+    parts: dict[str, list] = {"images": [], "labels": [], "scores": [], "boxes": []}
     objects = found = 0
     skipped = []
-    for image_id in ids:
-        with _load_npz(folder, image_id) as data:
-            labels, scores, boxes = data["labels"], data["scores"], data["boxes"]
-            objects += int(data["objects"])
-            found += int(data["found"])
-            if str(data["error"]):
-                skipped.append(str(data["error"]))
-        for k, (names, s, b) in parts.items():
-            mine = labels == k
-            names += [image_id] * int(mine.sum())
-            s.append(scores[mine])
-            b.append(boxes[mine])
-    detections = {
-        k: (names, np.concatenate(s), np.concatenate(b).reshape(-1, 4))
-        for k, (names, s, b) in parts.items()
-    }
+    for i, image_id in enumerate(ids):
+        data = saved.get(image_id)
+        if data is None:
+            path = folder / f"{image_id}.npz"
+            try:
+                data = read_image_detections(path)
+            except FileNotFoundError:
+                raise RcnnError(f"{path} is missing: run `rcnn test` again to finish") from None
+        objects += int(data["objects"])
+        found += int(data["found"])
+        if str(data["error"]):
+            skipped.append(str(data["error"]))
+        parts["images"].append(np.full(len(data["scores"]), i, np.int64))
+        for key in ("labels", "scores", "boxes"):
+            parts[key].append(data[key])
+    joined = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    boxes = joined["boxes"].reshape(-1, 4)
+    detections = {}
+    for k in range(1, num_classes + 1):
+        mine = joined["labels"] == k
+        detections[k] = (joined["images"][mine], joined["scores"][mine], boxes[mine])
     extra = {
         "proposal_recall": found / objects if objects else float("nan"),
         "objects": objects,
@@ -241,16 +374,18 @@ def load_detections(folder: Path, ids: list[str], num_classes: int) -> tuple[dic
     return detections, extra
 
 
-def write_results(out: Path, split: str, classes: list[str], detections: dict) -> None:
+def write_results(
+    out: Path, split: str, classes: list[str], detections: dict, ids: list[str]
+) -> None:
     """The devkit's ``comp4_det_{split}_{class}.txt``: ``id score xmin ymin xmax ymax``, VOC's
     1-based inclusive pixels. Scores keep 9 significant digits, enough to tell apart any two
     float32 scores, so the files rank detections exactly as the metrics do."""
     for k, cls in enumerate(classes, start=1):
-        names, scores, boxes = detections[k]
+        images, scores, boxes = detections[k]
         voc = boxes_to_voc(boxes)
         lines = [
-            f"{name} {score:.9g} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
-            for name, score, b in zip(names, scores.tolist(), voc.tolist(), strict=True)
+            f"{ids[i]} {score:.9g} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
+            for i, score, b in zip(images.tolist(), scores.tolist(), voc.tolist(), strict=True)
         ]
         atomic_write_bytes(out / result_file_name(split, cls), "".join(lines).encode())
 
@@ -261,8 +396,12 @@ def result_file_name(split: str, cls: str) -> str:
 
 def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Image ids, scores and project-convention boxes of one devkit result file."""
+    try:
+        text = read_regular_file(path).decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise RcnnError(f"{path}: not a text result file ({err})") from None
     names, scores, boxes = [], [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -270,6 +409,8 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             if len(parts) != 6:
                 raise ValueError(f"{len(parts)} fields")
             values = [float(v) for v in parts[1:]]
+            if not np.isfinite(values).all():
+                raise ValueError("a score or coordinate that is not a finite number")
         except ValueError as err:
             raise RcnnError(
                 f"{path}:{lineno}: expected 'image_id score xmin ymin xmax ymax' ({err})"
@@ -283,20 +424,17 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 STRICT_IOU = 0.7  # a second, stricter overlap, where box regression shows
 
 
-def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> dict:
+def evaluate_detections(detections: dict, truth: SplitTruth, classes: list[str]) -> dict:
     """Per-class and mean AP (VOC2007 11-point and area under the curve) and final recall, and
-    the 11-point mean AP at IoU > 0.7 (localization)."""
+    the 11-point mean AP at IoU > 0.7 (localization). ``detections[k]`` holds image indices
+    into ``truth.ids``."""
     per_class = {}
     for k, cls in enumerate(classes, start=1):
-        names, scores, boxes = detections[k]
-        unknown = sorted(set(names) - set(truth[cls]))
-        if unknown:
-            raise RcnnError(
-                f"detections of {cls} name {len(unknown)} image(s) not in the split, "
-                f"e.g. {unknown[0]}"
-            )
-        per_class[cls] = evaluate_class(names, scores, boxes, truth[cls])
-        strict = evaluate_class(names, scores, boxes, truth[cls], STRICT_IOU)
+        images, scores, boxes = detections[k]
+        if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+            raise RcnnError(f"detections of {cls} hold scores or boxes that are not finite")
+        per_class[cls] = evaluate_flat(images, scores, boxes, truth.classes[cls])
+        strict = evaluate_flat(images, scores, boxes, truth.classes[cls], STRICT_IOU)
         per_class[cls]["ap_07_strict"] = strict["ap_07"]
     counted = [c for c in per_class.values() if c["positives"]]
     if len(counted) < len(per_class):
@@ -312,15 +450,43 @@ def evaluate_detections(detections: dict, truth: dict, classes: list[str]) -> di
     }
 
 
+def result_files(folder: Path, split: str, competition: str | None = None) -> dict[str, Path]:
+    """``{class: file}`` of the devkit result files ``{competition}_det_{split}_{class}.txt``
+    in ``folder``; two competitions' files for one class are an error unless one is chosen."""
+    pattern = re.compile(rf"^(\w+?)_det_{re.escape(split)}_(.+)\.txt$")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        m = pattern.match(path.name)
+        if m and (competition is None or m.group(1) == competition):
+            found.setdefault(m.group(2), []).append(path)
+    for cls, paths in found.items():
+        if len(paths) > 1:
+            raise ConfigError(
+                f"--dets {folder} has {len(paths)} result files for {cls} "
+                f"({', '.join(p.name for p in paths)}): choose one with --competition "
+                f"{paths[0].name.split('_det_')[0]}"
+            )
+    return {cls: paths[0] for cls, paths in found.items()}
+
+
 def evaluate_result_files(
-    dets: str, voc_root: str, split: str, classes: list[str] | None, out: str | None
+    dets: str,
+    voc_root: str,
+    split: str,
+    classes: list[str] | None,
+    out: str | None,
+    competition: str | None = None,
 ) -> dict:
     """``rcnn test --dets DIR``: scores existing devkit result files of a split."""
     folder = Path(dets)
     if not folder.is_dir():
         raise FileNotFoundError(f"--dets {folder}: folder not found")
-    pattern = re.compile(rf"^\w+_det_{re.escape(split)}_(.+)\.txt$")
-    files = {m.group(1): p for p in sorted(folder.iterdir()) if (m := pattern.match(p.name))}
+    if out is None and (folder / "settings.json").is_file():
+        raise ConfigError(
+            f"--dets {folder} is the output of an `rcnn test` run, whose metrics.json (with the "
+            "proposals' recall) this would replace: pass --out for the new metrics"
+        )
+    files = result_files(folder, split, competition)
     if classes:
         missing = [c for c in classes if c not in files]
         if missing:
@@ -335,10 +501,21 @@ def evaluate_result_files(
     ids = read_id_file(voc.split_path(split))
     names = list(files)
     truth = load_ground_truth(voc, ids, names)
-    detections = {k: read_results(files[c]) for k, c in enumerate(names, start=1)}
+    check_classes_present(truth, names, f"split '{split}' of {voc.root}")
+    index = {image_id: i for i, image_id in enumerate(ids)}
+    detections = {}
+    for k, cls in enumerate(names, start=1):
+        images, scores, boxes = read_results(files[cls])
+        unknown = sorted(set(images) - set(index))
+        if unknown:
+            raise RcnnError(
+                f"{files[cls]} names {len(unknown)} image(s) not in split '{split}' of "
+                f"{voc.root}, e.g. {unknown[0]}: results of another dataset or split?"
+            )
+        detections[k] = (np.array([index[i] for i in images], np.int64), scores, boxes)
     metrics = evaluate_detections(detections, truth, names)
     metrics.update(split=split, dets=str(folder), images=len(ids))
-    finish(Path(out) if out else folder, metrics)
+    finish(output_dir(out) if out else folder, metrics)
     return metrics
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,8 @@ import torch
 from rcnn.data.batches import chunks
 from rcnn.data.dataset import ImageStore, RegionDataset, mean_fill
 from rcnn.evaluation.metrics import classification_metrics, format_metrics, pr_curves
-from rcnn.evaluation.plots import plot_compare, plot_pr, plot_predictions
-from rcnn.files import atomic_write_json
+from rcnn.evaluation.plots import figure_format, plot_compare, plot_pr, plot_predictions
+from rcnn.files import DamagedFileError, atomic_write_json, output_dir, read_regular_file
 from rcnn.modeling.model import build_model
 from rcnn.training.allocator import reuse_freed_memory
 from rcnn.training.train import (
@@ -52,6 +53,7 @@ def run_evaluate(
     """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png."""
     path = checkpoint_path(checkpoint, default="best.pt")
     ckpt = load_checkpoint(path)
+    out_dir = output_dir(out if out else path.parent / f"eval-{split}")  # before the work
     dev = resolve_device(device)
     # Precision and batch size are this machine's choice, not the training machine's.
     cfg = replace(config_from_checkpoint(ckpt), workers=workers, amp=None, val_batch=0)
@@ -69,7 +71,6 @@ def run_evaluate(
     metrics = classification_metrics(probs, labels, class_names)
     metrics["loss"] = loss_sum / len(labels)
     metrics["checkpoint"], metrics["data"] = str(path), str(data)
-    out_dir = Path(out) if out else path.parent / f"eval-{split}"
     atomic_write_json(out_dir / "metrics.json", metrics)
     plot_pr(
         pr_curves(probs, labels, class_names),
@@ -100,9 +101,16 @@ def read_history(run: str | Path) -> list[dict]:
     path = Path(run) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run} is not a run folder of `rcnn train`")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_regular_file(path).decode("utf-8"))))
+        history = [
+            {k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows
+        ]
+    except (ValueError, TypeError, csv.Error) as err:  # UnicodeDecodeError is a ValueError
+        raise DamagedFileError(f"{path}: not a metrics table of `rcnn train` ({err})") from None
+    if not history or "epoch" not in history[0]:
+        raise DamagedFileError(f"{path}: no epoch in it (not a metrics table of `rcnn train`)")
+    return history
 
 
 def run_names(runs: list[str]) -> list[str]:
@@ -115,6 +123,7 @@ def run_names(runs: list[str]) -> list[str]:
 
 def run_compare(runs: list[str], out: str, metric: str = "val_balanced_acc") -> str:
     """Overlays the runs' curves in ``out`` and returns a table of their best epochs."""
+    figure_format(out)  # a figure file it can write, before reading anything
     histories = dict(zip(run_names(runs), (read_history(r) for r in runs), strict=True))
     plot_compare(histories, out, metric=metric)
     header = f"{'run':<24}{'best epoch':>11}{metric:>18}{'val_acc':>9}{'val_loss':>10}"
@@ -125,8 +134,7 @@ def run_compare(runs: list[str], out: str, metric: str = "val_balanced_acc") -> 
             lines.append(f"{name:<24}{'-':>11}")
             continue
         best = max(scored, key=lambda r: r[metric])
-        lines.append(
-            f"{name:<24}{int(best['epoch']):>11}{best[metric]:>18.4f}"
-            f"{best['val_acc']:>9.4f}{best['val_loss']:>10.4f}"
-        )
+        other = [best.get(k) for k in ("val_acc", "val_loss")]
+        other = [f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in other]
+        lines.append(f"{name:<24}{int(best['epoch']):>11}{best[metric]:>18.4f}{''.join(other)}")
     return "\n".join(lines)

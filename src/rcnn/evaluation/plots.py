@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from rcnn.errors import ConfigError
 from rcnn.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -265,9 +266,20 @@ def _grid(count: int, max_cols: int, cell: tuple[float, float], extra_height: fl
     return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
 
 
+FORMATS = ("png", "pdf", "svg")  # by the file's suffix
+
+
+def figure_format(path: str | Path) -> str:
+    """The format a figure file is written in, by its suffix (a user may ask for ``.pdf``)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise ConfigError(f"{path}: a figure is written as {', '.join('.' + f for f in FORMATS)}")
+    return suffix
+
+
 def _save(fig: Figure, path: str | Path) -> None:
     # Render to memory first so the file on disk is replaced in one step, never half-written.
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format=figure_format(path), dpi=DPI)
     atomic_write_bytes(path, buffer.getvalue())
     logger.debug("wrote %s", path)

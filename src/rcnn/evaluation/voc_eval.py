@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rcnn.ops.boxes import box_iou
+from rcnn.ops.boxes import paired_iou
 
 IOU_THRESHOLD = 0.5  # strictly greater counts, as in the devkit
 
@@ -55,6 +55,40 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
 
 
+@dataclass
+class ClassTruth:
+    """Every ground-truth box of one class in a set of images, flat and grouped by image.
+
+    Attributes:
+        boxes (float64 [G, 4]), image (int64 [G], non-decreasing), difficult (bool [G]).
+        num_images: images are ``0 .. num_images - 1``.
+    """
+
+    boxes: np.ndarray
+    image: np.ndarray
+    difficult: np.ndarray
+    num_images: int
+
+    @classmethod
+    def of(cls, ids: list[str], per_image: dict[str, GroundTruth]) -> ClassTruth:
+        """The boxes of ``per_image`` (images not in it have none), image ``i`` being
+        ``ids[i]``; each image's boxes keep their order."""
+        parts = [per_image[i] for i in ids if i in per_image]
+        counts = [len(per_image[i].boxes) if i in per_image else 0 for i in ids]
+        boxes = [np.asarray(p.boxes, float).reshape(-1, 4) for p in parts]
+        difficult = [np.asarray(p.difficult, bool).reshape(-1) for p in parts]
+        return cls(
+            np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+            np.repeat(np.arange(len(ids)), counts),
+            np.concatenate(difficult) if difficult else np.zeros(0, bool),
+            len(ids),
+        )
+
+    @property
+    def positives(self) -> int:
+        return int(np.count_nonzero(~self.difficult))
+
+
 def match_detections(
     image_ids: list[str],
     scores: np.ndarray,
@@ -73,25 +107,53 @@ def match_detections(
     Returns:
         ``tp [D]`` and ``fp [D]`` (float 0/1; both 0 for an ignored detection), sorted by score.
     """
-    order = np.argsort(-np.asarray(scores, float), kind="stable")
-    boxes = np.asarray(boxes, float).reshape(-1, 4)
-    tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    matched = {image: np.zeros(len(gt.boxes), bool) for image, gt in ground_truth.items()}
-    for rank, d in enumerate(order):
-        gt = ground_truth.get(image_ids[d])
-        if gt is None or len(gt.boxes) == 0:
-            fp[rank] = 1
-            continue
-        overlaps = box_iou(boxes[d : d + 1], gt.boxes)[0]
-        best = int(overlaps.argmax())
-        if overlaps[best] <= iou_threshold:
-            fp[rank] = 1
-        elif gt.difficult[best]:
-            continue  # neither a hit nor a miss
-        elif not matched[image_ids[d]][best]:
-            tp[rank], matched[image_ids[d]][best] = 1, True
-        else:
-            fp[rank] = 1  # a duplicate
+    ids = list(dict.fromkeys([*ground_truth, *image_ids]))
+    index = {image: i for i, image in enumerate(ids)}
+    images = np.array([index[i] for i in image_ids], np.int64)
+    return match_flat(images, scores, boxes, ClassTruth.of(ids, ground_truth), iou_threshold)
+
+
+def match_flat(
+    images: np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    truth: ClassTruth,
+    iou_threshold: float = IOU_THRESHOLD,
+    block: int = 1 << 22,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`match_detections` on image indices, without a loop over detections.
+
+    The devkit's greedy loop decides each detection by the box of its image it overlaps most
+    (whether matched or not), so every detection's best box is found at once; then, in order
+    of score, the first detection above the threshold on a box is its true positive and every
+    later one a duplicate. ``block`` bounds the ``[B, G_max]`` overlaps held at once.
+    """
+    scores = np.asarray(scores, float).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    images = np.asarray(images, np.int64).reshape(-1)[order]
+    boxes = np.asarray(boxes, float).reshape(-1, 4)[order]
+    counts = np.bincount(truth.image, minlength=truth.num_images)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    widest = int(counts.max()) if len(counts) else 0
+    best = np.zeros(len(order), np.int64)  # row of truth.boxes
+    best_iou = np.full(len(order), -1.0)  # -1: the image has no box of the class
+    step = max(1, block // max(widest, 1))
+    columns = np.arange(widest)
+    for start in range(0, len(order) if widest else 0, step):
+        part = slice(start, start + step)
+        valid = columns < counts[images[part]][:, None]  # [B, W]
+        rows = np.where(valid, starts[images[part]][:, None] + columns, 0)
+        overlaps = np.where(valid, paired_iou(boxes[part], truth.boxes[rows]), -1.0)
+        pick = overlaps.argmax(axis=1)  # the first of equal overlaps, as the devkit's max
+        best[part] = rows[np.arange(len(pick)), pick]
+        best_iou[part] = overlaps[np.arange(len(pick)), pick]
+    above = best_iou > iou_threshold
+    ignored = above & truth.difficult[best] if len(truth.boxes) else np.zeros(len(order), bool)
+    hits = np.flatnonzero(above & ~ignored)
+    first = np.zeros(len(order), bool)
+    first[hits[np.unique(best[hits], return_index=True)[1]]] = True
+    tp = first.astype(float)
+    fp = (~above | (above & ~ignored & ~first)).astype(float)
     return tp, fp
 
 
@@ -104,20 +166,34 @@ def evaluate_class(
 ) -> dict:
     """AP (11-point and area), the precision-recall curve and the final recall of one class
     (``iou_threshold`` above 0.5 asks for tighter boxes than the benchmark)."""
-    positives = int(sum(np.count_nonzero(~gt.difficult) for gt in ground_truth.values()))
-    tp, fp = match_detections(image_ids, scores, boxes, ground_truth, iou_threshold)
+    ids = list(dict.fromkeys([*ground_truth, *image_ids]))
+    index = {image: i for i, image in enumerate(ids)}
+    images = np.array([index[i] for i in image_ids], np.int64)
+    return evaluate_flat(images, scores, boxes, ClassTruth.of(ids, ground_truth), iou_threshold)
+
+
+def evaluate_flat(
+    images: np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    truth: ClassTruth,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> dict:
+    """:func:`evaluate_class` on image indices into ``truth``'s images."""
+    positives = truth.positives
+    tp, fp = match_flat(images, scores, boxes, truth, iou_threshold)
     tp, fp = np.cumsum(tp), np.cumsum(fp)
     precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     if positives == 0:  # the devkit's 0 / 0: undefined, left out of the mean
         nan = float("nan")
         return {"ap_07": nan, "ap": nan, "recall": nan, "positives": 0,
-                "detections": len(scores), "curve": (tp * nan, precision)}  # fmt: skip
+                "detections": len(tp), "curve": (tp * nan, precision)}  # fmt: skip
     recall = tp / positives
     return {
         "ap_07": voc_ap(recall, precision, use_07_metric=True),
         "ap": voc_ap(recall, precision, use_07_metric=False),
         "recall": float(recall[-1]) if len(recall) else 0.0,
         "positives": positives,
-        "detections": len(scores),
+        "detections": len(tp),
         "curve": (recall, precision),
     }

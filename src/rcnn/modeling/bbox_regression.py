@@ -18,6 +18,7 @@ import numpy as np
 
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import read_arrays, write_arrays
+from rcnn.modeling.svm import check_head_arrays
 from rcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,12 @@ class BBoxRegressor:
 
     @classmethod
     def load(cls, folder: str | Path) -> BBoxRegressor:
-        arrays, meta = read_arrays(folder, "bbox", "rcnn train-bbox")
+        arrays, meta = read_arrays(
+            folder, "bbox", "rcnn train-bbox", ("weights", "intercepts"), ("scale", "classes")
+        )
         info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
-        scale, classes = float(meta["scale"]), list(meta["classes"])
-        return cls(arrays["weights"], arrays["intercepts"], scale, classes, info)
+        classes = check_head_arrays(folder, meta, arrays["weights"], arrays["intercepts"])
+        return cls(arrays["weights"], arrays["intercepts"], float(meta["scale"]), classes, info)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from rcnn.data.feature_store import (
     write_meta,
 )
 from rcnn.errors import ConfigError
-from rcnn.files import file_identity, output_lock
+from rcnn.files import output_dir, output_lock, remove_temporaries
 from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,24 @@ class FeaturesConfig:
             raise ConfigError("--batch must be >= 0 and the chunk size >= 1")
 
 
+class StoreClash(FeatureStoreError):
+    """A feature store holds features that new ones must not be mixed with."""
+
+    def __init__(self, root: Path, clash: list[str]):
+        self.root, self.clash = root, clash
+        same_amp = " (or the same --amp/--no-amp)" if any("precision" in c for c in clash) else ""
+        super().__init__(
+            f"--out {root} holds features of another model or other regions, or made in "
+            f"another way ({', '.join(clash)}); choose another --out or pass --overwrite" + same_amp
+        )
+
+
 def run_features(cfg: FeaturesConfig) -> dict:
-    """Computes the missing feature chunks of every requested split; returns a summary."""
+    """Computes the missing feature chunks of every requested split; returns a summary.
+
+    The precision (``cfg.amp``) and the kind of device must be those the store's chunks were
+    computed with; ``amp=None`` (automatic) adopts the store's precision.
+    """
 
     from rcnn.modeling.features import feature_dims, forward_features
     from rcnn.modeling.trained import for_inference, load_model
@@ -66,17 +82,22 @@ def run_features(cfg: FeaturesConfig) -> dict:
         input_stats,
         load_split,
         make_feeder,
+        precision_name,
     )
 
     loaded = load_model(cfg.model)
-    device, train, model = for_inference(loaded, cfg.device, cfg.threads, cfg.batch, cfg.amp)
-    dims = {name: feature_dims(model)[name] for name in cfg.layers}
     splits = {split: load_split(cfg.data, split) for split in cfg.splits}
-    root = Path(cfg.out)
-    root.mkdir(parents=True, exist_ok=True)
-    summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}}
+    root = output_dir(cfg.out)
     with output_lock(root, "rcnn features"):
-        meta = _claim(root, cfg, loaded, train, dims, splits)
+        previous = None if cfg.overwrite else read_meta(root)
+        amp = cfg.amp
+        if amp is None and previous is not None:  # automatic: what the store was made with
+            amp = previous["precision"] != "float32"
+        device, train, model = for_inference(loaded, cfg.device, cfg.threads, cfg.batch, amp)
+        dims = {name: feature_dims(model)[name] for name in cfg.layers}
+        made = {"precision": precision_name(device, train.amp), "device": device.type}
+        meta = _claim(root, cfg, loaded, train, made, dims, splits)
+        summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}, **made}
         mean, std = input_stats(train)
         for split, regions in splits.items():
             size = summary["bytes_per_region"] * len(regions)
@@ -88,6 +109,8 @@ def run_features(cfg: FeaturesConfig) -> dict:
                 " + ".join(f"{n} {d}" for n, d in dims.items()),
                 size / 1e6,
             )
+            for name in cfg.layers:
+                remove_temporaries(root / split / name)
             todo = [
                 c
                 for c in range(num_chunks(len(regions), meta["chunk"]))
@@ -108,11 +131,13 @@ def run_features(cfg: FeaturesConfig) -> dict:
     return summary
 
 
-def _claim(root: Path, cfg: FeaturesConfig, loaded, train, dims: dict, splits: dict) -> dict:
-    """Writes (or checks) ``meta.json``: features of another model or other regions are
-    refused unless ``overwrite``; new layers and splits are added."""
+def _claim(root: Path, cfg: FeaturesConfig, loaded, train, made: dict, dims, splits) -> dict:
+    """Writes (or checks) ``meta.json``: features of another model or other regions, or
+    computed in another precision or on another kind of device, are refused unless
+    ``overwrite``; new layers and splits are added."""
     model = {
-        **file_identity(loaded.source),
+        "digest": loaded.digest,
+        "path": str(Path(loaded.source).resolve()),
         "backbone": train.backbone,
         "input_size": train.input_size,
         "context_pad": train.context_pad,
@@ -129,18 +154,21 @@ def _claim(root: Path, cfg: FeaturesConfig, loaded, train, dims: dict, splits: d
     }
     meta = read_meta(root)
     if meta is not None:
-        clash = [k for k in model if meta["model"].get(k) != model[k]]
-        clash += [s for s, d in described.items() if s in meta["splits"] and meta["splits"][s] != d]
+        clash = [k for k in model if k != "path" and meta["model"].get(k) != model[k]]
+        clash += [f"{k} {meta[k]}, not {v}" for k, v in made.items() if meta[k] != v]
+        same = ("regions", "generation")  # the store's path is a record: a copy is the same
+        clash += [
+            s
+            for s, d in described.items()
+            if s in meta["splits"] and any(meta["splits"][s].get(k) != d[k] for k in same)
+        ]
         if clash and not cfg.overwrite:
-            raise FeatureStoreError(
-                f"--out {root} holds features of another model or other regions "
-                f"({', '.join(clash)}); choose another --out or pass --overwrite"
-            )
+            raise StoreClash(root, clash)
         if clash:
             for split in meta["splits"]:
                 shutil.rmtree(root / split, ignore_errors=True)
             meta = None
-    meta = meta or {"model": model, "layers": {}, "splits": {}, "chunk": cfg.chunk}
+    meta = meta or {"model": model, **made, "layers": {}, "splits": {}, "chunk": cfg.chunk}
     meta["layers"] = {**meta["layers"], **dims}
     meta["splits"] = {**meta["splits"], **described}
     write_meta(root, meta)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
 from rcnn.errors import RcnnError
-from rcnn.files import atomic_write_bytes, file_identity, output_lock
+from rcnn.files import atomic_write_bytes, output_dir, output_lock, remove_temporaries
 from rcnn.modeling.bbox_regression import BBoxConfig, train_bbox
-from rcnn.modeling.extract import FeaturesConfig, run_features
+from rcnn.modeling.extract import FeaturesConfig, StoreClash, run_features
 from rcnn.modeling.svm import SVMConfig, train_svms
 
 logger = logging.getLogger(__name__)
@@ -53,26 +53,30 @@ def features_for(cfg: HeadConfig, layer: str) -> tuple:
     regions.require_truth(f"train-{'svm' if layer == 'fc7' else 'bbox'}")
     root = Path(cfg.features) if cfg.features else run_folder(cfg.model) / "features"
     meta = read_meta(root)
-    if meta is not None:
-        identity = file_identity(loaded.source)
-        recorded = {k: meta["model"].get(k) for k in identity}
-        if recorded["size"] != identity["size"] or recorded["mtime_ns"] != identity["mtime_ns"]:
-            raise FeatureStoreError(
-                f"--features {root} holds features of another model ({recorded['path']}), not of "
-                f"{loaded.source}: give another --features folder"
-            )
+    if meta is not None and meta["model"].get("digest") != loaded.digest:
+        raise FeatureStoreError(
+            f"--features {root} holds features of another model ({meta['model'].get('path')}), "
+            f"not of {loaded.source}: give another --features folder, or make them again with "
+            f"`rcnn features {cfg.model} --out {root} --overwrite`"
+        )
     try:
         store = FeatureStore(root, cfg.split, layer)
         store.check_regions(regions, cfg.data)
     except FeatureStoreError as err:
         logger.info("computing %s features first (%s)", layer, err)
         layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
-        run_features(
-            FeaturesConfig(
-                cfg.model, cfg.data, str(root), [cfg.split], layers, cfg.batch, cfg.amp,
-                cfg.device, cfg.threads, progress=cfg.progress,
-            )
+        features = FeaturesConfig(
+            cfg.model, cfg.data, str(root), [cfg.split], layers, cfg.batch, cfg.amp,
+            cfg.device, cfg.threads, progress=cfg.progress,
         )  # fmt: skip
+        try:
+            run_features(features)
+        except StoreClash as clash:  # its flags are those of `rcnn features`, not this command
+            raise FeatureStoreError(
+                f"--features {root} holds features made otherwise ({', '.join(clash.clash)}): "
+                f"give another --features folder, or make them again with `rcnn features "
+                f"{cfg.model} --data {cfg.data} --out {root} --overwrite`"
+            ) from None
         store = FeatureStore(root, cfg.split, layer)
         store.check_regions(regions, cfg.data)
     return loaded, regions, store
@@ -81,8 +85,7 @@ def features_for(cfg: HeadConfig, layer: str) -> tuple:
 def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
     """Trains the SVMs; writes ``svm.npz``, ``svm.json`` and ``svm_log.csv``."""
     loaded, regions, features = features_for(cfg, "fc7")
-    out = Path(cfg.out) if cfg.out else run_folder(cfg.model) / "svm"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out or run_folder(cfg.model) / "svm")
     start = time.perf_counter()
 
     def report(round_: int, log: list[dict]) -> None:
@@ -95,6 +98,7 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
                 )  # fmt: skip
 
     with output_lock(out, "rcnn train-svm"):
+        remove_temporaries(out)
         model, log = train_svms(regions, features, svm, report)
         model.info.update(model=features.meta["model"], features=str(features.root))
         model.save(out)
@@ -106,10 +110,10 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
 def run_train_bbox(cfg: HeadConfig, bbox: BBoxConfig) -> dict:
     """Fits the box regressors; writes ``bbox.npz``, ``bbox.json`` and ``bbox_log.csv``."""
     loaded, regions, features = features_for(cfg, "pool5")
-    out = Path(cfg.out) if cfg.out else run_folder(cfg.model) / "bbox"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out or run_folder(cfg.model) / "bbox")
     start = time.perf_counter()
     with output_lock(out, "rcnn train-bbox"):
+        remove_temporaries(out)
         model, log = train_bbox(regions, features, bbox)
         model.info.update(model=features.meta["model"], features=str(features.root))
         model.save(out)

@@ -75,10 +75,35 @@ class SVMModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> SVMModel:
-        arrays, meta = read_arrays(folder, "svm", "rcnn train-svm")
+        arrays, meta = read_arrays(
+            folder, "svm", "rcnn train-svm", ("weights", "biases"), ("scale", "classes")
+        )
         info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
-        scale, classes = float(meta["scale"]), list(meta["classes"])
-        return cls(arrays["weights"], arrays["biases"], scale, classes, info)
+        classes = check_head_arrays(folder, meta, arrays["weights"], arrays["biases"])
+        return cls(arrays["weights"], arrays["biases"], float(meta["scale"]), classes, info)
+
+
+def check_head_arrays(folder, meta: dict, weights: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """The classes of a saved SVM or box-regression model, after checking that its arrays
+    and settings fit together (one row of ``weights`` and ``offsets`` per class, finite
+    numbers, a positive feature scale)."""
+    from rcnn.data.voc import check_class_names
+
+    classes = check_class_names(meta["classes"], str(Path(folder)))
+    k = len(classes)
+    scale = meta["scale"]
+    fits = (
+        isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0
+        and weights.dtype.kind == "f" and offsets.dtype.kind == "f"
+        and weights.ndim in (2, 3) and len(weights) == k and len(offsets) == k
+        and np.isfinite(weights).all() and np.isfinite(offsets).all()
+    )  # fmt: skip
+    if not fits:
+        raise RcnnError(
+            f"{folder}: its arrays {list(weights.shape)} / {list(offsets.shape)} and scale "
+            f"{scale!r} do not fit its {k} classes (damaged?); train it again"
+        )
+    return classes
 
 
 def feature_scale(features, sample: int = 10_000, seed: int = 0, norm: float = 20.0) -> float:
@@ -175,6 +200,13 @@ def train_svms(regions, features, cfg: SVMConfig, progress=None) -> tuple[SVMMod
     """Trains every class's SVM with hard-negative mining; returns the model and the log
     (one row per class and round)."""
     num_classes = len(regions.classes)
+    if not regions.info.get("labels", {}).get("add_gt"):
+        raise RcnnError(
+            f"the regions of split '{regions.info.get('split', '?')}' were prepared without "
+            "their ground-truth boxes, which the SVMs take as positives (and without the "
+            "proposals that touch no object, which they need as negatives): prepare them with "
+            "`rcnn prepare --preset paper`"
+        )
     examples = [class_examples(regions, k, cfg.neg_iou) for k in range(1, num_classes + 1)]
     for k, ex in enumerate(examples, start=1):
         if len(ex.positives) == 0:

@@ -3,14 +3,17 @@ with the settings its inputs need (backbone, input size, context padding, normal
 
 from __future__ import annotations
 
-import json
+import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from rcnn.data.voc import check_class_names
 from rcnn.errors import ConfigError
+from rcnn.files import DamagedFileError, read_json, require_keys
 from rcnn.modeling.model import build_model
 from rcnn.training.config import TrainConfig
 from rcnn.training.train import CheckpointError, config_from_checkpoint
@@ -26,6 +29,22 @@ class LoadedModel:
     classes: list[str]  # object classes; output 0 is background
     config: TrainConfig  # backbone, input size, context padding, normalization
     source: str
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 of the weights (names, dtypes, shapes and values): what tells this model
+        from another of the same architecture, wherever its file lies and whatever it holds
+        besides (``best.pt`` and ``model.pth`` of one epoch have the same digest)."""
+        return weights_digest(self.model.state_dict())
+
+
+def weights_digest(state: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedModel:
@@ -44,7 +63,9 @@ def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedMode
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable model, truncated or damaged") from err
     if isinstance(state, dict) and state.get("format") == "rcnn-checkpoint":
-        cfg, names = config_from_checkpoint(state), list(state["classes"][1:])
+        require_keys(state, ("config", "classes", "model"), path, "rcnn train")
+        cfg = config_from_checkpoint(state)
+        names = check_class_names(state.get("classes", [])[1:], str(path))
         if classes and [c.lower() for c in classes] != [c.lower() for c in names]:
             raise CheckpointError(f"--classes {' '.join(classes)}: {path} was trained for {names}")
         weights = state["model"]
@@ -54,7 +75,8 @@ def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedMode
                 f"{path} holds only weights: pass --classes (in the training order) or give its "
                 "run folder"
             )
-        cfg, names, weights = _config_beside(path), list(classes), state
+        names = check_class_names(classes, "--classes")
+        cfg, weights = _config_beside(path), state
     model = build_model(cfg.backbone, len(names) + 1, "none")
     head = weights.get(f"{model.rcnn_head}.weight") if isinstance(weights, dict) else None
     if head is not None and head.shape[0] != len(names) + 1:
@@ -74,8 +96,12 @@ def _config_beside(path: Path) -> TrainConfig:
     if not config.is_file():
         logger.info("no config.json beside %s: AlexNet at 227x227, no context padding", path)
         return TrainConfig()
+    values = read_json(config, "`rcnn train` config")
     known = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in json.loads(config.read_text()).items() if k in known})
+    try:
+        return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    except (ConfigError, TypeError) as err:  # its checks name flags; the value came from here
+        raise DamagedFileError(f"{config}: a setting that rcnn cannot use ({err})") from None
 
 
 def for_inference(loaded: LoadedModel, device: str, threads: int, batch: int, amp: bool | None):

@@ -48,6 +48,28 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def paired_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """IoU of each box with its own row of candidates, by :func:`box_iou`'s arithmetic.
+
+    Args:
+        boxes1 (ndarray[N, 4]): boxes in ``x1, y1, x2, y2`` format.
+        boxes2 (ndarray[N, M, 4]): ``M`` candidates for each of them.
+
+    Returns:
+        ndarray[N, M] (float64): IoU of ``boxes1[i]`` with ``boxes2[i, j]``.
+    """
+    boxes1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 1, 4)
+    boxes2 = np.asarray(boxes2, dtype=np.float64).reshape(len(boxes1), -1, 4)
+    area1 = box_area(boxes1).reshape(-1, 1)
+    area2 = box_area(boxes2).reshape(len(boxes1), -1)
+    top_left = np.maximum(boxes1[..., :2], boxes2[..., :2])  # [N, M, 2]
+    bottom_right = np.minimum(boxes1[..., 2:], boxes2[..., 2:])  # [N, M, 2]
+    wh = np.clip(bottom_right - top_left, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """Clip boxes to an image of ``width`` x ``height`` pixels (same dtype as the input)."""
     boxes = np.array(boxes, copy=True).reshape(-1, 4)

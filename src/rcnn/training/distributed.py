@@ -70,6 +70,28 @@ def all_concat(array: np.ndarray) -> np.ndarray:
     return np.concatenate([p for p in parts if len(p)])  # a rank may have had no batch
 
 
+def rank_zero_first(world: World, fn) -> None:
+    """Calls ``fn()`` on rank 0 alone and tells every rank how it went: an error a user can
+    fix (a locked or refused output folder) is raised on every rank with the same message,
+    where the other ranks would otherwise wait for rank 0 at their next collective and end
+    in a communication traceback."""
+    from rcnn.errors import RcnnError
+
+    failure = None
+    if world.is_main:
+        try:
+            fn()
+        except (RcnnError, OSError) as err:
+            failure = err
+    if world.enabled and dist.is_initialized():
+        message = [None if failure is None else str(failure)]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None and failure is None:
+            raise RcnnError(message[0])
+    if failure is not None:
+        raise failure
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

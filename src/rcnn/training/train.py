@@ -6,6 +6,7 @@ only wires data, model, optimizer and checkpoints together.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -34,12 +35,27 @@ from rcnn.data.regions import RegionSet
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.metrics import classification_metrics
-from rcnn.files import atomic_write_bytes, atomic_write_json
+from rcnn.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    output_dir,
+    output_lock,
+    remove_temporaries,
+    require_keys,
+)
 from rcnn.modeling.model import build_model, check_input_size, normalization, parameter_groups
 from rcnn.progress import progress_bar
 from rcnn.training.allocator import reuse_freed_memory
 from rcnn.training.config import TrainConfig
-from rcnn.training.distributed import World, all_concat, all_sum, barrier, init_world, shutdown
+from rcnn.training.distributed import (
+    World,
+    all_concat,
+    all_sum,
+    barrier,
+    init_world,
+    rank_zero_first,
+    shutdown,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +131,25 @@ def default_amp(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in native)
+        return native_bf16_cpu()
     return False
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+    ``RCNN_NATIVE_BF16=1`` or ``0`` in the environment overrides the detection, so that both
+    defaults can be tried on any machine (bfloat16 is emulated, slower, where it is not
+    native)."""
+    forced = os.environ.get("RCNN_NATIVE_BF16", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in native)
+
+
+def precision_name(device: torch.device, amp: bool) -> str:
+    """What the numbers are computed in: ``float32``, or the autocast type with ``amp``."""
+    return str(amp_dtype(device)).removeprefix("torch.") if amp else "float32"
 
 
 def autocast(device: torch.device, enabled: bool | None):
@@ -316,6 +348,10 @@ def checkpoint_path(path: str | Path, default: str = "last.pt") -> Path:
     return path
 
 
+CHECKPOINT_KEYS = ("epoch", "config", "classes", "model", "optimizer", "scheduler", "history",
+                   "best")  # fmt: skip
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Reads a ``last.pt``/``best.pt`` file (``RUN/last.pt`` when given a run folder)."""
     path = checkpoint_path(path)
@@ -332,6 +368,9 @@ def load_checkpoint(path: str | Path) -> dict:
         )
     if not isinstance(ckpt, dict) or ckpt.get("format") != "rcnn-checkpoint":
         raise CheckpointError(f"{path}: not an rcnn checkpoint (use `rcnn train` to make one)")
+    require_keys(ckpt, CHECKPOINT_KEYS, path, "rcnn train")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path}: its config is not a mapping (damaged?)")
     return ckpt
 
 
@@ -502,8 +541,20 @@ def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     cfg = for_device(cfg, device)
     if not world.is_main:
         cfg = replace(cfg, progress=False)
-    if not resume:
-        claim_run_folder(Path(cfg.out), overwrite, world.is_main)
+    with contextlib.ExitStack() as stack:
+
+        def claim() -> None:  # rank 0 holds the run folder while the run lasts
+            out = output_dir(cfg.out)
+            stack.enter_context(output_lock(out, "rcnn train"))
+            remove_temporaries(out)
+            if not resume:
+                claim_run_folder(out, overwrite)
+
+        rank_zero_first(world, claim)
+        return _train(cfg, resume, world, device, requested)
+
+
+def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict) -> dict:
     run = setup_run(cfg, resume, world, device)
     run.requested = requested
     say = print if world.is_main else (lambda *a, **k: None)
@@ -514,8 +565,6 @@ def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
                 "epochs; pass a larger --epochs to continue it"
             )
         say(f"Resuming {cfg.out} after epoch {run.first_epoch - 1}")
-    if world.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.time()
     with reuse_freed_memory(enabled=device.type == "cpu"):
         for epoch in range(run.first_epoch, cfg.epochs):
@@ -597,7 +646,7 @@ def resume_config(run: str | Path, **overrides) -> TrainConfig:
 RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.pth")
 
 
-def claim_run_folder(out: Path, overwrite: bool, is_main: bool = True) -> None:
+def claim_run_folder(out: Path, overwrite: bool) -> None:
     """Refuses a folder that holds a run, or with ``overwrite`` deletes that run's files."""
     found = [name for name in RUN_FILES if (out / name).exists()]
     if not found:
@@ -607,10 +656,9 @@ def claim_run_folder(out: Path, overwrite: bool, is_main: bool = True) -> None:
             f"--out {out} already holds a run ({', '.join(found)}); continue it with "
             f"`rcnn train --resume {out}`, or pass --overwrite to replace it"
         )
-    if is_main:
-        for name in found:
-            (out / name).unlink()
-        logger.warning("--overwrite: deleted %s from %s", ", ".join(found), out)
+    for name in found:
+        (out / name).unlink()
+    logger.warning("--overwrite: deleted %s from %s", ", ".join(found), out)
 
 
 def config_from_checkpoint(ckpt: dict) -> TrainConfig:
