@@ -17,8 +17,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# Tests marked `precision` use the automatic precision: they run with native bfloat16 forced
+# off and on (RCNN_NATIVE_BF16), so that both paths are tried whatever this CPU has.
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not precision"
+	RCNN_NATIVE_BF16=0 $(VENV)/bin/pytest -m precision
+	RCNN_NATIVE_BF16=1 $(VENV)/bin/pytest -m precision
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks

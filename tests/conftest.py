@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+OUTSIDE_PRECISION = os.environ.get("RCNN_NATIVE_BF16")  # as `make test` sets it, or unset
+
+
+@pytest.fixture(autouse=True, scope="session")
+def float32_by_default():
+    """The automatic precision is float32 everywhere in the tests (as on a CPU without native
+    bfloat16), whatever this machine has, so that no test depends on it..."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RCNN_NATIVE_BF16", "0")
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def outside_precision_when_marked(request, monkeypatch):
+    """...but in the tests marked ``precision``, which take RCNN_NATIVE_BF16 from outside:
+    `make test` runs them with 0 and with 1."""
+    if request.node.get_closest_marker("precision") is None:
+        return
+    if OUTSIDE_PRECISION is None:
+        monkeypatch.delenv("RCNN_NATIVE_BF16")
+    else:
+        monkeypatch.setenv("RCNN_NATIVE_BF16", OUTSIDE_PRECISION)
 
 
 def write_xml(path: Path, filename: str, size, objects) -> None:

@@ -204,12 +204,17 @@ def test_amp_on_the_device_pipeline(prepared, tmp_path):
     assert json.loads((tmp_path / "amp" / "config.json").read_text())["amp"] is True
 
 
-def test_device_defaults_are_decided_once_and_recorded():
+@pytest.mark.parametrize("native", ["0", "1", None])
+def test_device_defaults_are_decided_once_and_recorded(monkeypatch, native):
     cpu = torch.device("cpu")
+    if native is None:  # the machine's own answer
+        monkeypatch.delenv("RCNN_NATIVE_BF16")
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    else:
+        monkeypatch.setenv("RCNN_NATIVE_BF16", native)
+        native = native == "1"
     cfg = for_device(TrainConfig(), cpu)
-    assert (cfg.amp, cfg.val_batch) == (default_amp(cpu), 256)
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert default_amp(cpu) == native  # bfloat16 by default only where it is native
+    assert (cfg.amp, cfg.val_batch) == (native, 256)  # bfloat16 only where it is native
     kept = for_device(TrainConfig(amp=True, val_batch=64), cpu)
     assert (kept.amp, kept.val_batch) == (True, 64)
     assert compile_mode(cpu, SINGLE) is None
