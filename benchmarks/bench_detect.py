@@ -33,14 +33,15 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from rcnn.data.proposals import ProposalConfig, compute_proposals
+from rcnn.data.config import ProposalConfig
+from rcnn.data.proposals import compute_proposals
 from rcnn.data.synth import make_synthetic_voc
 from rcnn.data.voc import VOCDataset, read_id_file
 from rcnn.detection.config import DetectorConfig
 from rcnn.detection.detector import Detector
-from rcnn.modeling.model import build_model
-from rcnn.modeling.trained import LoadedModel, load_model
-from rcnn.training.config import TrainConfig
+from rcnn.modeling.checkpoint import LoadedModel, load_model
+from rcnn.modeling.model import ModelSpec, build_model
+from rcnn.runtime.config import InferenceConfig
 
 
 def naive_nms(boxes: list, scores: list, threshold: float = 0.3) -> tuple[list, list]:
@@ -113,7 +114,7 @@ def images_and_model(args, work: Path):
         return paths, load_model(args.model)
     torch.manual_seed(0)
     model = build_model("alexnet", 2, "none").eval()
-    return paths, LoadedModel(model, ["car"], TrainConfig(input_size=args.input_size), "random")
+    return paths, LoadedModel(model, ["car"], ModelSpec(input_size=args.input_size), "random")
 
 
 def main() -> None:
@@ -142,14 +143,15 @@ def main() -> None:
         results = compute_proposals(paths, config, work / "cache", workers=0, progress=False)
         proposal_s = (time.perf_counter() - start) / len(paths)
         proposals = sum(len(r.boxes) for r in results)
+        inference = InferenceConfig(device=args.device)
         cfg = DetectorConfig(
-            score_thresh=args.score_thresh, device=args.device, cache_dir=str(work / "cache")
+            score_thresh=args.score_thresh, inference=inference, cache_dir=str(work / "cache")
         )
         detector = Detector(loaded, cfg)
         ours, ours_s = time_detector(detector, results, device)
-        fp32 = Detector(loaded, replace(cfg, amp=False))
-        fp32_s = time_detector(fp32, results, device)[1] if detector.train.amp else ours_s
-        model, size = fp32.model, detector.train.input_size
+        fp32 = Detector(loaded, replace(cfg, inference=replace(inference, amp=False)))
+        fp32_s = time_detector(fp32, results, device)[1] if detector.inference.amp else ours_s
+        model, size = fp32.model, detector.warp.size
         naive = results[: args.naive_images]
         naive_detect(model, cv2.imread(naive[0].path), naive[0].boxes[:8], device, size, 0.6)
         start = time.perf_counter()
@@ -163,7 +165,7 @@ def main() -> None:
         "images": len(paths),
         "proposals_per_image": round(proposals / len(paths)),
         "input_size": size,
-        "rcnn_amp": detector.train.amp,
+        "rcnn_amp": detector.inference.amp,
         "rcnn_images_per_s": round(len(paths) / ours_s, 3),
         "rcnn_fp32_images_per_s": round(len(paths) / fp32_s, 3),
         "naive_images_per_s": round(len(naive) / naive_s, 3),

@@ -43,16 +43,11 @@ from rcnn.data.batches import DeviceFeeder, DeviceImages, ThreadFeeder, chunks, 
 from rcnn.data.dataset import ImageStore, random_flip
 from rcnn.data.regions import RegionSet
 from rcnn.data.sampler import BalancedBatchSampler
+from rcnn.evaluation.predict import predict
 from rcnn.modeling.model import build_model, normalization
-from rcnn.training.train import (
-    SINGLE,
-    TrainConfig,
-    autocast,
-    compile_mode,
-    configure_device,
-    make_optimizer,
-    predict,
-)
+from rcnn.runtime.device import autocast, configure_device
+from rcnn.training.config import TrainConfig
+from rcnn.training.train import SINGLE, compile_mode, make_optimizer
 
 RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
 REPORT: dict = {}

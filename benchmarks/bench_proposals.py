@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rcnn.data.proposals import ProposalConfig, compute_proposals
+from rcnn.data.config import ProposalConfig
+from rcnn.data.proposals import compute_proposals
 from rcnn.data.synth import make_synthetic_voc
 from rcnn.data.voc import VOCDataset
 

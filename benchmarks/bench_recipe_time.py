@@ -19,19 +19,13 @@ import numpy as np
 import torch
 
 from rcnn.bench import bench_train, make_scale_regions, peak_rss_mb, time_batches
-from rcnn.data.batches import chunks
+from rcnn.data.batches import chunks, make_feeder
 from rcnn.data.regions import RegionSet
-from rcnn.modeling.model import build_model
-from rcnn.training.allocator import reuse_freed_memory
-from rcnn.training.train import (
-    TrainConfig,
-    autocast,
-    configure_device,
-    for_device,
-    input_stats,
-    make_feeder,
-    resolve_device,
-)
+from rcnn.modeling.model import ModelSpec, build_model
+from rcnn.runtime.allocator import reuse_freed_memory
+from rcnn.runtime.device import autocast, configure_device, resolve_device
+from rcnn.training.config import TrainConfig
+from rcnn.training.train import for_device
 
 RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
 
@@ -42,9 +36,9 @@ def val_rate(cfg: TrainConfig, batches: int) -> float:
     configure_device(device)
     cfg = for_device(cfg, device)
     regions = RegionSet.load(Path(cfg.data) / "val")
-    mean, std = input_stats(cfg)
     order = chunks(np.arange(len(regions)), cfg.val_batch)
-    feeder = make_feeder(regions, order, cfg, device, mean, std)
+    feeder = make_feeder(regions, order, ModelSpec.of(cfg).warp(), device, cfg.pipeline,
+                         cfg.workers)  # fmt: skip
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(cfg.backbone, 2, "none").to(device, memory_format=memory_format).eval()
 

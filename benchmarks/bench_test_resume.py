@@ -43,7 +43,7 @@ def run(work: Path, images: int, num_classes: int, per_image: int) -> dict:
 
     from rcnn.data.synth import make_synthetic_voc
     from rcnn.data.voc import VOCDataset, read_id_file
-    from rcnn.detection.voc_test import input_digest, load_ground_truth
+    from rcnn.detection.evaluate_split import input_digest, load_ground_truth
     from rcnn.files import npz_bytes
     from rcnn.modeling.model import build_model
     from rcnn.training.config import TrainConfig

@@ -112,8 +112,8 @@ def small_voc(make_voc):
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
     """A tiny prepared region dataset (train and val stores), built once per test session."""
-    from rcnn.data.prepare import PrepareConfig, run_prepare
-    from rcnn.data.proposals import ProposalConfig
+    from rcnn.data.config import PrepareConfig, ProposalConfig
+    from rcnn.data.prepare import run_prepare
     from rcnn.data.synth import make_synthetic_voc
 
     root = tmp_path_factory.mktemp("prepared")

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import torch
 
-from rcnn.training.train import TrainConfig, init_world, resolve_device, run_epoch, setup_run
+from rcnn.runtime.device import resolve_device
+from rcnn.runtime.distributed import init_world
+from rcnn.training.config import TrainConfig
+from rcnn.training.train import run_epoch, setup_run
 
 data, out = sys.argv[1], Path(sys.argv[2])
 cfg = TrainConfig(data=data, out=str(out / "run"), weights="none", input_size=64, num_pos=4,

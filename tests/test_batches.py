@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,14 +13,16 @@ from rcnn.data.batches import (
     DeviceImages,
     LoaderFeeder,
     ThreadFeeder,
+    Warp,
     chunks,
+    make_feeder,
     warp_regions,
 )
 from rcnn.data.dataset import ImageStore, RegionDataset, context_box, draw_flips, mean_fill
 from rcnn.data.regions import RegionSet
-from rcnn.training.train import TrainConfig, make_feeder
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +93,8 @@ def test_make_feeder_paths_agree(val_set):
     batches = chunks(np.arange(len(regions))[:96], 32)
     out = {}
     for pipeline in ("device", "threads", "loader"):
-        cfg = TrainConfig(input_size=40, pipeline=pipeline, workers=0)
-        feeder = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+        warp = Warp(40, 0, MEAN, STD)
+        feeder = make_feeder(regions, batches, warp, CPU, pipeline, workers=0, store=store)
         out[pipeline] = torch.cat([x for x, _ in feeder])
     assert interior_error(out["device"], out["loader"]) < 0.05
     assert interior_error(out["device"], out["threads"]) < 0.05
@@ -109,11 +110,10 @@ def test_threads_on_uint8_images_match_worker_processes(val_set, monkeypatch, pa
     regions, store = val_set
     monkeypatch.setattr("rcnn.data.batches.float_images_budget", lambda: 0)
     batches = chunks(np.arange(len(regions))[:64], 32)
-    cfg = TrainConfig(input_size=40, pipeline="threads", workers=0, context_pad=pad)
-    threads = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+    warp = Warp(40, pad, MEAN, STD)
+    threads = make_feeder(regions, batches, warp, CPU, "threads", workers=0, store=store)
     assert threads.lut is not None
-    cfg = replace(cfg, pipeline="loader")
-    loader = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+    loader = make_feeder(regions, batches, warp, CPU, "loader", workers=0, store=store)
     for generator in (None, 5):
         flips = [torch.Generator().manual_seed(generator) if generator else None for _ in "ab"]
         a = torch.cat([x for x, _ in threads.iterate(flips[0])])
@@ -147,8 +147,8 @@ def test_every_path_flips_the_same_regions(val_set):
     regions, store = val_set
     batches = chunks(np.arange(len(regions))[:64], 16)
     for pipeline in ("threads", "device", "loader"):
-        cfg = TrainConfig(input_size=32, pipeline=pipeline, workers=0)
-        feeder = make_feeder(regions, batches, cfg, torch.device("cpu"), MEAN, STD, store)
+        warp = Warp(32, 0, MEAN, STD)
+        feeder = make_feeder(regions, batches, warp, CPU, pipeline, workers=0, store=store)
         plain = [x.clone() for x, _ in feeder]
         flipped = [x.clone() for x, _ in feeder.iterate(torch.Generator().manual_seed(3))]
         draws = torch.Generator().manual_seed(3)
@@ -176,7 +176,7 @@ def test_thread_feeder_recycles_only_buffers_nobody_holds(val_set):
 
 FAULTS_PROBE = """
 import json, resource, torch
-from rcnn.training.allocator import reuse_freed_memory
+from rcnn.runtime.allocator import reuse_freed_memory
 
 def faults_of_fresh_blocks():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

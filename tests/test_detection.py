@@ -13,9 +13,10 @@ from rcnn.cli import main
 from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
 from rcnn.detection.config import DetectorConfig, eval_detector_config
 from rcnn.detection.detector import Detector, select_detections
-from rcnn.detection.voc_test import VOCTestConfig, read_results, run_test, write_results
+from rcnn.detection.evaluate_split import VOCTestConfig, read_results, run_test, write_results
 from rcnn.errors import RcnnError
-from rcnn.modeling.trained import load_model
+from rcnn.modeling.checkpoint import load_model
+from rcnn.runtime.config import InferenceConfig
 
 FLAGS = ["--device", "cpu", "--workers", "1", "--no-progress"]
 
@@ -23,8 +24,8 @@ FLAGS = ["--device", "cpu", "--workers", "1", "--no-progress"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A synthetic VOC set with a test split and a model fine-tuned on it for a few epochs."""
-    from rcnn.data.prepare import PrepareConfig, run_prepare
-    from rcnn.data.proposals import ProposalConfig
+    from rcnn.data.config import PrepareConfig, ProposalConfig
+    from rcnn.data.prepare import run_prepare
     from rcnn.data.synth import make_synthetic_voc
     from rcnn.training.config import TrainConfig
     from rcnn.training.train import run_train
@@ -50,8 +51,11 @@ def trained(tmp_path_factory):
     return root
 
 
+CPU = InferenceConfig(device="cpu")
+
+
 def detector_config(root, **kw):
-    kw = {"device": "cpu", "workers": 1, "cache_dir": str(root / "cache"), **kw}
+    kw = {"inference": CPU, "workers": 1, "cache_dir": str(root / "cache"), **kw}
     return DetectorConfig(**kw)
 
 
@@ -212,7 +216,7 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
     shutil.copytree(voc, broken)
     with (broken / "ImageSets" / "Main" / "test.txt").open("a") as f:
         f.write("999999\n")
-    detector = eval_detector_config(device="cpu", workers=1)
+    detector = eval_detector_config(inference=CPU, workers=1)
     cfg = VOCTestConfig(str(trained / "run"), str(broken), str(tmp_path / "t2"), detector=detector)
     with pytest.raises(RcnnError, match=r"test.txt names 1 image\(s\) missing .* 999999.jpg"):
         run_test(cfg)
@@ -263,10 +267,10 @@ def test_close_scores_keep_their_order_in_result_files(tmp_path):
 
 
 def test_a_class_missing_from_the_split_is_left_out_of_the_mean():
-    from rcnn.detection.voc_test import SplitTruth, evaluate_detections
-    from rcnn.evaluation.voc_eval import ClassTruth, GroundTruth
+    from rcnn.detection.evaluate_split import SplitTruth, evaluate_detections
+    from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth
 
-    car = GroundTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))
+    car = ImageTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))
     classes = {"car": ClassTruth.of(["a"], {"a": car}), "bus": ClassTruth.of(["a"], {})}
     truth = SplitTruth(["a"], classes, {}, {}, {}, set())
     dets = {1: (np.array([0]), np.array([0.9]), np.array([[0, 0, 10, 10]], float)),

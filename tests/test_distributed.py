@@ -11,6 +11,9 @@ import torch
 
 from rcnn.data.regions import RegionSet
 from rcnn.evaluation.evaluate import run_evaluate
+from rcnn.runtime.config import InferenceConfig
+
+CPU = InferenceConfig(device="cpu", threads=1)
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
@@ -51,7 +54,9 @@ def test_torchrun_cli_metrics_equal_single_process_evaluation(prepared, tmp_path
                       "1e-4", "--device", "cpu", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert result.stdout.count("Epoch 0/0") == 1, "only rank 0 prints"
     (row,) = list(csv.DictReader((out / "metrics.csv").open()))
-    metrics = run_evaluate(str(out), str(prepared), device="cpu", workers=0, progress=False)
+    metrics = run_evaluate(
+        str(out), str(prepared), inference=InferenceConfig(device="cpu", threads=1), progress=False
+    )
     assert metrics["accuracy"] == pytest.approx(float(row["val_acc"]), abs=1e-12)
     assert metrics["balanced_accuracy"] == pytest.approx(float(row["val_balanced_acc"]), abs=1e-12)
     assert metrics["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)

@@ -11,9 +11,11 @@ from torchvision.models.detection._utils import BoxCoder
 from rcnn.cli import main
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError
 from rcnn.modeling.bbox_regression import BBoxRegressor, fit_ridge
+from rcnn.modeling.config import SVMConfig
 from rcnn.modeling.features import feature_dims
-from rcnn.modeling.svm import SVMConfig, fit_svm, svm_objective, update_cache
+from rcnn.modeling.svm import fit_svm, svm_objective, update_cache
 from rcnn.ops.boxes import decode_boxes, encode_boxes
+from rcnn.runtime.config import InferenceConfig
 
 
 def random_boxes(rng, n):
@@ -105,9 +107,9 @@ def test_mining_adds_hard_drops_easy_and_stops():
 @pytest.fixture(scope="module")
 def heads_run(prepared, tmp_path_factory):
     """A one-epoch run on the paper-preset regions (ground-truth boxes included)."""
+    from rcnn.data.config import PrepareConfig, ProposalConfig
     from rcnn.data.labels import PRESETS
-    from rcnn.data.prepare import PrepareConfig, run_prepare
-    from rcnn.data.proposals import ProposalConfig
+    from rcnn.data.prepare import run_prepare
     from rcnn.training.config import TrainConfig
     from rcnn.training.train import run_train
 
@@ -123,12 +125,14 @@ def heads_run(prepared, tmp_path_factory):
 
 
 FLAGS = ["--device", "cpu", "--no-progress", "--amp"]
+CPU = InferenceConfig(device="cpu")
 
 
 def test_features_equal_the_networks_activations(heads_run, prepared):
+    from rcnn.data.batches import make_feeder
     from rcnn.data.dataset import ImageStore
-    from rcnn.modeling.trained import load_model
-    from rcnn.training.train import input_stats, load_split, make_feeder
+    from rcnn.data.regions import load_split
+    from rcnn.modeling.checkpoint import load_model
 
     run = heads_run / "run"
     out = heads_run / "feats"
@@ -140,9 +144,8 @@ def test_features_equal_the_networks_activations(heads_run, prepared):
     fc7, pool5 = FeatureStore(out, "train", "fc7"), FeatureStore(out, "train", "pool5")
     # The same warped regions through the plain model, layer by layer.
     loaded = load_model(run)
-    mean, std = input_stats(loaded.config)
-    feeder = make_feeder(regions, [rows], loaded.config, torch.device("cpu"), mean, std,
-                         ImageStore.of(regions))  # fmt: skip
+    feeder = make_feeder(regions, [rows], loaded.spec.warp(), torch.device("cpu"),
+                         store=ImageStore.of(regions))  # fmt: skip
     images, _ = next(iter(feeder))
     model = loaded.model.eval()
     with torch.no_grad():
@@ -157,13 +160,14 @@ def test_features_equal_the_networks_activations(heads_run, prepared):
 
 @pytest.mark.precision
 def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path):
-    from rcnn.modeling.extract import FeaturesConfig, run_features
+    from rcnn.modeling.config import FeaturesConfig
+    from rcnn.modeling.extract import run_features
 
     out = tmp_path / "feats"
     # Small chunks, so that a tiny set has several; the store keeps its chunk size. The
     # precision is automatic: bfloat16 or float32, as this machine (or RCNN_NATIVE_BF16) says.
-    cfg = FeaturesConfig(str(heads_run / "run"), str(heads_run / "regions"), str(out),
-                         device="cpu", chunk=256, progress=False)  # fmt: skip
+    cfg = FeaturesConfig(model=str(heads_run / "run"), data=str(heads_run / "regions"),
+                         out=str(out), inference=CPU, chunk=256, progress=False)  # fmt: skip
     run_features(cfg)
     chunks = sorted((out / "train" / "fc7").glob("*.npy"))
     assert len(chunks) >= 2
@@ -245,21 +249,21 @@ def test_svm_of_other_classes_is_refused(heads_run, tmp_path):
     from rcnn.detection.config import DetectorConfig
     from rcnn.detection.detector import Detector
     from rcnn.errors import RcnnError
+    from rcnn.modeling.checkpoint import load_model
     from rcnn.modeling.svm import SVMModel
-    from rcnn.modeling.trained import load_model
 
     svm = SVMModel(np.zeros((2, 4096), np.float32), np.zeros(2, np.float32), 1.0, ["car", "bus"])
     svm.save(tmp_path / "svm")
-    cfg = DetectorConfig(scorer="svm", svm=str(tmp_path / "svm"), device="cpu")
+    cfg = DetectorConfig(scorer="svm", svm=str(tmp_path / "svm"), inference=CPU)
     with pytest.raises(RcnnError, match="trained for classes"):
         Detector(load_model(heads_run / "run"), cfg)
     wrong = SVMModel(np.zeros((1, 100), np.float32), np.zeros(1, np.float32), 1.0, ["car"])
     wrong.save(tmp_path / "svm2")
     loaded = load_model(heads_run / "run")
     with pytest.raises(RcnnError, match="100-d features"):
-        Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "svm2"), device="cpu"))
+        Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "svm2"), inference=CPU))
     with pytest.raises(FileNotFoundError, match="rcnn train-svm"):
-        Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "none"), device="cpu"))
+        Detector(loaded, DetectorConfig(scorer="svm", svm=str(tmp_path / "none"), inference=CPU))
 
 
 def test_heads_of_another_network_are_refused_and_of_a_copy_accepted(heads_run, tmp_path):
@@ -268,11 +272,11 @@ def test_heads_of_another_network_are_refused_and_of_a_copy_accepted(heads_run, 
     from rcnn.detection.config import DetectorConfig
     from rcnn.detection.detector import Detector
     from rcnn.errors import RcnnError
-    from rcnn.modeling.trained import load_model
+    from rcnn.modeling.checkpoint import load_model
 
     run = heads_run / "run"
     cfg = DetectorConfig(scorer="svm", svm=str(run / "svm"), bbox_reg=str(run / "bbox"),
-                         device="cpu")  # fmt: skip
+                         inference=CPU)  # fmt: skip
     copy = tmp_path / "copy.pt"
     shutil.copy(run / "best.pt", copy)  # the same weights elsewhere, with another file time
     Detector(load_model(copy), cfg)
@@ -328,9 +332,9 @@ def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_p
          "meta.json: not a readable region store"),
         (lambda: damage(pth / "config.json", b"[1, 2]"), ["detect", str(pth / "model.pth"),
          image, "--classes", "car", "--out", str(tmp_path / "d"), *FLAGS], "config.json: not a"),
-        (lambda: damage(pth / "config.json", b'{"lr": -1}'), ["detect", str(pth / "model.pth"),
-         image, "--classes", "car", "--out", str(tmp_path / "d"), *FLAGS],
-         "config.json: a setting that rcnn cannot use"),
+        (lambda: damage(pth / "config.json", b'{"input_size": 8}'), ["detect",
+         str(pth / "model.pth"), image, "--classes", "car", "--out", str(tmp_path / "d"),
+         *FLAGS], "config.json: a setting that rcnn cannot use"),
         (lambda: torch.save({k: v for k, v in state.items() if k != "model"}, run / "best.pt"),
          detect, "model missing"),
         (lambda: damage(run / "metrics.csv", b"epoch,lr\nfirst,0.1\n"),

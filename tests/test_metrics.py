@@ -162,7 +162,7 @@ def test_pr_curves_per_object_class():
     probs, labels = three_class_case()
     curves = pr_curves(probs, labels, NAMES3)
     assert list(curves) == ["car", "dog"]
-    precision, recall, ap = curves["dog"]
+    recall, precision, ap = curves["dog"]
     assert ap == pytest.approx(3 / 4)
     assert recall[-1] == 1.0 and len(precision) == len(recall)
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from rcnn.cli import main
+from rcnn.data.config import PrepareConfig, ProposalConfig
 from rcnn.data.labels import PRESETS
-from rcnn.data.prepare import BadImageError, PrepareConfig, run_prepare
-from rcnn.data.proposals import ProposalCache, ProposalConfig
+from rcnn.data.prepare import BadImageError, run_prepare
+from rcnn.data.proposals import ProposalCache
 from rcnn.data.regions import RegionSet
 from rcnn.data.voc import VOCFormatError
 from rcnn.ops.boxes import box_iou
@@ -261,8 +262,8 @@ def test_a_second_prepare_on_the_same_out_is_refused(small_voc, tmp_path):
 
 
 def test_stores_of_different_runs_are_not_trained_together(small_voc, tmp_path):
+    from rcnn.data.regions import load_train_val
     from rcnn.errors import RcnnError
-    from rcnn.training.train import load_train_val
 
     run_prepare(config(small_voc, tmp_path / "a", tmp_path / "cache"))
     run_prepare(config(small_voc, tmp_path / "b", tmp_path / "cache", labels=PRESETS["paper"]))

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rcnn.data.proposals import ProposalCache, ProposalConfig, compute_proposals, selective_search
+from rcnn.data.config import ProposalConfig
+from rcnn.data.proposals import ProposalCache, compute_proposals, selective_search
 
 from .conftest import draw_scene
 

@@ -10,26 +10,26 @@ from torchvision import models
 from rcnn.cli import main
 from rcnn.data.regions import RegionSet
 from rcnn.evaluation.evaluate import run_compare, run_evaluate
+from rcnn.modeling.checkpoint import CheckpointError, load_checkpoint
 from rcnn.modeling.model import build_model
-from rcnn.training.config import train_config
+from rcnn.progress import minutes_seconds
+from rcnn.runtime.config import InferenceConfig
+from rcnn.runtime.device import default_amp
+from rcnn.training.config import TrainConfig, train_config
 from rcnn.training.train import (
     CSV_COLUMNS,
     SINGLE,
-    CheckpointError,
-    TrainConfig,
     TrainingDiverged,
     compile_mode,
     config_from_checkpoint,
-    default_amp,
     for_device,
-    load_checkpoint,
-    minutes_seconds,
     resume_config,
     run_train,
     setup_run,
     val_indices,
 )
 
+CPU = InferenceConfig(device="cpu", threads=1)
 TINY = {
     "weights": "none",
     "input_size": 64,
@@ -78,7 +78,13 @@ def test_model_pth_loads_into_torchvision_alexnet(one_epoch_run):
 
 def test_evaluate_matches_training_validation(one_epoch_run, prepared):
     out, best = one_epoch_run
-    metrics = run_evaluate(str(out), str(prepared), "val", device="cpu", workers=0, progress=False)
+    metrics = run_evaluate(
+        str(out),
+        str(prepared),
+        "val",
+        inference=InferenceConfig(device="cpu", threads=1),
+        progress=False,
+    )
     assert metrics["count"] == len(RegionSet.load(prepared / "val"))
     assert metrics["accuracy"] == pytest.approx(best["val_acc"], abs=1e-9)
     assert metrics["balanced_accuracy"] == pytest.approx(best["val_balanced_acc"], abs=1e-9)
@@ -145,8 +151,13 @@ def test_bad_inputs(prepared, one_epoch_run, tmp_path, capsys):
     three = RegionSet.load(prepared / "val")
     three.classes = ["car", "bus"]
     three.save(tmp_path / "three")
-    with pytest.raises(CheckpointError, match=r"classes \['background', 'car'\] \(2 outputs\)"):
-        run_evaluate(str(out), str(tmp_path / "three"), device="cpu", workers=0, progress=False)
+    with pytest.raises(CheckpointError, match=r"trained for classes \['car'\] but"):
+        run_evaluate(
+            str(out),
+            str(tmp_path / "three"),
+            inference=InferenceConfig(device="cpu", threads=1),
+            progress=False,
+        )
     assert main(["train", "--data", str(prepared)]) == 2
     assert "--data and --out are required" in capsys.readouterr().err
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), "--lr", "-1"]) == 2

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from rcnn.evaluation.voc_eval import GroundTruth, evaluate_class, voc_ap
+from rcnn.evaluation.voc_eval import ImageTruth, evaluate_class, voc_ap
 
 
 def truth(boxes, difficult=None):
     boxes = np.array(boxes, float).reshape(-1, 4)
     flags = np.zeros(len(boxes), bool) if difficult is None else np.array(difficult, bool)
-    return GroundTruth(boxes, flags)
+    return ImageTruth(boxes, flags)
 
 
 # Two images: "a" with two cars, "b" with one.

@@ -16,21 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rcnn.data.batches import make_feeder
 from rcnn.data.regions import RegionSet
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError
-from rcnn.modeling.model import build_model
-from rcnn.training.allocator import reuse_freed_memory
-from rcnn.training.train import (
-    TrainConfig,
-    autocast,
-    configure_device,
-    for_device,
-    input_stats,
-    make_feeder,
-    make_optimizer,
-    resolve_device,
-)
+from rcnn.modeling.model import ModelSpec, build_model
+from rcnn.runtime.allocator import reuse_freed_memory
+from rcnn.runtime.device import autocast, configure_device, resolve_device
+from rcnn.training.config import TrainConfig
+from rcnn.training.train import for_device, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +82,9 @@ def peak_rss_mb() -> float:
 
 def _feeder(cfg: TrainConfig, regions: RegionSet, device, batches: int):
     sampler = BalancedBatchSampler(regions.labels, cfg.num_pos, cfg.num_neg, cfg.seed)
-    mean, std = input_stats(cfg)
+    warp = ModelSpec.of(cfg).warp()
     start = time.perf_counter()
-    feeder = make_feeder(regions, sampler, cfg, device, mean, std)
+    feeder = make_feeder(regions, sampler, warp, device, cfg.pipeline, cfg.workers)
     setup = time.perf_counter() - start
     if len(sampler) < batches:
         raise ConfigError(f"--batches {batches}: the data makes only {len(sampler)} batches")

@@ -13,25 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from rcnn.data.labels import PRESETS as LABEL_PRESETS
-from rcnn.data.prepare import PrepareConfig, run_prepare
-from rcnn.data.proposals import ProposalConfig
-from rcnn.data.synth import make_synthetic_voc
-from rcnn.detection.ablate import run_ablation
-from rcnn.detection.config import eval_detector_config
-from rcnn.detection.voc_test import VOCTestConfig
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.evaluation.evaluate import run_evaluate
-from rcnn.modeling.bbox_regression import BBoxConfig
-from rcnn.modeling.extract import FeaturesConfig, run_features
-from rcnn.modeling.heads import HeadConfig, run_train_bbox, run_train_svm
-from rcnn.modeling.model import imagenet_weights_cached
-from rcnn.modeling.svm import SVMConfig
-from rcnn.training.train import TrainConfig, minutes_seconds, run_train
+from rcnn.progress import minutes_seconds
+from rcnn.runtime.config import InferenceConfig
+from rcnn.training.config import TrainConfig
 
+# The stages are imported where they run: `rcnn --help` reads DemoConfig without torch.
 logger = logging.getLogger(__name__)
 
 
@@ -74,6 +61,14 @@ def demo_train_config(cfg: DemoConfig, weights: str) -> TrainConfig:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from rcnn.data.synth import make_synthetic_voc
+    from rcnn.detection.ablate import run_ablation
+    from rcnn.detection.config import eval_detector_config
+    from rcnn.detection.evaluate_split import VOCTestConfig
+    from rcnn.evaluation.evaluate import run_evaluate
+    from rcnn.modeling.model import imagenet_weights_cached
+    from rcnn.training.train import run_train
+
     out = Path(cfg.out)
     start = time.time()
     voc = out / "voc"
@@ -103,13 +98,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     train_cfg = demo_train_config(cfg, weights)
     run_train(train_cfg, overwrite=True)  # the demo's own folder: a re-run replaces its run
+    inference = InferenceConfig(device=cfg.device, threads=cfg.workers)
     metrics = run_evaluate(
-        train_cfg.out,
-        str(out / "regions"),
-        "val",
-        device=cfg.device,
-        workers=cfg.workers,
-        progress=cfg.progress,
+        train_cfg.out, str(out / "regions"), "val", inference=inference, progress=cfg.progress
     )
     print("[4/6] evaluation of the best checkpoint on all validation regions:")
     print(metrics["report"])
@@ -121,7 +112,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             str(voc),
             str(out / "test"),
             detector=eval_detector_config(
-                device=cfg.device,
+                inference=inference,
                 cache_dir=str(out / "cache"),
                 bbox_reg=str(Path(train_cfg.out) / "bbox"),
             ),
@@ -165,6 +156,10 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[str]) -> dict:
+    from rcnn.data.config import PrepareConfig, ProposalConfig
+    from rcnn.data.labels import PRESETS as LABEL_PRESETS
+    from rcnn.data.prepare import run_prepare
+
     return run_prepare(
         PrepareConfig(
             str(voc),
@@ -181,15 +176,22 @@ def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[st
 
 def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
     """R-CNN's SVMs and box regressors on the training split; returns each stage's seconds."""
+    from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
+    from rcnn.modeling.extract import run_features
+    from rcnn.modeling.heads import run_train_bbox, run_train_svm
+
     times = {}
     start = time.time()
     _prepare(cfg, voc, out / "regions-paper", "paper", ["train"])  # every proposal, and the GT
-    heads = HeadConfig(run, str(out / "regions-paper"), device=cfg.device, progress=cfg.progress)
+    inference = InferenceConfig(device=cfg.device)
+    heads = HeadConfig(model=run, data=str(out / "regions-paper"), inference=inference,
+                       progress=cfg.progress)  # fmt: skip
     times["prepare_paper"] = round(time.time() - start, 1)
     start = time.time()
     features = run_features(
-        FeaturesConfig(run, heads.data, str(Path(run) / "features"), ["train"], ["fc7", "pool5"],
-                       device=cfg.device, overwrite=True, progress=cfg.progress)
+        FeaturesConfig(model=run, data=heads.data, out=str(Path(run) / "features"),
+                       layers=["fc7", "pool5"], inference=inference, overwrite=True,
+                       progress=cfg.progress)
     )  # fmt: skip
     times["features"] = round(time.time() - start, 1)
     svm = run_train_svm(heads, SVMConfig())
@@ -213,6 +215,9 @@ def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
 def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
     """A few test images with their ground truth (green) and the detections scoring at least
     the reference detector's 0.6 (in the class colour)."""
+    import cv2
+    import numpy as np
+
     from rcnn.data.images import read_image
     from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
     from rcnn.detection.detector import Detections

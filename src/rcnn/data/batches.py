@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -34,8 +35,10 @@ from torchvision.ops import roi_align
 
 from rcnn.data.dataset import (
     ImageStore,
+    RegionDataset,
     context_boxes,
     draw_flips,
+    loader_options,
     mean_fill,
     normalize,
     random_flip,
@@ -44,6 +47,53 @@ from rcnn.data.dataset import (
 from rcnn.data.regions import RegionSet
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Warp:
+    """How regions become network inputs: warped to ``size`` x ``size`` with ``pad`` pixels of
+    context, normalized by ``mean`` and ``std`` (RGB, in [0, 1] units)."""
+
+    size: int
+    pad: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def pipeline_for(pipeline: str, device: torch.device) -> str:
+    """``auto`` means ``device`` on CUDA and ``threads`` elsewhere."""
+    if pipeline == "auto":
+        return "device" if device.type == "cuda" else "threads"
+    return pipeline
+
+
+def make_feeder(
+    regions: RegionSet,
+    batches,
+    warp: Warp,
+    device: torch.device,
+    pipeline: str = "auto",
+    workers: int = 2,
+    store: ImageStore | None = None,
+):
+    """Normalized batches of ``regions`` on ``device``, one per entry of ``batches`` (lists
+    of region indices), through the GPU-resident path or a CPU one (``pipeline``);
+    ``workers`` are warping threads or loader processes."""
+    store = store if store is not None else ImageStore.of(regions, 2 * workers or 2)
+    pipeline = pipeline_for(pipeline, device)
+    if pipeline == "device":
+        images = DeviceImages(
+            store, device, warp.mean, warp.std, device_images_dtype(store, device)
+        )
+        return DeviceFeeder(regions, images, batches, warp.size, warp.pad)
+    if pipeline == "threads":
+        return ThreadFeeder(
+            regions, store, batches, warp.size, warp.pad, device, warp.mean, warp.std, workers
+        )
+    dataset = RegionDataset(regions, store, warp.size, warp.pad, mean_fill(warp.mean))
+    options = loader_options(workers, pin_memory=device.type == "cuda")
+    return LoaderFeeder(DataLoader(dataset, batch_sampler=batches, **options), device,
+                        warp.mean, warp.std)  # fmt: skip
 
 
 class LoaderFeeder:

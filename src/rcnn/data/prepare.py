@@ -9,21 +9,20 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.labels import LabelConfig, label_regions, region_details
-from rcnn.data.proposals import ProposalConfig, compute_proposals, default_cache_dir
-from rcnn.data.regions import GroundTruth, RegionSet
+from rcnn.data.config import PrepareConfig
+from rcnn.data.labels import label_regions, region_details
+from rcnn.data.proposals import compute_proposals, default_cache_dir
+from rcnn.data.regions import RegionSet, RegionTruth
 from rcnn.data.voc import (
     VOCAnnotation,
     VOCDataset,
     VOCFormatError,
-    resolve_classes,
 )
-from rcnn.errors import ConfigError, RcnnError
+from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_json, output_dir, output_lock, remove_temporaries
 from rcnn.ops.boxes import clip_boxes, nonempty
 
@@ -32,29 +31,6 @@ logger = logging.getLogger(__name__)
 
 class BadImageError(RcnnError):
     """An image could not be used; raised instead of skipping it under ``--strict``."""
-
-
-@dataclass
-class PrepareConfig:
-    voc_root: str
-    out: str
-    splits: list[str] = field(default_factory=lambda: ["train", "val"])
-    classes: list[str] = field(default_factory=lambda: ["car"])
-    labels: LabelConfig = field(default_factory=LabelConfig)
-    proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    workers: int = 0
-    cache_dir: str | None = None  # None = the default cache folder
-    strict: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        self.classes = resolve_classes(list(self.classes))
-        if not self.splits:
-            raise ConfigError("--split must name at least one split")
-        if len(set(self.splits)) != len(self.splits):
-            raise ConfigError(f"--split names a split twice: {self.splits}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")
 
 
 def _load_annotations(voc: VOCDataset, ids: list[str], skipped: list[dict]):
@@ -156,7 +132,7 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
     index, boxes, labels, ious, gt_index, class_ious, is_gt = (
         np.concatenate(a) for a in zip(*parts, strict=True)
     )
-    truth = GroundTruth(
+    truth = RegionTruth(
         *(np.concatenate(a) for a in zip(*gt_parts, strict=True)), gt_index, class_ious, is_gt
     )
     info = {

@@ -21,46 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rcnn.data.config import ProposalConfig
 from rcnn.data.images import decode_image, image_size
-from rcnn.errors import ConfigError
 from rcnn.files import atomic_write_bytes, read_regular_file
 from rcnn.ops.boxes import clip_boxes, nonempty, unique_boxes
 from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-MODES = ("quality", "fast")
-# Selective Search takes time and memory in proportion to pixels: a 6000x4000 photo took more
-# than 7 minutes and 3 GB at full size. Larger images are shrunk to this for the search (VOC's
-# and COCO's images, at most 500 and 640 pixels, are searched as they are).
-DEFAULT_MAX_SIDE = 1000
-
-
-@dataclass(frozen=True)
-class ProposalConfig:
-    mode: str = "quality"
-    max_side: int = DEFAULT_MAX_SIDE  # longer side shrunk to at most this first; 0 = never
-
-    def for_image(self, size: tuple[int, int] | None) -> ProposalConfig:
-        """The search an image of ``size`` gets: an image that fits ``max_side`` is searched at
-        full size, so its cache entry is the same whatever the cap."""
-        if self.max_side and size is not None and max(size) <= self.max_side:
-            return replace(self, max_side=0)
-        return self
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
-        if self.max_side < 0 or 0 < self.max_side < 32:
-            raise ConfigError(f"--max-side must be 0 (off) or >= 32, got {self.max_side}")
-
-    def cache_tag(self) -> str:
-        # OpenCV's version is part of the key: another release may segment differently.
-        # Images are read as stored, their EXIF orientation ignored (rcnn.data.images).
-        return (
-            f"selective-search/{self.mode}/max_side={self.max_side}/opencv={cv2.__version__}"
-            "/stored-pixels"
-        )
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.errors import RcnnError
+from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import (
     DamagedFileError,
     atomic_write_bytes,
@@ -46,7 +46,7 @@ FORMAT = "rcnn-regions"
 VERSION = 2
 VERSIONS = (1, 2)  # version 1 stores lack the ground-truth arrays; they still load
 ARRAYS = {"image_index": np.int32, "boxes": np.int32, "labels": np.int16, "ious": np.float32}
-# Version 2: what the SVM and box-regression stages need (see :class:`GroundTruth`).
+# Version 2: what the SVM and box-regression stages need (see :class:`RegionTruth`).
 DETAIL_ARRAYS = {"gt_index": np.int32, "class_ious": np.float32, "is_gt": np.bool_}
 GT_ARRAYS = {"boxes": np.int32, "labels": np.int16, "image": np.int32, "difficult": np.bool_}
 
@@ -62,7 +62,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 @dataclass
-class GroundTruth:
+class RegionTruth:
     """Every ground-truth box of a split, and how the regions relate to them.
 
     Attributes:
@@ -104,7 +104,7 @@ class RegionSet:
     classes: list[str]
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
     info: dict = field(default_factory=dict)  # how the regions were made
-    truth: GroundTruth | None = None  # None for version-1 stores
+    truth: RegionTruth | None = None  # None for version-1 stores
 
     def __post_init__(self):
         for name, dtype in ARRAYS.items():
@@ -133,7 +133,7 @@ class RegionSet:
     def num_negative(self) -> int:
         return int(np.count_nonzero(self.labels == 0))
 
-    def require_truth(self, what: str) -> GroundTruth:
+    def require_truth(self, what: str) -> RegionTruth:
         """The ground-truth details, or an error saying how to get them."""
         if self.truth is None:
             where = self.info.get("split", "this split")
@@ -202,7 +202,7 @@ class RegionSet:
             names = [f"gt_{n}" for n in GT_ARRAYS] + list(DETAIL_ARRAYS)
             require_keys(specs, names, meta_path, "rcnn prepare")
             loaded = {n: _load_array(directory, n, specs[n], verify) for n in names}
-            truth = GroundTruth(
+            truth = RegionTruth(
                 **{n: loaded[f"gt_{n}"] for n in GT_ARRAYS},
                 **{n: loaded[n] for n in DETAIL_ARRAYS},
             )
@@ -233,3 +233,34 @@ def _load_array(directory: Path, name: str, spec: dict, verify: bool) -> np.ndar
     if list(array.shape) != spec["shape"] or array.dtype.str != spec["dtype"]:
         raise RegionStoreError(f"{path}: shape/dtype {array.shape}/{array.dtype} != meta.json")
     return array
+
+
+def load_split(data: str | Path, split: str, allow_store: bool = False) -> RegionSet:
+    """``data/split`` of a `rcnn prepare` output folder, or, with ``allow_store``, ``data``
+    when it is a store itself."""
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
+    if (data / "meta.json").is_file():
+        if allow_store:
+            return RegionSet.load(data)
+        raise ConfigError(
+            f"--data {data} is a single region store; give the `rcnn prepare` output folder "
+            f"that holds train/ and val/ (here perhaps {data.parent})"
+        )
+    return RegionSet.load(data / split)
+
+
+def load_train_val(data: str | Path) -> tuple[RegionSet, RegionSet]:
+    """The train and val stores of one `rcnn prepare` run."""
+    train, val = load_split(data, "train"), load_split(data, "val")
+    if train.classes != val.classes:
+        raise RcnnError(
+            f"--data {data}: train classes {train.classes} != val classes {val.classes}"
+        )
+    if train.info.get("generation") != val.info.get("generation"):
+        raise RcnnError(
+            f"--data {data}: train/ and val/ come from different `rcnn prepare` runs; "
+            "run `rcnn prepare` again to make them together"
+        )
+    return train, val

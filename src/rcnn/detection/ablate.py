@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rcnn.detection.config import Variant
-from rcnn.detection.voc_test import VOCTestConfig, run_test
+from rcnn.detection.evaluate_split import VOCTestConfig, run_test
 from rcnn.files import atomic_write_bytes, atomic_write_json
 
 VARIANTS = [

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from rcnn.data.config import DEFAULT_MAX_SIDE, MODES
 from rcnn.errors import ConfigError
-
-MODES = ("quality", "fast")  # Selective Search strategies, as in rcnn.data.proposals
-
+from rcnn.runtime.config import InferenceConfig
 
 SCORERS = ("softmax", "svm")
 DEFAULT_THRESH = {"softmax": 0.6, "svm": 0.0}  # the reference detector's; an SVM's margin
@@ -35,12 +34,9 @@ class DetectorConfig:
     max_per_image: int = 100  # 0 = no cap
     max_per_class: int = 0  # per image and class; 0 = no cap
     mode: str = "fast"  # Selective Search at test time, as the reference detector
-    max_side: int = 1000  # larger images are shrunk for Selective Search (rcnn.data.proposals)
-    batch: int = 0  # regions per forward pass; 0: 1024 on CUDA, 256 elsewhere
-    amp: bool | None = None  # None: bfloat16 where the device has it natively
-    device: str = "auto"
+    max_side: int = DEFAULT_MAX_SIDE  # larger images are shrunk for Selective Search
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     workers: int = 0  # Selective Search processes; 0 = one per core
-    threads: int = 2  # warping threads on the CPU path
     chunk: int = 0  # images scored together; 0: twice the Selective Search processes, >= 8
     cache_dir: str | None = None
 
@@ -56,9 +52,7 @@ class DetectorConfig:
             (self.max_per_image >= 0, f"--max-per-image must be >= 0, got {self.max_per_image}"),
             (self.max_per_class >= 0, f"--max-per-class must be >= 0, got {self.max_per_class}"),
             (self.mode in MODES, f"--mode must be one of {MODES}, got {self.mode!r}"),
-            (self.batch >= 0, f"--batch must be >= 0, got {self.batch}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
             (self.chunk >= 0, f"--chunk must be >= 0, got {self.chunk}"),
         ]
         for ok, message in checks:

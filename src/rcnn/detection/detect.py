@@ -28,7 +28,7 @@ from rcnn.files import (
     output_lock,
     remove_temporaries,
 )
-from rcnn.modeling.trained import load_model
+from rcnn.modeling.checkpoint import load_model
 
 logger = logging.getLogger(__name__)
 

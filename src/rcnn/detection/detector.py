@@ -22,22 +22,19 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from rcnn.data.batches import chunks
+from rcnn.data.batches import chunks, make_feeder
+from rcnn.data.config import ProposalConfig
 from rcnn.data.dataset import ImageStore
-from rcnn.data.proposals import ProposalConfig, ProposalPool, ProposalResult
+from rcnn.data.proposals import ProposalPool, ProposalResult
 from rcnn.data.regions import RegionSet
 from rcnn.detection.config import DetectorConfig
 from rcnn.errors import RcnnError
 from rcnn.modeling.bbox_regression import BBoxRegressor
+from rcnn.modeling.checkpoint import LoadedModel
 from rcnn.modeling.features import feature_dims, forward_features
 from rcnn.modeling.svm import SVMModel
-from rcnn.modeling.trained import LoadedModel, for_inference
 from rcnn.progress import progress_bar
-from rcnn.training.train import (
-    autocast,
-    input_stats,
-    make_feeder,
-)
+from rcnn.runtime.device import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +68,8 @@ class Detector:
     def __init__(self, loaded: LoadedModel, cfg: DetectorConfig, variants=None):
         self.cfg, self.classes = cfg, loaded.classes
         self.variants = list(variants or [cfg.variant])
-        self.device, self.train, self.model = for_inference(
-            loaded, cfg.device, cfg.threads, cfg.batch, cfg.amp
-        )
-        self.mean, self.std = input_stats(self.train)
+        self.device, self.inference, self.model = loaded.for_inference(cfg.inference)
+        self.warp = loaded.spec.warp()
         dims = feature_dims(self.model)
         self.svm = self.bbox = None
         self.svm_folder = Path(cfg.svm or Path(loaded.source).parent / "svm")
@@ -97,12 +92,13 @@ class Detector:
         flat = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32)
         zeros = np.zeros(len(flat))
         regions = RegionSet(paths, index, flat, zeros, zeros, self.classes, list(sizes))
-        store = ImageStore.of(regions, self.cfg.threads)
-        order = chunks(np.arange(len(regions)), self.train.val_batch)
-        feeder = make_feeder(regions, order, self.train, self.device, self.mean, self.std, store)
+        threads = self.inference.threads
+        store = ImageStore.of(regions, threads)
+        order = chunks(np.arange(len(regions)), self.inference.batch)
+        feeder = make_feeder(regions, order, self.warp, self.device, workers=threads, store=store)
         parts: dict[str, list] = {"probs": [], **{name: [] for name in self.layers}}
         # No torchrun gathering here: each process scores its own images.
-        amp = functools.partial(autocast, self.device, self.train.amp)
+        amp = functools.partial(autocast, self.device, self.inference.amp)
         for probs, features in forward_features(self.model, feeder, self.layers, amp):
             parts["probs"].append(probs)
             for name in self.layers:

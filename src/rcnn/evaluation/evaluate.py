@@ -5,40 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from rcnn.data.batches import chunks
+from rcnn.data.batches import chunks, make_feeder
 from rcnn.data.dataset import ImageStore, RegionDataset, mean_fill
+from rcnn.data.regions import load_split
 from rcnn.evaluation.metrics import classification_metrics, format_metrics, pr_curves
 from rcnn.evaluation.plots import figure_format, plot_compare, plot_pr, plot_predictions
+from rcnn.evaluation.predict import predict
 from rcnn.files import DamagedFileError, atomic_write_json, output_dir, read_regular_file
-from rcnn.modeling.model import build_model
-from rcnn.training.allocator import reuse_freed_memory
-from rcnn.training.train import (
-    TrainConfig,
-    check_classes,
-    checkpoint_path,
-    config_from_checkpoint,
-    for_device,
-    input_stats,
-    load_checkpoint,
-    load_split,
-    make_feeder,
-    predict,
-    resolve_device,
-)
+from rcnn.modeling.checkpoint import CheckpointError, checkpoint_path, load_model
+from rcnn.runtime.allocator import reuse_freed_memory
+from rcnn.runtime.config import InferenceConfig
 
 logger = logging.getLogger(__name__)
-
-
-def load_model(ckpt: dict, cfg: TrainConfig, device: torch.device):
-    model = build_model(cfg.backbone, len(ckpt["classes"]), weights="none")
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
 
 
 def run_evaluate(
@@ -46,28 +28,29 @@ def run_evaluate(
     data: str,
     split: str = "val",
     out: str | None = None,
-    device: str = "auto",
-    workers: int = 2,
+    classes: list[str] | None = None,
+    inference: InferenceConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png."""
+    """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png.
+    Precision and batch are this machine's choice (``inference``), not the training one's;
+    ``classes`` are needed for a plain state dict (model.pth)."""
     path = checkpoint_path(checkpoint, default="best.pt")
-    ckpt = load_checkpoint(path)
+    loaded = load_model(path, classes)
     out_dir = output_dir(out if out else path.parent / f"eval-{split}")  # before the work
-    dev = resolve_device(device)
-    # Precision and batch size are this machine's choice, not the training machine's.
-    cfg = replace(config_from_checkpoint(ckpt), workers=workers, amp=None, val_batch=0)
-    cfg = for_device(cfg, dev)
     regions = load_split(data, split, allow_store=True)
+    if regions.classes != loaded.classes:
+        raise CheckpointError(
+            f"{path} was trained for classes {loaded.classes} but {data} has {regions.classes}"
+        )
     class_names = ["background", *regions.classes]
-    check_classes(ckpt, class_names, path)
-    mean, std = input_stats(cfg)
-    store = ImageStore.of(regions)
-    batches = chunks(np.arange(len(regions)), cfg.val_batch)
-    feeder = make_feeder(regions, batches, cfg, dev, mean, std, store)
-    model = load_model(ckpt, cfg, dev)
-    with reuse_freed_memory(enabled=dev.type == "cpu"):
-        probs, labels, loss_sum = predict(model, feeder, cfg.amp, progress)
+    device, inference, model = loaded.for_inference(inference or InferenceConfig())
+    warp = loaded.spec.warp()
+    store = ImageStore.of(regions, inference.threads)
+    batches = chunks(np.arange(len(regions)), inference.batch)
+    feeder = make_feeder(regions, batches, warp, device, workers=inference.threads, store=store)
+    with reuse_freed_memory(enabled=device.type == "cpu"):
+        probs, labels, loss_sum = predict(model, feeder, inference.amp, progress)
     metrics = classification_metrics(probs, labels, class_names)
     metrics["loss"] = loss_sum / len(labels)
     metrics["checkpoint"], metrics["data"] = str(path), str(data)
@@ -77,8 +60,8 @@ def run_evaluate(
         out_dir / "pr.png",
         title=f"Precision-recall on {split} ({len(labels)} regions)",
     )
-    dataset = RegionDataset(regions, store, cfg.input_size, cfg.context_pad, mean_fill(mean))
-    write_examples(dataset, probs, labels, class_names, out_dir / "examples.png", seed=cfg.seed)
+    dataset = RegionDataset(regions, store, warp.size, warp.pad, mean_fill(warp.mean))
+    write_examples(dataset, probs, labels, class_names, out_dir / "examples.png")
     metrics["report"] = format_metrics(metrics, class_names)
     metrics["out"] = str(out_dir)
     return metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -23,6 +24,14 @@ logger = logging.getLogger(__name__)
 # R-CNN fine-tuning batches hold 32 object windows and 96 background windows (of 128), so
 # training-time accuracy weights the two sides 1:3; "recipe_accuracy" reproduces that mix.
 RECIPE_POSITIVE_FRACTION = 32 / 128
+
+
+class PRCurve(NamedTuple):
+    """A precision-recall curve, highest score first, and its average precision."""
+
+    recall: np.ndarray
+    precision: np.ndarray
+    ap: float
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -137,9 +146,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
     }
 
 
-def pr_curves(
-    probs: np.ndarray, labels: np.ndarray, class_names: list[str]
-) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+def pr_curves(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, PRCurve]:
     """One-vs-rest precision-recall curve and AP of each object class (for plotting).
 
     Args:
@@ -148,7 +155,7 @@ def pr_curves(
         class_names (list[str]): C names, background first.
 
     Returns:
-        dict: object class name -> ``(precision[T], recall[T], ap)`` as from
+        dict: object class name -> its :class:`PRCurve`, as from
         :func:`precision_recall_curve` and :func:`average_precision` (ap NaN if absent).
     """
     probs, labels = _check_probs(probs, labels, class_names)
@@ -157,7 +164,8 @@ def pr_curves(
         if k == BACKGROUND:
             continue
         precision, recall = precision_recall_curve(probs[:, k], labels == k)
-        curves[name] = (precision, recall, average_precision(probs[:, k], labels == k))
+        ap = average_precision(probs[:, k], labels == k)
+        curves[name] = PRCurve(recall=recall, precision=precision, ap=ap)
     return curves
 
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from rcnn.errors import ConfigError
+from rcnn.evaluation.metrics import PRCurve
 from rcnn.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -54,21 +55,18 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_pr(
-    curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
-    path: str | Path,
-    title: str = "Precision-recall",
-) -> None:
-    """Precision-recall curve of each class, as from :func:`rcnn.evaluation.metrics.pr_curves`.
+def plot_pr(curves: dict[str, PRCurve], path: str | Path, title: str = "Precision-recall") -> None:
+    """Precision-recall curve of each class in one panel (region classification).
 
     Args:
-        curves (dict): class name -> ``(precision[T], recall[T], ap)``, highest threshold first.
+        curves (dict): class name -> :class:`PRCurve`, as from
+            :func:`rcnn.evaluation.metrics.pr_curves`.
         path: PNG file to write.
         title (str): figure title.
     """
     fig = Figure(figsize=(5.5, 5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    for name, (precision, recall, ap) in curves.items():
+    for name, (recall, precision, ap) in curves.items():
         if len(recall) == 0 or np.isnan(recall).all():
             logger.info("no positive %s region; its PR curve is left out", name)
             continue
@@ -87,15 +85,13 @@ def plot_pr(
 
 
 def plot_pr_grid(
-    curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
-    path: str | Path,
-    title: str = "Precision-recall",
+    curves: dict[str, PRCurve], path: str | Path, title: str = "Precision-recall"
 ) -> None:
     """One precision-recall panel per class, for detections.
 
     Args:
-        curves (dict): class name -> ``(recall[D], precision[D], ap)`` in order of decreasing
-            score (as from :func:`rcnn.evaluation.voc_eval.evaluate_class`).
+        curves (dict): class name -> :class:`PRCurve`, in order of decreasing score (as from
+            :func:`rcnn.evaluation.voc_eval.evaluate_class`).
         path: PNG file to write.
         title (str): figure title.
     """

@@ -25,7 +25,7 @@ IOU_THRESHOLD = 0.5  # strictly greater counts, as in the devkit
 
 
 @dataclass
-class GroundTruth:
+class ImageTruth:
     """One image's boxes of one class: ``boxes [G, 4]`` and ``difficult [G]``."""
 
     boxes: np.ndarray
@@ -70,7 +70,7 @@ class ClassTruth:
     num_images: int
 
     @classmethod
-    def of(cls, ids: list[str], per_image: dict[str, GroundTruth]) -> ClassTruth:
+    def of(cls, ids: list[str], per_image: dict[str, ImageTruth]) -> ClassTruth:
         """The boxes of ``per_image`` (images not in it have none), image ``i`` being
         ``ids[i]``; each image's boxes keep their order."""
         parts = [per_image[i] for i in ids if i in per_image]
@@ -89,11 +89,20 @@ class ClassTruth:
         return int(np.count_nonzero(~self.difficult))
 
 
+def indexed(image_ids: list[str], ground_truth: dict[str, ImageTruth]):
+    """Detections' image ids as indices into the images of a :class:`ClassTruth` made of
+    ``ground_truth`` (images with detections but no boxes included)."""
+    ids = list(dict.fromkeys([*ground_truth, *image_ids]))
+    index = {image: i for i, image in enumerate(ids)}
+    images = np.array([index[i] for i in image_ids], np.int64)
+    return images, ClassTruth.of(ids, ground_truth)
+
+
 def match_detections(
     image_ids: list[str],
     scores: np.ndarray,
     boxes: np.ndarray,
-    ground_truth: dict[str, GroundTruth],
+    ground_truth: dict[str, ImageTruth],
     iou_threshold: float = IOU_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """True and false positive flags of one class's detections, in order of decreasing score.
@@ -107,10 +116,8 @@ def match_detections(
     Returns:
         ``tp [D]`` and ``fp [D]`` (float 0/1; both 0 for an ignored detection), sorted by score.
     """
-    ids = list(dict.fromkeys([*ground_truth, *image_ids]))
-    index = {image: i for i, image in enumerate(ids)}
-    images = np.array([index[i] for i in image_ids], np.int64)
-    return match_flat(images, scores, boxes, ClassTruth.of(ids, ground_truth), iou_threshold)
+    images, truth = indexed(image_ids, ground_truth)
+    return match_flat(images, scores, boxes, truth, iou_threshold)
 
 
 def match_flat(
@@ -161,15 +168,13 @@ def evaluate_class(
     image_ids: list[str],
     scores: np.ndarray,
     boxes: np.ndarray,
-    ground_truth: dict[str, GroundTruth],
+    ground_truth: dict[str, ImageTruth],
     iou_threshold: float = IOU_THRESHOLD,
 ) -> dict:
     """AP (11-point and area), the precision-recall curve and the final recall of one class
     (``iou_threshold`` above 0.5 asks for tighter boxes than the benchmark)."""
-    ids = list(dict.fromkeys([*ground_truth, *image_ids]))
-    index = {image: i for i, image in enumerate(ids)}
-    images = np.array([index[i] for i in image_ids], np.int64)
-    return evaluate_flat(images, scores, boxes, ClassTruth.of(ids, ground_truth), iou_threshold)
+    images, truth = indexed(image_ids, ground_truth)
+    return evaluate_flat(images, scores, boxes, truth, iou_threshold)
 
 
 def evaluate_flat(

@@ -11,42 +11,27 @@ class's regressor before non-maximum suppression and clipped to the image.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 
-from rcnn.errors import ConfigError, RcnnError
-from rcnn.files import read_arrays, write_arrays
-from rcnn.modeling.svm import check_head_arrays
+from rcnn.errors import RcnnError
+from rcnn.modeling.config import BBoxConfig
+from rcnn.modeling.linear import LinearHeads, feature_scale
 from rcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class BBoxConfig:
-    ridge: float = 1000.0  # lambda
-    min_iou: float = 0.6
-    feature_norm: float = 20.0
-    seed: int = 0
+class BBoxRegressor(LinearHeads):
+    """Per class: ``deltas = scale * x @ weights[k] + intercepts[k]`` (``weights [K, D, 4]``,
+    ``intercepts [K, 4]``, float32)."""
 
-    def __post_init__(self):
-        if self.ridge < 0:
-            raise ConfigError(f"--ridge must be >= 0, got {self.ridge}")
-        if not 0 < self.min_iou <= 1:
-            raise ConfigError(f"--min-iou must be in (0, 1], got {self.min_iou}")
+    STEM, OFFSETS, MADE_BY = "bbox", "intercepts", "rcnn train-bbox"
 
-
-@dataclass
-class BBoxRegressor:
-    """Per class: ``deltas = scale * x @ weights[k] + intercepts[k]``."""
-
-    weights: np.ndarray  # float32 [K, D, 4]
-    intercepts: np.ndarray  # float32 [K, 4]
-    scale: float
-    classes: list[str]
-    info: dict = field(default_factory=dict)
+    @property
+    def intercepts(self) -> np.ndarray:
+        return self.offsets
 
     def deltas(self, features: np.ndarray) -> np.ndarray:
         """``[N, K, 4]`` regression outputs of raw pool5 features ``[N, D]``."""
@@ -62,20 +47,6 @@ class BBoxRegressor:
         return (
             clip_boxes(moved.reshape(-1, 4), width, height).reshape(moved.shape).astype(np.float32)
         )
-
-    def save(self, folder: str | Path) -> None:
-        meta = {"scale": self.scale, "classes": self.classes, **self.info}
-        arrays = {"weights": self.weights, "intercepts": self.intercepts}
-        write_arrays(folder, "bbox", arrays, meta)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> BBoxRegressor:
-        arrays, meta = read_arrays(
-            folder, "bbox", "rcnn train-bbox", ("weights", "intercepts"), ("scale", "classes")
-        )
-        info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
-        classes = check_head_arrays(folder, meta, arrays["weights"], arrays["intercepts"])
-        return cls(arrays["weights"], arrays["intercepts"], float(meta["scale"]), classes, info)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +70,6 @@ def regression_examples(regions, k: int, min_iou: float) -> tuple[np.ndarray, np
 
 def train_bbox(regions, features, cfg: BBoxConfig) -> tuple[BBoxRegressor, list[dict]]:
     """Fits every class's regressor; returns it and one log row per class."""
-    from rcnn.modeling.svm import feature_scale
-
     scale = feature_scale(features, seed=cfg.seed, norm=cfg.feature_norm)
     num_classes = len(regions.classes)
     weights = np.zeros((num_classes, features.dim, 4), np.float32)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from rcnn.data.dataset import ImageStore
 from rcnn.data.feature_store import (
-    CHUNK,
     FeatureStoreError,
     chunk_path,
     num_chunks,
@@ -24,36 +23,11 @@ from rcnn.data.feature_store import (
     write_chunk,
     write_meta,
 )
-from rcnn.errors import ConfigError
 from rcnn.files import output_dir, output_lock, remove_temporaries
+from rcnn.modeling.config import FeaturesConfig
 from rcnn.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FeaturesConfig:
-    model: str
-    data: str  # an `rcnn prepare` output folder
-    out: str
-    splits: list[str] = field(default_factory=lambda: ["train"])
-    layers: list[str] = field(default_factory=lambda: ["fc7"])
-    batch: int = 0  # 0: 1024 on CUDA, 256 elsewhere
-    amp: bool | None = None
-    device: str = "auto"
-    threads: int = 2
-    chunk: int = CHUNK
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        from rcnn.modeling.features import LAYERS
-
-        unknown = [name for name in self.layers if name not in LAYERS]
-        if unknown or not self.layers:
-            raise ConfigError(f"--layers must name some of {LAYERS}, got {self.layers}")
-        if self.batch < 0 or self.chunk < 1:
-            raise ConfigError("--batch must be >= 0 and the chunk size >= 1")
 
 
 class StoreClash(FeatureStoreError):
@@ -71,34 +45,28 @@ class StoreClash(FeatureStoreError):
 def run_features(cfg: FeaturesConfig) -> dict:
     """Computes the missing feature chunks of every requested split; returns a summary.
 
-    The precision (``cfg.amp``) and the kind of device must be those the store's chunks were
-    computed with; ``amp=None`` (automatic) adopts the store's precision.
+    The precision (``cfg.inference.amp``) and the kind of device must be those the store's
+    chunks were computed with; ``amp=None`` (automatic) adopts the store's precision.
     """
-
+    from rcnn.data.batches import make_feeder
+    from rcnn.data.regions import load_split
+    from rcnn.modeling.checkpoint import load_model
     from rcnn.modeling.features import feature_dims, forward_features
-    from rcnn.modeling.trained import for_inference, load_model
-    from rcnn.training.train import (
-        autocast,
-        input_stats,
-        load_split,
-        make_feeder,
-        precision_name,
-    )
+    from rcnn.runtime.device import autocast, precision_name
 
     loaded = load_model(cfg.model)
     splits = {split: load_split(cfg.data, split) for split in cfg.splits}
     root = output_dir(cfg.out)
     with output_lock(root, "rcnn features"):
         previous = None if cfg.overwrite else read_meta(root)
-        amp = cfg.amp
-        if amp is None and previous is not None:  # automatic: what the store was made with
-            amp = previous["precision"] != "float32"
-        device, train, model = for_inference(loaded, cfg.device, cfg.threads, cfg.batch, amp)
+        inference = cfg.inference
+        if inference.amp is None and previous is not None:  # automatic: the store's own
+            inference = replace(inference, amp=previous["precision"] != "float32")
+        device, inference, model = loaded.for_inference(inference)
         dims = {name: feature_dims(model)[name] for name in cfg.layers}
-        made = {"precision": precision_name(device, train.amp), "device": device.type}
-        meta = _claim(root, cfg, loaded, train, made, dims, splits)
+        made = {"precision": precision_name(device, inference.amp), "device": device.type}
+        meta = _claim(root, cfg, loaded, made, dims, splits)
         summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}, **made}
-        mean, std = input_stats(train)
         for split, regions in splits.items():
             size = summary["bytes_per_region"] * len(regions)
             logger.info(
@@ -116,12 +84,13 @@ def run_features(cfg: FeaturesConfig) -> dict:
                 for c in range(num_chunks(len(regions), meta["chunk"]))
                 if not all(chunk_path(root, split, n, c).is_file() for n in cfg.layers)
             ]
-            batches = _batches(todo, len(regions), meta["chunk"], train.val_batch)
+            batches = _batches(todo, len(regions), meta["chunk"], inference.batch)
             if batches:
-                store = ImageStore.of(regions, cfg.threads)
-                feeder = make_feeder(regions, batches, train, device, mean, std, store)
+                store = ImageStore.of(regions, inference.threads)
+                feeder = make_feeder(regions, batches, loaded.spec.warp(), device,
+                                     workers=inference.threads, store=store)  # fmt: skip
                 outputs = forward_features(
-                    model, feeder, cfg.layers, lambda: autocast(device, train.amp)
+                    model, feeder, cfg.layers, lambda: autocast(device, inference.amp)
                 )
                 _write_chunks(root, split, cfg.layers, todo, len(regions), meta["chunk"], outputs,
                               progress_bar(total=sum(len(b) for b in batches), enabled=cfg.progress,
@@ -131,17 +100,14 @@ def run_features(cfg: FeaturesConfig) -> dict:
     return summary
 
 
-def _claim(root: Path, cfg: FeaturesConfig, loaded, train, made: dict, dims, splits) -> dict:
+def _claim(root: Path, cfg: FeaturesConfig, loaded, made: dict, dims, splits) -> dict:
     """Writes (or checks) ``meta.json``: features of another model or other regions, or
     computed in another precision or on another kind of device, are refused unless
     ``overwrite``; new layers and splits are added."""
     model = {
         "digest": loaded.digest,
         "path": str(Path(loaded.source).resolve()),
-        "backbone": train.backbone,
-        "input_size": train.input_size,
-        "context_pad": train.context_pad,
-        "norm": train.norm,
+        **asdict(loaded.spec),  # backbone, input size, context padding, normalization
         "classes": loaded.classes,
     }
     described = {

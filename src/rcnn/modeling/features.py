@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-LAYERS = ("fc7", "pool5")
+from rcnn.modeling.config import LAYERS
 
 
 def tapped_modules(model: nn.Module) -> dict[str, nn.Linear]:

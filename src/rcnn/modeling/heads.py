@@ -11,31 +11,17 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
 from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_bytes, output_dir, output_lock, remove_temporaries
-from rcnn.modeling.bbox_regression import BBoxConfig, train_bbox
-from rcnn.modeling.extract import FeaturesConfig, StoreClash, run_features
-from rcnn.modeling.svm import SVMConfig, train_svms
+from rcnn.modeling.bbox_regression import train_bbox
+from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
+from rcnn.modeling.extract import StoreClash, run_features
+from rcnn.modeling.svm import train_svms
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class HeadConfig:
-    model: str  # run folder or checkpoint
-    data: str  # `rcnn prepare` output folder (made with --preset paper for the SVMs)
-    out: str | None = None  # default: RUN/svm or RUN/bbox
-    features: str | None = None  # default: RUN/features
-    split: str = "train"
-    device: str = "auto"
-    batch: int = 0
-    amp: bool | None = None
-    threads: int = 2
-    progress: bool = True
 
 
 def run_folder(model: str) -> Path:
@@ -45,8 +31,8 @@ def run_folder(model: str) -> Path:
 
 def features_for(cfg: HeadConfig, layer: str) -> tuple:
     """The regions of ``cfg.split`` and their ``layer`` features, computed first if missing."""
-    from rcnn.modeling.trained import load_model
-    from rcnn.training.train import load_split
+    from rcnn.data.regions import load_split
+    from rcnn.modeling.checkpoint import load_model
 
     loaded = load_model(cfg.model)
     regions = load_split(cfg.data, cfg.split)
@@ -66,8 +52,8 @@ def features_for(cfg: HeadConfig, layer: str) -> tuple:
         logger.info("computing %s features first (%s)", layer, err)
         layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
         features = FeaturesConfig(
-            cfg.model, cfg.data, str(root), [cfg.split], layers, cfg.batch, cfg.amp,
-            cfg.device, cfg.threads, progress=cfg.progress,
+            model=cfg.model, data=cfg.data, out=str(root), splits=[cfg.split], layers=layers,
+            inference=cfg.inference, progress=cfg.progress,
         )  # fmt: skip
         try:
             run_features(features)

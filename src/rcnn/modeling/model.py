@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models
 
+from rcnn.data.batches import Warp
 from rcnn.errors import ConfigError, RcnnError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,44 @@ def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the backbone's pretrained weights expect, from their metadata."""
     preset = weights_enum(backbone).transforms()
     return tuple(preset.mean), tuple(preset.std)
+
+
+NORMS = ("imagenet", "half")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What using a fine-tuned network needs besides its weights: the torchvision backbone,
+    and how regions are warped and normalized for it (as it was trained)."""
+
+    backbone: str = "alexnet"
+    input_size: int = 227
+    context_pad: int = 0  # pixels of context around a region after warping (R-CNN: 16)
+    norm: str = "imagenet"  # imagenet: the backbone's weights metadata; half: 0.5 / 0.5
+
+    def __post_init__(self):
+        if self.input_size < 32 or not 0 <= 2 * self.context_pad < self.input_size:
+            raise ConfigError(
+                f"input size {self.input_size} and context padding {self.context_pad}: the size "
+                "must be >= 32 and the padding in [0, size / 2)"
+            )
+        if self.norm not in NORMS:
+            raise ConfigError(f"normalization must be one of {NORMS}, got {self.norm!r}")
+
+    @classmethod
+    def of(cls, settings) -> ModelSpec:
+        """The spec within training settings (a ``TrainConfig`` or its dict)."""
+        get = settings.get if isinstance(settings, dict) else lambda k, d: getattr(settings, k, d)
+        defaults = cls()
+        return cls(**{f.name: get(f.name, getattr(defaults, f.name)) for f in fields(cls)})
+
+    def warp(self) -> Warp:
+        """How regions are cut, resized and normalized for this network."""
+        if self.norm == "half":  # the recipe's Normalize((0.5,) * 3, (0.5,) * 3)
+            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        else:
+            mean, std = normalization(self.backbone)
+        return Warp(self.input_size, self.context_pad, mean, std)
 
 
 def imagenet_weights_cached(backbone: str) -> bool:

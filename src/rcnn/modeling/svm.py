@@ -17,104 +17,30 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rcnn.errors import ConfigError, RcnnError
-from rcnn.files import read_arrays, write_arrays
+from rcnn.errors import RcnnError
+from rcnn.modeling.config import SVMConfig
+from rcnn.modeling.linear import LinearHeads, feature_scale
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SVMConfig:
-    C: float = 0.001
-    pos_weight: float = 2.0  # loss weight of a positive
-    bias: float = 10.0  # the constant feature liblinear appends (intercept_scaling)
-    feature_norm: float = 20.0  # features are scaled to this mean L2 norm
-    hard: float = -1.0  # a cached negative scoring above this is hard
-    easy: float = -1.2  # a cached negative scoring below this is dropped
-    neg_iou: float = 0.3  # negatives overlap every box of the class less than this
-    rounds: int = 10  # retraining rounds after the first
-    first_negatives: int = 5000  # negatives of the first round, per class
-    seed: int = 0
-    max_iter: int = 20000  # liblinear's iteration limit
+class SVMModel(LinearHeads):
+    """One linear SVM per class on scaled features: ``scores = scale * x @ weights.T + biases``
+    (``weights [K, D]``, ``biases [K]``, float32)."""
 
-    def __post_init__(self):
-        checks = [
-            (self.C > 0, f"--C must be > 0, got {self.C}"),
-            (self.pos_weight > 0, f"--pos-weight must be > 0, got {self.pos_weight}"),
-            (self.easy < self.hard, f"--easy ({self.easy}) must be below --hard ({self.hard})"),
-            (self.rounds >= 0, f"--rounds must be >= 0, got {self.rounds}"),
-            (self.first_negatives >= 1, "--first-negatives must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+    STEM, OFFSETS, MADE_BY = "svm", "biases", "rcnn train-svm"
 
-
-@dataclass
-class SVMModel:
-    """One linear SVM per class on scaled features: ``scores = scale * x @ weights.T + biases``."""
-
-    weights: np.ndarray  # float32 [K, D]
-    biases: np.ndarray  # float32 [K]
-    scale: float
-    classes: list[str]
-    info: dict = field(default_factory=dict)
+    @property
+    def biases(self) -> np.ndarray:
+        return self.offsets
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``[N, K]`` SVM scores of raw (unscaled) features ``[N, D]``."""
         return (np.asarray(features, np.float32) * self.scale) @ self.weights.T + self.biases
-
-    def save(self, folder: str | Path) -> None:
-        meta = {"scale": self.scale, "classes": self.classes, **self.info}
-        write_arrays(folder, "svm", {"weights": self.weights, "biases": self.biases}, meta)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> SVMModel:
-        arrays, meta = read_arrays(
-            folder, "svm", "rcnn train-svm", ("weights", "biases"), ("scale", "classes")
-        )
-        info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
-        classes = check_head_arrays(folder, meta, arrays["weights"], arrays["biases"])
-        return cls(arrays["weights"], arrays["biases"], float(meta["scale"]), classes, info)
-
-
-def check_head_arrays(folder, meta: dict, weights: np.ndarray, offsets: np.ndarray) -> list[str]:
-    """The classes of a saved SVM or box-regression model, after checking that its arrays
-    and settings fit together (one row of ``weights`` and ``offsets`` per class, finite
-    numbers, a positive feature scale)."""
-    from rcnn.data.voc import check_class_names
-
-    classes = check_class_names(meta["classes"], str(Path(folder)))
-    k = len(classes)
-    scale = meta["scale"]
-    fits = (
-        isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0
-        and weights.dtype.kind == "f" and offsets.dtype.kind == "f"
-        and weights.ndim in (2, 3) and len(weights) == k and len(offsets) == k
-        and np.isfinite(weights).all() and np.isfinite(offsets).all()
-    )  # fmt: skip
-    if not fits:
-        raise RcnnError(
-            f"{folder}: its arrays {list(weights.shape)} / {list(offsets.shape)} and scale "
-            f"{scale!r} do not fit its {k} classes (damaged?); train it again"
-        )
-    return classes
-
-
-def feature_scale(features, sample: int = 10_000, seed: int = 0, norm: float = 20.0) -> float:
-    """The factor that brings the mean L2 norm of (a sample of) the features to ``norm``."""
-    rng = np.random.default_rng(seed)
-    n = len(features)
-    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-    mean = float(np.linalg.norm(features.rows(rows), axis=1).mean())
-    if not np.isfinite(mean) or mean <= 0:
-        raise RcnnError("the features are all zero or not finite: is the model trained?")
-    return norm / mean
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, cfg: SVMConfig) -> tuple[np.ndarray, float]:

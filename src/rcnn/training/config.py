@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from rcnn.errors import ConfigError
 
-PIPELINES = ("auto", "device", "threads", "loader")
+PIPELINES = ("auto", "device", "threads", "loader")  # where regions are warped (data.batches)
+OPTIMIZERS = ("sgd", "adam")
 BEST_METRICS = ("val_balanced_acc", "val_acc", "val_object_ap", "val_recipe_acc", "val_loss")
 
 
@@ -51,8 +52,8 @@ class TrainConfig:
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (
-                self.optimizer in ("sgd", "adam"),
-                f"--optimizer must be sgd or adam, got {self.optimizer!r}",
+                self.optimizer in OPTIMIZERS,
+                f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
             ),
             (self.lr_step >= 1, f"--lr-step must be >= 1, got {self.lr_step}"),
             (self.num_pos > 0 and self.num_neg > 0, "--num-pos and --num-neg must be > 0"),

@@ -11,8 +11,6 @@ import csv
 import io
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -20,42 +18,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from rcnn.data.batches import (
-    DeviceFeeder,
-    DeviceImages,
-    LoaderFeeder,
-    ThreadFeeder,
-    chunks,
-    device_images_dtype,
-)
-from rcnn.data.dataset import ImageStore, RegionDataset, loader_options, mean_fill
-from rcnn.data.regions import RegionSet
+from rcnn.data.batches import chunks, make_feeder
+from rcnn.data.regions import RegionSet, load_train_val
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.evaluation.metrics import classification_metrics
+from rcnn.evaluation.predict import evaluate
 from rcnn.files import (
     atomic_write_bytes,
     atomic_write_json,
     output_dir,
     output_lock,
     remove_temporaries,
-    require_keys,
 )
-from rcnn.modeling.model import build_model, check_input_size, normalization, parameter_groups
-from rcnn.progress import progress_bar
-from rcnn.training.allocator import reuse_freed_memory
+from rcnn.modeling.checkpoint import (
+    check_classes,
+    link_atomic,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rcnn.modeling.model import ModelSpec, build_model, check_input_size, parameter_groups
+from rcnn.progress import minutes_seconds, progress_bar
+from rcnn.runtime.allocator import reuse_freed_memory
+from rcnn.runtime.config import CPU_BATCH, CUDA_BATCH
+from rcnn.runtime.device import amp_dtype, autocast, configure_device, default_amp, resolve_device
+from rcnn.runtime.distributed import World, all_sum, barrier, init_world, rank_zero_first, shutdown
 from rcnn.training.config import TrainConfig
-from rcnn.training.distributed import (
-    World,
-    all_concat,
-    all_sum,
-    barrier,
-    init_world,
-    rank_zero_first,
-    shutdown,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -67,40 +55,11 @@ class TrainingDiverged(RcnnError):
     is kept."""
 
 
-class CheckpointError(RcnnError):
-    """A checkpoint is missing, damaged, or does not fit the data."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``, or another torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
-
-
-def configure_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
-
-
 def for_device(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """``cfg`` with its device-dependent defaults decided: ``amp`` (:func:`default_amp`) and
     ``val_batch``."""
     amp = default_amp(device) if cfg.amp is None else cfg.amp
-    val_batch = cfg.val_batch or (1024 if device.type == "cuda" else 256)
+    val_batch = cfg.val_batch or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
     return replace(cfg, amp=amp, val_batch=val_batch)
 
 
@@ -108,54 +67,6 @@ def compile_mode(device: torch.device, world) -> str | None:
     """CUDA graphs (``reduce-overhead``) on one GPU, where launching AlexNet's kernels one by
     one from Python is a large part of a step; torch's default mode elsewhere."""
     return "reduce-overhead" if device.type == "cuda" and not world.enabled else None
-
-
-def input_stats(cfg: TrainConfig) -> tuple[tuple, tuple]:
-    if cfg.norm == "half":  # the recipe's Normalize((0.5,) * 3, (0.5,) * 3)
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return normalization(cfg.backbone)
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the device has it; float16 (with loss scaling) on older GPUs."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def default_amp(device: torch.device) -> bool:
-    """bfloat16 autocast where the device computes bfloat16 natively: CUDA GPUs that have it
-    (1.45x the float32 training steps on an H200) and CPUs with AVX512-BF16 or AMX (1.9x the
-    AlexNet steps on one batch on a 2-core AVX512-BF16 machine). Elsewhere it is emulated and
-    slower (3.4x slower on a CPU without)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return native_bf16_cpu()
-    return False
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
-    ``RCNN_NATIVE_BF16=1`` or ``0`` in the environment overrides the detection, so that both
-    defaults can be tried on any machine (bfloat16 is emulated, slower, where it is not
-    native)."""
-    forced = os.environ.get("RCNN_NATIVE_BF16", "")
-    if forced in ("0", "1"):
-        return forced == "1"
-    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in native)
-
-
-def precision_name(device: torch.device, amp: bool) -> str:
-    """What the numbers are computed in: ``float32``, or the autocast type with ``amp``."""
-    return str(amp_dtype(device)).removeprefix("torch.") if amp else "float32"
-
-
-def autocast(device: torch.device, enabled: bool | None):
-    """Mixed precision for ``device`` (``None``: its default, :func:`default_amp`)."""
-    enabled = default_amp(device) if enabled is None else enabled
-    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)
 
 
 def train_one_epoch(
@@ -193,34 +104,6 @@ def train_one_epoch(
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
 
 
-@torch.no_grad()
-def predict(model, feeder, amp=False, progress=True, desc="val"):
-    """Softmax probabilities, labels and summed cross-entropy over every batch of a feeder."""
-    model.eval()
-    device = next(model.parameters()).device
-    probs, labels = [], []
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for images, target in progress_bar(feeder, progress, desc=desc, leave=False):
-        with autocast(device, amp):
-            logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-        # Kept on the device until the end: a copy to the host per batch would wait for the GPU.
-        probs.append(logits.softmax(1))
-        labels.append(target)
-    probs = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, 0), np.float32)
-    labels = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, np.int64)
-    (loss_sum,) = all_sum(loss_sum)  # exact totals over the ranks' shards
-    return all_concat(probs), all_concat(labels), loss_sum.item()
-
-
-def evaluate(model, feeder, class_names, amp=False, progress=True) -> dict:
-    """Loss and every classification metric over the whole feeder, deterministically."""
-    probs, labels, loss_sum = predict(model, feeder, amp, progress)
-    metrics = classification_metrics(probs, labels, class_names)
-    metrics["loss"] = loss_sum / len(labels)
-    return metrics
-
-
 def val_indices(num_regions: int, val_max: int, seed: int) -> np.ndarray:
     """All regions, or a fixed random subset of ``val_max`` (drawn once, in order)."""
     if not val_max or val_max >= num_regions:
@@ -229,68 +112,8 @@ def val_indices(num_regions: int, val_max: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(num_regions, size=val_max, replace=False))
 
 
-def load_split(data: str | Path, split: str, allow_store: bool = False) -> RegionSet:
-    """``data/split`` of a `rcnn prepare` output folder, or, with ``allow_store``, ``data``
-    when it is a store itself."""
-    data = Path(data)
-    if not data.is_dir():
-        raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
-    if (data / "meta.json").is_file():
-        if allow_store:
-            return RegionSet.load(data)
-        raise ConfigError(
-            f"--data {data} is a single region store; give the `rcnn prepare` output folder "
-            f"that holds train/ and val/ (here perhaps {data.parent})"
-        )
-    return RegionSet.load(data / split)
-
-
-def load_train_val(data: str | Path) -> tuple[RegionSet, RegionSet]:
-    """The train and val stores of one `rcnn prepare` run."""
-    train, val = load_split(data, "train"), load_split(data, "val")
-    if train.classes != val.classes:
-        raise RcnnError(
-            f"--data {data}: train classes {train.classes} != val classes {val.classes}"
-        )
-    if train.info.get("generation") != val.info.get("generation"):
-        raise RcnnError(
-            f"--data {data}: train/ and val/ come from different `rcnn prepare` runs; "
-            "run `rcnn prepare` again to make them together"
-        )
-    return train, val
-
-
-def pipeline_for(pipeline: str, device: torch.device) -> str:
-    """``auto`` means ``device`` on CUDA and ``threads`` elsewhere."""
-    if pipeline == "auto":
-        return "device" if device.type == "cuda" else "threads"
-    return pipeline
-
-
-def make_feeder(regions: RegionSet, batches, cfg, device, mean, std, store=None):
-    """Batches of ``regions`` on ``device`` through the GPU-resident or a CPU path."""
-    store = store if store is not None else ImageStore.of(regions, 2 * cfg.workers or 2)
-    pipeline = pipeline_for(cfg.pipeline, device)
-    if pipeline == "device":
-        images = DeviceImages(store, device, mean, std, device_images_dtype(store, device))
-        return DeviceFeeder(regions, images, batches, cfg.input_size, cfg.context_pad)
-    if pipeline == "threads":
-        return ThreadFeeder(
-            regions, store, batches, cfg.input_size, cfg.context_pad, device, mean, std, cfg.workers
-        )
-    dataset = RegionDataset(regions, store, cfg.input_size, cfg.context_pad, mean_fill(mean))
-    options = loader_options(cfg.workers, pin_memory=device.type == "cuda")
-    return LoaderFeeder(DataLoader(dataset, batch_sampler=batches, **options), device, mean, std)
-
-
 def make_feeders(
-    cfg: TrainConfig,
-    train_rs: RegionSet,
-    val_rs: RegionSet,
-    device,
-    mean,
-    std,
-    world: World = SINGLE,
+    cfg: TrainConfig, train_rs: RegionSet, val_rs: RegionSet, device, world: World = SINGLE
 ):
     """The balanced training feeder, the fixed ordered validation feeder, and the sampler;
     each rank gets its shard of both."""
@@ -304,8 +127,10 @@ def make_feeders(
     )
     val_batches = chunks(val_indices(len(val_rs), cfg.val_max, cfg.seed), cfg.val_batch)
     val_batches = val_batches[world.rank :: world.size]
-    train = make_feeder(train_rs, sampler, cfg, device, mean, std)
-    val = make_feeder(val_rs, val_batches, cfg, device, mean, std)
+    warp = ModelSpec.of(cfg).warp()
+    feeder = dict(warp=warp, device=device, pipeline=cfg.pipeline, workers=cfg.workers)
+    train = make_feeder(train_rs, sampler, **feeder)
+    val = make_feeder(val_rs, val_batches, **feeder)
     return train, val, sampler
 
 
@@ -319,59 +144,6 @@ def make_optimizer(cfg: TrainConfig, model):
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
     return optimizer, scheduler
-
-
-def save_checkpoint(path: Path, obj: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def link_atomic(source: Path, target: Path) -> None:
-    """Makes ``target`` another name of ``source``'s bytes, replacing it atomically."""
-    tmp = target.with_name(f".{target.name}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
-def checkpoint_path(path: str | Path, default: str = "last.pt") -> Path:
-    """A checkpoint file, or ``RUN/default`` when given a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / default
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or a .pt file)")
-    return path
-
-
-CHECKPOINT_KEYS = ("epoch", "config", "classes", "model", "optimizer", "scheduler", "history",
-                   "best")  # fmt: skip
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Reads a ``last.pt``/``best.pt`` file (``RUN/last.pt`` when given a run folder)."""
-    path = checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint, truncated or damaged ({type(err).__name__}: {err})"
-        ) from err
-    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise CheckpointError(
-            f"{path} holds only weights (a state dict such as `rcnn train`'s model.pth); "
-            f"give its run folder or best.pt, which also record the classes and settings"
-        )
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "rcnn-checkpoint":
-        raise CheckpointError(f"{path}: not an rcnn checkpoint (use `rcnn train` to make one)")
-    require_keys(ckpt, CHECKPOINT_KEYS, path, "rcnn train")
-    if not isinstance(ckpt["config"], dict):
-        raise CheckpointError(f"{path}: its config is not a mapping (damaged?)")
-    return ckpt
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -495,8 +267,7 @@ def setup_run(cfg: TrainConfig, resume: bool, world: World, device: torch.device
         run.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         run.net = torch.compile(run.net, mode=compile_mode(device, world))
-    mean, std = input_stats(cfg)
-    run.feeders = make_feeders(cfg, train_rs, val_rs, device, mean, std, world)
+    run.feeders = make_feeders(cfg, train_rs, val_rs, device, world)
     return run
 
 
@@ -596,22 +367,6 @@ def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:
     save_epoch(cfg, run, row)
 
 
-def minutes_seconds(seconds: float) -> str:
-    """``2m 5s``: whole seconds, rounded before splitting so that 119.6 s reads 2m 0s."""
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes}m {seconds}s"
-
-
-def check_classes(ckpt: dict, class_names: list[str], path) -> None:
-    if ckpt.get("classes") != class_names:
-        raise CheckpointError(
-            f"{path} was trained for classes {ckpt.get('classes')} "
-            f"({len(ckpt.get('classes') or [])} outputs) but the data has "
-            f"{class_names} ({len(class_names)})"
-        )
-
-
-# What a resumed run may change: how long, where and how fast it runs, not what it learns.
 RESUMABLE = {
     "epochs",
     "data",

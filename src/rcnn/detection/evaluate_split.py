@@ -28,7 +28,7 @@ from rcnn.data.voc import (
 )
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.evaluation.voc_eval import ClassTruth, GroundTruth, evaluate_flat
+from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth, evaluate_flat
 from rcnn.files import (
     DamagedFileError,
     atomic_write_bytes,
@@ -98,7 +98,7 @@ def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> Sp
             mine = [o for o in chosen if o.name == cls]
             boxes = np.array([o.box for o in mine], np.float64).reshape(-1, 4)
             difficult = np.array([o.difficult for o in mine], bool)
-            per_class[cls][image_id] = GroundTruth(boxes, difficult)
+            per_class[cls][image_id] = ImageTruth(boxes, difficult)
         plain = [o.box for o in chosen if not o.difficult]
         objects[image_id] = np.array(plain, np.float64).reshape(-1, 4)
     flat = {c: ClassTruth.of(ids, per_class[c]) for c in classes}
@@ -134,8 +134,8 @@ def run_test(cfg: VOCTestConfig) -> dict:
     evaluates; returns the metrics, or with several ``cfg.variants`` the metrics of each
     (each variant in its own subfolder of ``cfg.out``, all from one forward pass)."""
     from rcnn.detection.detector import Detector
-    from rcnn.modeling.trained import load_model
-    from rcnn.training.distributed import init_world, rank_zero_first, shutdown
+    from rcnn.modeling.checkpoint import load_model
+    from rcnn.runtime.distributed import init_world, rank_zero_first, shutdown
 
     voc = VOCDataset(cfg.voc_root)
     ids = split_images(voc, cfg.split)
@@ -143,11 +143,12 @@ def run_test(cfg: VOCTestConfig) -> dict:
     truth = load_ground_truth(voc, ids, loaded.classes)
     check_classes_present(truth, loaded.classes, f"split '{cfg.split}' of {voc.root}")
     out = Path(cfg.out)
-    world, device = init_world(cfg.detector.device)
+    world, device = init_world(cfg.detector.inference.device)
     variants = list(cfg.variants or [cfg.detector.variant])
     with contextlib.ExitStack() as stack:
         stack.callback(shutdown)
-        detector = Detector(loaded, replace(cfg.detector, device=device), variants)
+        inference = replace(cfg.detector.inference, device=device)  # a process's own GPU
+        detector = Detector(loaded, replace(cfg.detector, inference=inference), variants)
         folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
 
         def claim() -> None:  # rank 0 holds the folder for the whole run
@@ -162,7 +163,7 @@ def run_test(cfg: VOCTestConfig) -> dict:
 
 
 def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, folders) -> dict:
-    from rcnn.training.distributed import barrier
+    from rcnn.runtime.distributed import barrier
 
     mine = truth.ids[world.rank :: world.size]
     inputs = {i: input_digest(voc, i, truth) for i in mine}
@@ -278,7 +279,7 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
     return {
         "model": loaded.digest,
         "device": detector.device.type,
-        "amp": detector.train.amp,  # precision changes scores: a resume must not mix them
+        "amp": detector.inference.amp,  # precision changes scores: a resume must not mix them
         "classes": loaded.classes,
         "voc_root": str(voc.root.resolve()),
         "split": cfg.split,
@@ -521,11 +522,12 @@ def evaluate_result_files(
 
 def finish(out: Path, metrics: dict) -> None:
     """Writes ``metrics.json`` and ``pr.png`` and adds the printable report to ``metrics``."""
+    from rcnn.evaluation.metrics import PRCurve
     from rcnn.evaluation.plots import plot_pr_grid
 
     curves = {c: m.pop("curve") for c, m in metrics["classes"].items()}
     plot_pr_grid(
-        {c: (r, p, metrics["classes"][c]["ap"]) for c, (r, p) in curves.items()},
+        {c: PRCurve(r, p, metrics["classes"][c]["ap"]) for c, (r, p) in curves.items()},
         out / "pr.png",
         title=f"Detection precision-recall, {metrics['split']} split",
     )

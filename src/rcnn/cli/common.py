@@ -1,0 +1,108 @@
+"""What every command shares: the help formatter, defaults read from the config
+dataclasses, and the flags that several commands take, each declared once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from rcnn.data.config import ProposalConfig
+from rcnn.runtime.config import AMP_HELP, DEVICE_HELP, InferenceConfig
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps description layout and appends a flag's default where it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def default(cls, name: str):
+    """The default of field ``name`` of the dataclass ``cls``."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def add_config_flags(p, cls, helps: dict[str, str]) -> None:
+    """``--name`` for each field of the dataclass ``cls`` named in ``helps`` (its help text),
+    with the field's type and default."""
+    for name, text in helps.items():
+        value = default(cls, name)
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=type(value), default=value, dest=name, help=text)
+
+
+def config_from(args, cls, names, **values):
+    """``cls`` built from the parsed flags of the same ``names`` (and ``values``)."""
+    return cls(**{name: getattr(args, name) for name in names}, **values)
+
+
+def parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, formatter_class=Formatter, help=help, description=description)
+
+
+def add_progress(p) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_device(p, default_value: str | None = "auto") -> None:
+    p.add_argument("--device", default=default_value, help=DEVICE_HELP)
+
+
+def add_amp(p) -> None:
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
+
+
+def add_inference_flags(p) -> None:
+    """Where and how the network scores regions: one set of flags with one help text."""
+    add_device(p, default(InferenceConfig, "device"))
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=default(InferenceConfig, "batch"),
+        help="regions a forward pass (0: 1024 on CUDA, 256 elsewhere)",
+    )
+    add_amp(p)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default(InferenceConfig, "threads"),
+        help="warping threads on the CPU",
+    )
+
+
+def inference(args):
+    return InferenceConfig(device=args.device, batch=args.batch, amp=args.amp, threads=args.threads)
+
+
+def add_model(p, model_help: str = "run folder, best.pt, or model.pth (+ --classes)") -> None:
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        help="class names in training order; needed only for a plain state dict (model.pth)",
+    )
+
+
+def add_max_side(p) -> None:
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=default(ProposalConfig, "max_side"),
+        help="images whose longer side is larger are shrunk to this for Selective Search, "
+        "whose time and memory grow with the pixels (0 = never); boxes are mapped back",
+    )
+
+
+def add_cache_dir(p) -> None:
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="proposal cache (default: $RCNN_CACHE_DIR, else $XDG_CACHE_HOME/rcnn or "
+        "~/.cache/rcnn)",
+    )

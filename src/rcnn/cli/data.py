@@ -1,0 +1,159 @@
+"""``rcnn synth`` and ``rcnn prepare``."""
+
+from __future__ import annotations
+
+from rcnn.cli.common import add_cache_dir, add_max_side, add_progress, default, parser
+from rcnn.data.config import MODES, PrepareConfig, ProposalConfig
+from rcnn.data.labels import PRESETS, label_config
+from rcnn.errors import ConfigError
+
+
+def add_synth(sub) -> None:
+    p = parser(
+        sub,
+        "synth",
+        "write a synthetic VOC-format car dataset",
+        "Write a synthetic PASCAL VOC2007-layout dataset of scenes with cars among "
+        "distractor shapes: JPEGImages/, Annotations/, ImageSets/Main/{train,val}.txt and "
+        "car_{train,val}.txt. The same seed gives the same bytes.",
+    )
+    p.add_argument("out", help="folder to create (its Annotations/ must not exist yet)")
+    p.add_argument("--images", type=int, default=200, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--size", default="320x240", help="image size WIDTHxHEIGHT")
+    p.add_argument("--val-fraction", type=float, default=0.5, help="share of images in val")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="share of images in a test split (ImageSets/Main/test.txt; 0 = none)",
+    )
+
+
+def cmd_synth(args) -> None:
+    from rcnn.data.synth import make_synthetic_voc
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError as err:
+        raise ConfigError(f"--size must look like 320x240, got {args.size!r}") from err
+    summary = make_synthetic_voc(
+        args.out, args.images, args.seed, (width, height), args.val_fraction, args.test_fraction
+    )
+    test = f", {summary['test']} test" if summary["test"] else ""
+    print(
+        f"wrote {summary['images']} images ({summary['train']} train, {summary['val']} val"
+        f"{test}, {summary['cars']} cars) to {summary['root']}"
+    )
+
+
+# -------------------------------------------------------------------------------- prepare
+def add_prepare(sub) -> None:
+    p = parser(
+        sub,
+        "prepare",
+        "Selective Search + labelling: VOC images -> region stores",
+        "Run Selective Search on every chosen image of each split (in parallel, "
+        "cached by image content), label each proposal by its IoU with the ground truth, and "
+        "write OUT/{split}/ region stores plus OUT/summary.json.\n\nPresets:\n"
+        "  seed   positive IoU >= 0.5; negative 0 < IoU < 0.5 and area > 1/5 of the largest\n"
+        "         ground-truth box; difficult objects left out (the recipe's rule)\n"
+        "  paper  Girshick et al. 2014: ground truth added as positives, every proposal with\n"
+        "         IoU < 0.5 negative, difficult objects kept\n"
+        "Threshold flags override the preset.",
+    )
+    p.add_argument(
+        "--voc-root",
+        required=True,
+        help="folder holding Annotations/, JPEGImages/, ImageSets/Main/ (e.g. VOCdevkit/VOC2007)",
+    )
+    p.add_argument("--out", required=True, help="output folder for the region stores")
+    p.add_argument(
+        "--split",
+        nargs="+",
+        default=default(PrepareConfig, "splits"),
+        dest="splits",
+        help="splits to prepare (ImageSets/Main/{split}.txt)",
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=default(PrepareConfig, "classes"),
+        help="object classes (labels 1..K in this order); 'all' = the 20 VOC classes",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="seed", help="labelling rules")
+    p.add_argument("--pos-iou", type=float, help="positive when best IoU >= this")
+    p.add_argument(
+        "--neg-iou-min",
+        type=float,
+        help="negative only when IoU > this (-1 keeps regions that touch no object)",
+    )
+    p.add_argument("--neg-iou-max", type=float, help="negative only when IoU < this")
+    p.add_argument(
+        "--neg-min-area",
+        type=float,
+        dest="neg_min_area_frac",
+        help="negative only when area > this x the largest ground-truth box",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=default(ProposalConfig, "mode"),
+        help="Selective Search strategy (quality: more, slower proposals)",
+    )
+    add_max_side(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default(PrepareConfig, "workers"),
+        help="Selective Search processes (0 = one per core)",
+    )
+    add_cache_dir(p)
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at a bad image instead of skipping it with a warning",
+    )
+    add_progress(p)
+
+
+def cmd_prepare(args) -> None:
+    from rcnn.data.prepare import run_prepare
+
+    labels = label_config(
+        args.preset,
+        pos_iou=args.pos_iou,
+        neg_iou_min=args.neg_iou_min,
+        neg_iou_max=args.neg_iou_max,
+        neg_min_area_frac=args.neg_min_area_frac,
+    )
+    cfg = PrepareConfig(
+        voc_root=args.voc_root,
+        out=args.out,
+        splits=args.splits,
+        classes=args.classes,
+        labels=labels,
+        proposals=ProposalConfig(mode=args.mode, max_side=args.max_side),
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        strict=args.strict,
+        progress=not args.no_progress,
+    )
+    summary = run_prepare(cfg)
+    print(format_prepare_summary(summary, args.out))
+
+
+def format_prepare_summary(summary: dict, out: str) -> str:
+    lines = [
+        f"{'split':<8}{'images':>8}{'skipped':>9}{'proposals':>11}{'positives':>11}"
+        f"{'negatives':>11}{'seconds':>9}"
+    ]
+    for split, s in summary["splits"].items():
+        lines.append(
+            f"{split:<8}{s['images']:>8}{len(s['skipped']):>9}{s['proposals']:>11}"
+            f"{s['positives']:>11}{s['negatives']:>11}{s['seconds']:>9.1f}"
+        )
+    lines.append(
+        f"region stores in {out}/{{{','.join(summary['splits'])}}}, summary in {out}/summary.json"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""``rcnn detect``, ``rcnn test`` and ``rcnn ablate``."""
+
+from __future__ import annotations
+
+from rcnn.cli.common import (
+    add_cache_dir,
+    add_inference_flags,
+    add_max_side,
+    add_model,
+    add_progress,
+    default,
+    inference,
+    parser,
+)
+from rcnn.detection.config import SCORERS, DetectorConfig, eval_detector_config
+from rcnn.errors import ConfigError
+
+
+def _add_detector_flags(p, thresh_help: str, caps) -> None:
+    """The detector's flags; ``caps`` gives the defaults of --max-per-image/-class (a
+    DetectorConfig)."""
+
+    p.add_argument(
+        "--scorer",
+        choices=SCORERS,
+        default=default(DetectorConfig, "scorer"),
+        help="score proposals by the network's softmax or by the SVMs on its fc7 features",
+    )
+    p.add_argument("--svm", metavar="SVMDIR", help="`rcnn train-svm` output (default: RUN/svm)")
+    p.add_argument(
+        "--bbox-reg",
+        metavar="BBOXDIR",
+        help="move each scored box with these regressors (`rcnn train-bbox`) before NMS",
+    )
+    p.add_argument("--score-thresh", type=float, help=thresh_help)
+    p.add_argument(
+        "--nms",
+        type=float,
+        default=default(DetectorConfig, "nms"),
+        help="IoU above which a lower-scored box of a class is suppressed",
+    )
+    p.add_argument(
+        "--max-per-image",
+        type=int,
+        default=caps.max_per_image,
+        help="best boxes kept (0 = all)",
+    )
+    p.add_argument(
+        "--max-per-class",
+        type=int,
+        default=caps.max_per_class,
+        help="best boxes kept per image and class (0 = all)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["fast", "quality"],
+        default=default(DetectorConfig, "mode"),
+        help="Selective Search strategy at test time",
+    )
+    add_max_side(p)
+    add_inference_flags(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default(DetectorConfig, "workers"),
+        help="Selective Search processes (0 = one per core)",
+    )
+    add_cache_dir(p)
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    add_progress(p)
+
+
+def _detector_config(args, keep_all: bool = False):
+    return DetectorConfig(
+        scorer=args.scorer,
+        svm=args.svm,
+        bbox_reg=args.bbox_reg,
+        score_thresh=args.score_thresh,
+        keep_all=keep_all,
+        nms=args.nms,
+        max_per_image=args.max_per_image,
+        max_per_class=args.max_per_class,
+        mode=args.mode,
+        max_side=args.max_side,
+        inference=inference(args),
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+    )
+
+
+def add_detect(sub) -> None:
+    p = parser(
+        sub,
+        "detect",
+        "detect objects in images with a fine-tuned run",
+        "The R-CNN detector: Selective Search proposals for each image (cached), "
+        "every proposal warped and scored by the fine-tuned network in large batches, then per "
+        "class a score threshold and non-maximum suppression. Writes OUT/NAME.jpg with the "
+        "boxes drawn (a colour per class, the score on each box) and OUT/detections.jsonl "
+        "(per image: its path, picture, size and detections, boxes as x1 y1 x2 y2 with x2, y2 "
+        "exclusive). Unreadable images are skipped with a warning.",
+    )
+    add_model(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for the pictures and detections.jsonl")
+    _add_detector_flags(
+        p,
+        "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
+        "0 for SVM scores)",
+        DetectorConfig(),
+    )
+
+
+def cmd_detect(args) -> None:
+    from rcnn.detection.detect import run_detect
+
+    summary = run_detect(
+        args.model,
+        args.images,
+        args.out,
+        _detector_config(args),
+        args.classes,
+        args.overwrite,
+        not args.no_progress,
+    )
+    print(
+        f"{summary['detections']} detections in {summary['images']} images "
+        f"({len(summary['skipped'])} skipped); pictures and detections.jsonl in {summary['out']}"
+    )
+
+
+def _add_split_flags(p) -> None:
+    p.add_argument("--voc-root", required=True, help="VOC folder with the split's annotations")
+    p.add_argument("--split", default="test", help="ImageSets/Main/{split}.txt")
+    _add_detector_flags(
+        p,
+        "keep only boxes scoring at least this (default: every box counts, as AP needs)",
+        eval_detector_config(),
+    )
+
+
+def add_test(sub) -> None:
+    p = parser(
+        sub,
+        "test",
+        "detection AP on a VOC split (the devkit's rules)",
+        "Run the detector on every image of a VOC split (all of {split}.txt), write "
+        "the devkit's result files OUT/comp4_det_{split}_{class}.txt (image_id score xmin "
+        "ymin xmax ymax, 1-based inclusive pixels) and score them by the devkit's rules: "
+        "per class and mean, VOC2007 11-point AP (what the R-CNN paper reports) and "
+        "area-under-curve AP (VOC2010+), the final recall, and the proposals' recall at "
+        "IoU 0.5. Writes metrics.json and pr.png. Every box counts (no score threshold), at "
+        "most --max-per-class per image and class. A killed run continues where it stopped. "
+        "With --dets DIR, scores existing result files instead (no network needed).",
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="run folder, best.pt, or model.pth (+ --classes)"
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        help="class names in training order; needed only for a plain state dict (model.pth)",
+    )
+    p.add_argument("--out", help="output folder (default with --dets: the --dets folder)")
+    p.add_argument("--dets", help="score the result files in this folder instead of detecting")
+    p.add_argument(
+        "--competition",
+        metavar="PREFIX",
+        help="with --dets: read {PREFIX}_det_{split}_{class}.txt (e.g. comp4) when the folder "
+        "holds several competitions' files",
+    )
+    _add_split_flags(p)
+
+
+def _test_config(args):
+    from rcnn.detection.evaluate_split import VOCTestConfig
+
+    return VOCTestConfig(
+        model=args.model,
+        voc_root=args.voc_root,
+        out=args.out,
+        split=args.split,
+        classes=args.classes,
+        detector=_detector_config(args, keep_all=args.score_thresh is None),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def cmd_test(args) -> None:
+    from rcnn.detection.evaluate_split import evaluate_result_files, run_test
+
+    if args.dets:
+        if args.model:
+            raise ConfigError("give MODEL or --dets DIR, not both")
+        metrics = evaluate_result_files(
+            args.dets, args.voc_root, args.split, args.classes, args.out, args.competition
+        )
+    else:
+        if not args.model or not args.out:
+            raise ConfigError("MODEL and --out are required (or --dets DIR)")
+        metrics = run_test(_test_config(args))
+        if not metrics:  # a torchrun process other than rank 0
+            return
+    print(metrics["report"])
+    print(f"metrics.json and pr.png in {metrics['out']}")
+
+
+def add_ablate(sub) -> None:
+    p = parser(
+        sub,
+        "ablate",
+        "the R-CNN paper's Table 2: softmax vs SVM vs SVM + box regression",
+        "Run `rcnn test` three ways from one forward pass per image: the "
+        "fine-tuned network's softmax, the per-class SVMs on its fc7 features (`rcnn "
+        "train-svm`), and the SVMs with box regression (`rcnn train-bbox`). Writes each "
+        "variant's result files and metrics to OUT/{softmax,svm,svm-bbox}/ and the table to "
+        "OUT/ablation.md, ablation.json and ablation.png (per-class AP side by side).",
+    )
+    add_model(p, "run folder or best.pt")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_split_flags(p)
+
+
+def cmd_ablate(args) -> None:
+    from rcnn.detection.ablate import run_ablation
+    from rcnn.modeling.heads import run_folder
+
+    if args.bbox_reg is None:
+        args.bbox_reg = str(run_folder(args.model) / "bbox")
+    result = run_ablation(_test_config(args))
+    if result:
+        print(result["table"])
+        print(f"per-variant results in {result['out']}/{{softmax,svm,svm-bbox}}, table and "
+              f"figure in {result['out']}/ablation.{{md,json,png}}")  # fmt: skip

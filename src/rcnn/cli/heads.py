@@ -1,0 +1,168 @@
+"""``rcnn features``, ``rcnn train-svm`` and ``rcnn train-bbox``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rcnn.cli.common import (
+    add_config_flags,
+    add_inference_flags,
+    add_progress,
+    config_from,
+    default,
+    inference,
+    parser,
+)
+from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
+
+SVM_FLAGS = {
+    "C": "SVM regularization",
+    "pos_weight": "loss weight of positives",
+    "rounds": "retraining rounds at most",
+    "first_negatives": "negatives of the first round, a class",
+}
+BBOX_FLAGS = {
+    "ridge": "ridge penalty lambda",
+    "min_iou": "IoU of a training region with a box of its class",
+}
+
+
+def _add_head_flags(p, default_out: str) -> None:
+    p.add_argument("model", metavar="MODEL", help="run folder or best.pt of `rcnn train`")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="`rcnn prepare` output folder; prepare it with --preset paper, which keeps every "
+        "proposal and adds the ground-truth boxes",
+    )
+    p.add_argument("--out", help=f"output folder (default: RUN/{default_out})")
+    p.add_argument("--features", help="feature store (default: RUN/features; computed if missing)")
+    p.add_argument("--split", default=default(HeadConfig, "split"), help="split to train on")
+    add_inference_flags(p)
+    add_progress(p)
+
+
+def _head_config(args):
+    return HeadConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        features=args.features,
+        split=args.split,
+        inference=inference(args),
+        progress=not args.no_progress,
+    )
+
+
+def add_features(sub) -> None:
+    p = parser(
+        sub,
+        "features",
+        "fc7 (and pool5) features of every region, for the SVM and box stages",
+        "Warp every region of the chosen splits (no flip) and push it through the "
+        "fine-tuned network in eval mode, keeping fc7 (the input of the last layer: 4,096 "
+        "values for AlexNet, after its ReLU) and with --pool5 also pool5 (the input of the "
+        "first fully connected layer: 9,216 for AlexNet). Other backbones: the inputs of their "
+        "last and first nn.Linear. Stored as float16 chunks of 4,096 regions, written "
+        "atomically: a killed run resumes with the missing chunks, in the store's precision. "
+        "Prints the bytes per region before it starts.",
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder or best.pt of `rcnn train`")
+    p.add_argument("--data", required=True, help="`rcnn prepare` output folder")
+    p.add_argument("--out", help="feature store (default: RUN/features)")
+    p.add_argument(
+        "--split", nargs="+", default=default(FeaturesConfig, "splits"), dest="splits",
+        help="splits",
+    )  # fmt: skip
+    p.add_argument("--pool5", action="store_true", help="also pool5 (for box regression)")
+    add_inference_flags(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace features of another model, other regions or another precision in --out",
+    )
+    add_progress(p)
+
+
+def cmd_features(args) -> None:
+    from rcnn.modeling.extract import run_features
+    from rcnn.modeling.heads import run_folder
+
+    out = args.out or str(run_folder(args.model) / "features")
+    summary = run_features(
+        FeaturesConfig(
+            model=args.model,
+            data=args.data,
+            out=out,
+            splits=args.splits,
+            layers=["fc7", "pool5"] if args.pool5 else ["fc7"],
+            inference=inference(args),
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    )
+    for split, s in summary["splits"].items():
+        print(
+            f"{split}: {s['regions']} regions, {summary['bytes_per_region']} bytes a region "
+            f"({' + '.join(f'{n} {d}' for n, d in summary['layers'].items())} float16, computed "
+            f"in {summary['precision']}), {s['chunks_computed']} chunk(s) computed"
+        )
+    print(f"features in {Path(out)}")
+
+
+def add_train_svm(sub) -> None:
+    p = parser(
+        sub,
+        "train-svm",
+        "per-class linear SVMs on fc7 features, with hard-negative mining",
+        "R-CNN's SVMs: per class, the non-difficult ground-truth boxes are the "
+        "positives and proposals with IoU < 0.3 with every box of the class the negatives. "
+        "Starting from the positives and a first sample of negatives, each round scores every "
+        "negative, adds those above -1 (hard) to the cache, drops cached ones below -1.2 "
+        "(easy) and retrains, until a round adds none or --rounds is reached. liblinear "
+        "(scikit-learn's LinearSVC, hinge loss) with C 0.001, positive weight 2, bias feature "
+        "10, features scaled to a mean L2 norm of 20. Writes svm.npz, svm.json, svm_log.csv.",
+    )
+    _add_head_flags(p, "svm")
+    add_config_flags(p, SVMConfig, SVM_FLAGS)
+
+
+def cmd_train_svm(args) -> None:
+    from rcnn.modeling.heads import run_train_svm
+
+    result = run_train_svm(_head_config(args), config_from(args, SVMConfig, SVM_FLAGS))
+    print(f"{'class':<14}{'round':>6}{'positives':>11}{'cache':>8}{'hard+':>7}{'easy-':>7}"
+          f"{'objective':>12}")  # fmt: skip
+    for row in result["log"]:
+        print(
+            f"{row['class']:<14}{row['round']:>6}{row['positives']:>11}"
+            f"{row['negatives_in_cache']:>8}{row.get('hard_added', ''):>7}"
+            f"{row.get('easy_dropped', ''):>7}{row['objective']:>12.5f}"
+        )
+    print(f"SVMs in {result['out']} ({result['seconds']} s)")
+
+
+def add_train_bbox(sub) -> None:
+    p = parser(
+        sub,
+        "train-bbox",
+        "per-class bounding-box regression on pool5 features",
+        "R-CNN's box regressors: per class, ridge regression (lambda 1000) from "
+        "the pool5 features of regions with IoU >= 0.6 with a box of the class (scaled to a "
+        "mean L2 norm of 20) to the targets tx = (Gx - Px) / Pw, ty = (Gy - Py) / Ph, tw = "
+        "log(Gw / Pw), th = log(Gh / Ph). Writes bbox.npz, bbox.json, bbox_log.csv.",
+    )
+    _add_head_flags(p, "bbox")
+    add_config_flags(p, BBoxConfig, BBOX_FLAGS)
+
+
+def cmd_train_bbox(args) -> None:
+    from rcnn.modeling.heads import run_train_bbox
+
+    result = run_train_bbox(_head_config(args), config_from(args, BBoxConfig, BBOX_FLAGS))
+    for row in result["log"]:
+        print(
+            f"{row['class']}: {row['examples']} regions, target rms {row['target_rms']:.4f}, "
+            f"residual rms {row['residual_rms']:.4f}"
+        )
+    print(f"box regressors in {result['out']} ({result['seconds']} s)")

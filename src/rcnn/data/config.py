@@ -1,0 +1,71 @@
+"""Settings of the data stages: Selective Search proposals and `rcnn prepare`.
+
+Kept free of torch and OpenCV, so that the command line can describe them without importing
+either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from rcnn.data.labels import LabelConfig
+from rcnn.data.voc import resolve_classes
+from rcnn.errors import ConfigError
+
+MODES = ("quality", "fast")  # Selective Search strategies
+# Selective Search takes time and memory in proportion to pixels: a 6000x4000 photo took more
+# than 7 minutes and 3 GB at full size. Larger images are shrunk to this for the search (VOC's
+# and COCO's images, at most 500 and 640 pixels, are searched as they are).
+DEFAULT_MAX_SIDE = 1000
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    mode: str = "quality"
+    max_side: int = DEFAULT_MAX_SIDE  # longer side shrunk to at most this first; 0 = never
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_side < 0 or 0 < self.max_side < 32:
+            raise ConfigError(f"--max-side must be 0 (off) or >= 32, got {self.max_side}")
+
+    def for_image(self, size: tuple[int, int] | None) -> ProposalConfig:
+        """The search an image of ``size`` gets: an image that fits ``max_side`` is searched at
+        full size, so its cache entry is the same whatever the cap."""
+        if self.max_side and size is not None and max(size) <= self.max_side:
+            return replace(self, max_side=0)
+        return self
+
+    def cache_tag(self) -> str:
+        import cv2
+
+        # OpenCV's version is part of the key: another release may segment differently.
+        # Images are read as stored, their EXIF orientation ignored (rcnn.data.images).
+        return (
+            f"selective-search/{self.mode}/max_side={self.max_side}/opencv={cv2.__version__}"
+            "/stored-pixels"
+        )
+
+
+@dataclass
+class PrepareConfig:
+    voc_root: str
+    out: str
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    classes: list[str] = field(default_factory=lambda: ["car"])
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    workers: int = 0  # Selective Search processes; 0 = one per core
+    cache_dir: str | None = None  # None = the default cache folder
+    strict: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self.classes = resolve_classes(list(self.classes))
+        if not self.splits:
+            raise ConfigError("--split must name at least one split")
+        if len(set(self.splits)) != len(self.splits):
+            raise ConfigError(f"--split names a split twice: {self.splits}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")

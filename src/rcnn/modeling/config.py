@@ -1,0 +1,96 @@
+"""Settings of R-CNN's stages after fine-tuning: features, the SVMs and the box regressors.
+
+Kept free of torch, so that the command line can describe them without importing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rcnn.data.feature_store import CHUNK
+from rcnn.errors import ConfigError
+from rcnn.runtime.config import InferenceConfig
+
+LAYERS = ("fc7", "pool5")  # the feature taps of rcnn.modeling.features
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+@dataclass
+class FeaturesConfig:
+    model: str  # run folder or checkpoint
+    data: str  # an `rcnn prepare` output folder
+    out: str
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    layers: list[str] = field(default_factory=lambda: ["fc7"])
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    chunk: int = CHUNK
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        unknown = [name for name in self.layers if name not in LAYERS]
+        _check([
+            (bool(self.layers) and not unknown, f"--layers must name some of {LAYERS}, got "
+             f"{self.layers}"),
+            (self.chunk >= 1, f"the chunk size must be >= 1, got {self.chunk}"),
+        ])  # fmt: skip
+
+
+@dataclass
+class HeadConfig:
+    """Where the SVM and box-regression stages find their network, regions and features."""
+
+    model: str  # run folder or checkpoint
+    data: str  # `rcnn prepare` output folder (made with --preset paper for the SVMs)
+    out: str | None = None  # default: RUN/svm or RUN/bbox
+    features: str | None = None  # default: RUN/features
+    split: str = "train"
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    progress: bool = True
+
+
+@dataclass
+class SVMConfig:
+    """R-CNN's SVM hyper-parameters (``rcnn_train.m``, Fast R-CNN's ``train_svms.py``)."""
+
+    C: float = 0.001
+    pos_weight: float = 2.0  # loss weight of a positive
+    bias: float = 10.0  # the constant feature liblinear appends (intercept_scaling)
+    feature_norm: float = 20.0  # features are scaled to this mean L2 norm
+    hard: float = -1.0  # a cached negative scoring above this is hard
+    easy: float = -1.2  # a cached negative scoring below this is dropped
+    neg_iou: float = 0.3  # negatives overlap every box of the class less than this
+    rounds: int = 10  # retraining rounds after the first
+    first_negatives: int = 5000  # negatives of the first round, per class
+    seed: int = 0
+    max_iter: int = 20000  # liblinear's iteration limit
+
+    def __post_init__(self):
+        _check([
+            (self.C > 0, f"--C must be > 0, got {self.C}"),
+            (self.pos_weight > 0, f"--pos-weight must be > 0, got {self.pos_weight}"),
+            (self.easy < self.hard, f"--easy ({self.easy}) must be below --hard ({self.hard})"),
+            (self.rounds >= 0, f"--rounds must be >= 0, got {self.rounds}"),
+            (self.first_negatives >= 1, "--first-negatives must be >= 1"),
+        ])  # fmt: skip
+
+
+@dataclass
+class BBoxConfig:
+    """R-CNN's box-regression hyper-parameters."""
+
+    ridge: float = 1000.0  # lambda
+    min_iou: float = 0.6  # a training region overlaps a box of its class at least this
+    feature_norm: float = 20.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _check([
+            (self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}"),
+            (0 < self.min_iou <= 1, f"--min-iou must be in (0, 1], got {self.min_iou}"),
+        ])  # fmt: skip
