@@ -31,7 +31,6 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torchvision.ops import roi_align
 
 from rcnn.data.dataset import (
     ImageStore,
@@ -344,6 +343,8 @@ def warp_regions(images: DeviceImages, image_index, boxes, size: int, pad: int =
     """Warps a batch of boxes of ``images`` to ``[B, 3, size, size]`` in one call."""
     device = images.tensor.device
     rois = region_rois(image_index.to(device), boxes.to(device), size, pad)
+    from torchvision.ops import roi_align  # here: importing it costs seconds (torch._dynamo)
+
     out = roi_align(
         images.tensor,
         rois.to(images.tensor.dtype),

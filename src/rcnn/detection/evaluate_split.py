@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import shutil
@@ -46,7 +47,10 @@ from rcnn.ops.boxes import box_iou
 logger = logging.getLogger(__name__)
 
 PROPOSAL_IOU = 0.5  # a ground-truth object counts as found by the proposals at this overlap
-DETECTION_ARRAYS = ("boxes", "scores", "labels", "objects", "found", "error", "inputs")
+# A per-image file: "detections", float32 [D, 6] rows (x1, y1, x2, y2, score, label), and
+# "about", a JSON object: objects, found, error, inputs. Two arrays, because each array of an
+# .npz costs a header parse on reading, and a resume reads thousands of them.
+ABOUT_KEYS = ("objects", "found", "error", "inputs")
 
 
 @dataclass
@@ -233,17 +237,18 @@ def _scan(folder: Path, ids: list[str], inputs: dict[str, str]) -> dict[str, dic
 
 
 def read_image_detections(path: Path) -> dict:
+    """``boxes``, ``scores``, ``labels`` and the keys of :data:`ABOUT_KEYS` of one image."""
     data = load_npz(path, "per-image detections file")
-    missing = [k for k in DETECTION_ARRAYS if k not in data]
-    labels = data.get("labels", np.zeros(0))
-    shapes_fit = (
-        not missing
-        and data["boxes"].shape == (len(data["scores"]), 4)
-        and labels.shape == data["scores"].shape
-    )
-    if not shapes_fit:
+    table = data.get("detections")
+    try:
+        about = json.loads(str(data["about"]))
+        fits = table.ndim == 2 and table.shape[1] == 6 and all(k in about for k in ABOUT_KEYS)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        fits = False
+    if not fits:
         raise DamagedFileError(f"{path}: not a per-image detections file of `rcnn test`")
-    return data
+    boxes, scores, labels = table[:, :4], table[:, 4], table[:, 5].astype(np.int64)
+    return {"boxes": boxes, "scores": scores, "labels": labels, **about}
 
 
 def _check_size(image_id: str, found: tuple[int, int], recorded: tuple[int, int]) -> None:
@@ -324,18 +329,16 @@ def save_image_detections(path: Path, result, dets, objects: np.ndarray, inputs:
         found = int((box_iou(objects, result.boxes).max(axis=1) >= PROPOSAL_IOU).sum())
     if dets is None:
         logger.warning("skipped %s", result.error)
-    empty = dets is None
-    data = {
-        "boxes": np.zeros((0, 4), np.float32) if empty else dets.boxes,
-        "scores": np.zeros(0, np.float32) if empty else dets.scores,
-        "labels": np.zeros(0, np.int64) if empty else dets.labels,
-        "objects": np.asarray(len(objects)),
-        "found": np.asarray(found),
-        "error": np.asarray(result.error or ""),
-        "inputs": np.asarray(inputs),
-    }
-    atomic_write_bytes(path, npz_bytes(data))
-    return data
+    if dets is None:
+        boxes, scores, labels = np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, np.int64)
+    else:
+        boxes, scores, labels = dets.boxes, dets.scores, dets.labels
+    table = np.concatenate([boxes, scores[:, None], labels[:, None]], axis=1, dtype=np.float32)
+    about = {"objects": len(objects), "found": found, "error": result.error or "",
+             "inputs": inputs}  # fmt: skip
+    arrays = {"detections": table, "about": np.asarray(json.dumps(about))}
+    atomic_write_bytes(path, npz_bytes(arrays))
+    return {"boxes": table[:, :4], "scores": table[:, 4], "labels": labels, **about}
 
 
 def gather_detections(folder: Path, ids: list[str], saved: dict, num_classes: int):

@@ -15,7 +15,6 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from rcnn.data.labels import BACKGROUND
 
@@ -49,6 +48,8 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     preds = _check_labels(preds, num_classes, "preds")
     if labels.shape != preds.shape:
         raise ValueError(f"labels {labels.shape} and preds {preds.shape} must have the same shape")
+    from sklearn import metrics as sk_metrics  # here: importing it takes seconds
+
     matrix = sk_metrics.confusion_matrix(labels, preds, labels=np.arange(num_classes))
     return matrix.astype(np.int64)
 
@@ -76,6 +77,8 @@ def precision_recall_curve(
     if not targets.any():
         count = len(np.unique(scores))
         return np.zeros(count), np.full(count, np.nan)
+    from sklearn import metrics as sk_metrics  # here: importing it takes seconds
+
     precision, recall, _ = sk_metrics.precision_recall_curve(targets, scores)
     return precision[-2::-1].astype(np.float64), recall[-2::-1].astype(np.float64)
 
@@ -95,6 +98,8 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     scores, targets = _check_binary(scores, targets)
     if not targets.any():
         return math.nan
+    from sklearn import metrics as sk_metrics  # here: importing it takes seconds
+
     return float(sk_metrics.average_precision_score(targets, scores))
 
 
