@@ -1,4 +1,4 @@
-"""Tests of the synthetic VOC2007-layout car dataset generator."""
+"""Tests of the synthetic VOC2007-layout dataset generator."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from rcnn.data.synth import _PLAIN_BACKGROUND, _image_rng, _render_scene, make_synthetic_voc
+from rcnn.data.synth import (
+    _PLAIN_BACKGROUND,
+    _image_rng,
+    _render_scene,
+    make_synthetic_voc,
+    synth_classes,
+)
+from rcnn.data.voc import VOC_CLASSES
 
 SIZE = (96, 72)
 SEED = 3
@@ -102,7 +109,7 @@ def test_xml_is_voc_and_flags_agree(dataset: tuple[Path, dict]) -> None:
     root, summary = dataset
     width, height = SIZE
     flags = {}
-    counts = {"cars": 0, "difficult": 0, "truncated": 0}
+    counts = {"objects": 0, "difficult": 0, "truncated": 0}
     for xml_path in sorted((root / "Annotations").glob("*.xml")):
         ann = ET.parse(xml_path).getroot()
         assert ann.findtext("folder") == "VOC2007"
@@ -121,7 +128,7 @@ def test_xml_is_voc_and_flags_agree(dataset: tuple[Path, dict]) -> None:
                 obj["name"] == "car" and obj["truncated"] in (0, 1) and obj["difficult"] in (0, 1)
             )
             assert 1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height, obj
-            counts["cars"] += 1
+            counts["objects"] += 1
             counts["difficult"] += obj["difficult"]
             counts["truncated"] += obj["truncated"]
         easy = [o for o in objects if not o["difficult"]]
@@ -189,7 +196,8 @@ def test_variety_over_many_images(dataset: tuple[Path, dict]) -> None:
     root, summary = dataset
     per_image = [_read_objects(p) for p in sorted((root / "Annotations").glob("*.xml"))]
     assert summary["truncated"] > 0 and summary["difficult"] > 0
-    assert summary["difficult"] < summary["cars"] / 2 and summary["truncated"] < summary["cars"] / 2
+    objects = summary["objects"]
+    assert summary["difficult"] < objects / 2 and summary["truncated"] < objects / 2
     assert any(not objects for objects in per_image)
     assert sum(1 for objects in per_image if len(objects) > 1) > 0
     widths = [o["box"][2] - o["box"][0] + 1 for objects in per_image for o in objects]
@@ -225,3 +233,64 @@ def test_refuses_to_overwrite_a_dataset(tmp_path: Path) -> None:
 def test_empty_annotations_folder_is_reused(tmp_path: Path) -> None:
     (tmp_path / "Annotations").mkdir()
     assert make_synthetic_voc(tmp_path, 2, image_size=(64, 64))["images"] == 2
+
+
+FOUR = ["car", "bus", "bicycle", "person"]
+
+
+def test_classes_are_drawn_by_shape_with_per_class_flags(tmp_path: Path) -> None:
+    summary = make_synthetic_voc(tmp_path / "a", 30, seed=SEED, image_size=(128, 96),
+                                 classes=FOUR)  # fmt: skip
+    root = tmp_path / "a"
+    per_image = {p.stem: _read_objects(p) for p in sorted((root / "Annotations").glob("*.xml"))}
+    names = [o["name"] for objects in per_image.values() for o in objects]
+    assert sorted(set(names)) == sorted(FOUR)
+    assert summary["per_class"] == {c: names.count(c) for c in FOUR}
+    main = root / "ImageSets" / "Main"
+    for cls in FOUR:  # VOC's flags, per class: 1 shows one, 0 only difficult ones, -1 none
+        for line in (main / f"{cls}_trainval.txt").read_text().splitlines():
+            image_id, flag = line.split()
+            mine = [o for o in per_image[image_id] if o["name"] == cls]
+            expected = 1 if any(not o["difficult"] for o in mine) else (0 if mine else -1)
+            assert int(flag) == expected, (cls, line)
+    # Shapes, not colours: people stand (taller than wide), buses are long.
+    boxes = {c: [o["box"] for objects in per_image.values() for o in objects
+                 if o["name"] == c and not o["truncated"]] for c in FOUR}  # fmt: skip
+    ratio = {
+        c: np.median([(b[3] - b[1] + 1) / (b[2] - b[0] + 1) for b in v]) for c, v in boxes.items()
+    }
+    assert ratio["person"] > 1.5 and ratio["bus"] < 0.6 and ratio["car"] < 0.7
+    # The same seed gives the same bytes; car alone gives what it always gave.
+    make_synthetic_voc(tmp_path / "b", 30, seed=SEED, image_size=(128, 96), classes=FOUR)
+    assert _all_files(tmp_path / "a") == _all_files(tmp_path / "b")
+    make_synthetic_voc(tmp_path / "c", 4, seed=SEED, image_size=(128, 96))
+    make_synthetic_voc(tmp_path / "d", 4, seed=SEED, image_size=(128, 96), classes=["car"])
+    assert _all_files(tmp_path / "c") == _all_files(tmp_path / "d")
+
+
+def test_every_class_is_tightly_boxed() -> None:
+    """All 20 VOC names: every drawn pixel lies in a box and each box edge touches a pixel."""
+    bg = np.array(_PLAIN_BACKGROUND)
+    seen = set()
+    for index in range(1, 40):
+        image, objects = _render_scene(_image_rng(SEED, index), (128, 96), plain=True,
+                                       classes=VOC_CLASSES)  # fmt: skip
+        drawn = np.any(image != bg, axis=2)
+        inside = np.zeros_like(drawn)
+        for obj in objects:
+            x0, y0, x1, y1 = obj.xmin - 1, obj.ymin - 1, obj.xmax, obj.ymax
+            inside[y0:y1, x0:x1] = True
+            region = drawn[y0:y1, x0:x1]
+            assert region[0].any() and region[-1].any() and region[:, 0].any(), obj
+            assert region[:, -1].any(), obj
+            seen.add(obj.name)
+        assert not (drawn & ~inside).any(), f"object pixels outside every box in scene {index}"
+    assert len(seen) >= 15
+
+
+def test_class_names() -> None:
+    assert synth_classes(["voc"]) == tuple(VOC_CLASSES) and len(VOC_CLASSES) == 20
+    assert synth_classes(["bus", "car"]) == ("bus", "car")
+    for bad in (["truck"], ["car", "car"], []):
+        with pytest.raises(ValueError, match="--classes"):
+            synth_classes(bad)

@@ -12,15 +12,25 @@ def add_synth(sub) -> None:
     p = parser(
         sub,
         "synth",
-        "write a synthetic VOC-format car dataset",
-        "Write a synthetic PASCAL VOC2007-layout dataset of scenes with cars among "
-        "distractor shapes: JPEGImages/, Annotations/, ImageSets/Main/{train,val}.txt and "
-        "car_{train,val}.txt. The same seed gives the same bytes.",
+        "write a synthetic VOC-format dataset",
+        "Write a synthetic PASCAL VOC2007-layout dataset of scenes with objects among "
+        "distractor shapes: JPEGImages/, Annotations/, ImageSets/Main/{split}.txt and "
+        "{class}_{split}.txt. Each class is drawn by its shape (car: low body, cabin, wheels; "
+        "bus: a tall box with a row of windows; bicycle: two rings and bars; person: head, "
+        "torso, legs; the other VOC names: families of vehicles, animals, furniture and "
+        "objects). The same seed gives the same bytes.",
     )
     p.add_argument("out", help="folder to create (its Annotations/ must not exist yet)")
     p.add_argument("--images", type=int, default=200, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--size", default="320x240", help="image size WIDTHxHEIGHT")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=["car"],
+        help="object classes: VOC class names (car, bus, bicycle and person differ most), or "
+        "voc for all 20",
+    )
     p.add_argument("--val-fraction", type=float, default=0.5, help="share of images in val")
     p.add_argument(
         "--test-fraction",
@@ -38,12 +48,19 @@ def cmd_synth(args) -> None:
     except ValueError as err:
         raise ConfigError(f"--size must look like 320x240, got {args.size!r}") from err
     summary = make_synthetic_voc(
-        args.out, args.images, args.seed, (width, height), args.val_fraction, args.test_fraction
+        args.out,
+        args.images,
+        args.seed,
+        (width, height),
+        args.val_fraction,
+        args.test_fraction,
+        classes=args.classes,
     )
     test = f", {summary['test']} test" if summary["test"] else ""
+    counts = ", ".join(f"{n} {c}" for c, n in summary["per_class"].items())
     print(
         f"wrote {summary['images']} images ({summary['train']} train, {summary['val']} val"
-        f"{test}, {summary['cars']} cars) to {summary['root']}"
+        f"{test}; objects: {counts}) to {summary['root']}"
     )
 
 
