@@ -182,7 +182,7 @@ def test_model_pth_needs_matching_classes(trained, tmp_path):
     with pytest.raises(RcnnError, match="3 classes"):
         load_model(pth, ["car", "bus", "dog"])
     loaded = load_model(pth, ["car"])
-    assert loaded.classes == ["car"] and loaded.config.input_size == 64  # from config.json
+    assert loaded.classes == ["car"] and loaded.spec.input_size == 64  # from config.json
     with pytest.raises(RcnnError, match="trained for"):
         load_model(trained / "run", ["bus"])
 
@@ -198,7 +198,7 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
         (["detect", str(tmp_path / "nope"), str(voc / "JPEGImages"), "--out", str(tmp_path / "a")],
          "nope: model not found"),
         (["detect", str(truncated), str(voc / "JPEGImages"), "--out", str(tmp_path / "a")],
-         "best.pt: not a readable model"),
+         "best.pt: not a readable checkpoint"),
         (["detect", str(trained / "run"), str(empty), "--out", str(tmp_path / "a")],
          "no image to detect"),
         (["detect", str(trained / "run"), str(tmp_path / "gone.jpg"), "--out", str(empty)],
@@ -339,15 +339,15 @@ def test_rcnn_test_detects_changed_inputs_again(trained, tmp_path, caplog):
     saved = {i: (out / "detections" / f"{i}.npz").stat().st_mtime_ns for i in ids}
     # The broken image fixed, another annotation edited: only those two are detected again.
     shutil.copy(trained / "voc" / "JPEGImages" / f"{ids[0]}.jpg", voc / "JPEGImages")
-    xml = voc / "Annotations" / f"{ids[1]}.xml"
-    xml.write_text(xml.read_text().replace("<difficult>1</difficult>", "<difficult>0</difficult>")
-                   + "\n")  # fmt: skip
+    xml = voc / "Annotations" / f"{ids[1]}.xml"  # edited: its size no longer the image's
+    xml.write_text(xml.read_text().replace("<width>256</width>", "<width>300</width>"))
     (out / "detections" / f".{ids[2]}.npz.abcd1234.tmp").write_bytes(b"half")
     assert main(argv) == 0
     again = {i: (out / "detections" / f"{i}.npz").stat().st_mtime_ns for i in ids}
     assert [again[i] != saved[i] for i in ids] == [True, True, False]
     assert json.loads((out / "metrics.json").read_text())["skipped"] == []
     assert not list(out.rglob("*.tmp"))
+    assert f"{ids[1]}: the annotation says 300x192 but the image is 256x192" in caplog.text
     # A damaged per-image file is made again, with a warning, not trusted or fatal.
     (out / "detections" / f"{ids[2]}.npz").write_bytes(b"PK\x03\x04 truncated")
     assert main(argv) == 0
@@ -426,3 +426,15 @@ def test_rcnn_test_never_mixes_precisions(trained, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("RCNN_NATIVE_BF16", "0" if amp else "1")  # another machine's default
     assert main(argv) == 2
     assert "other settings (amp)" in capsys.readouterr().err
+
+
+def test_class_names_from_a_checkpoint_never_become_paths(trained, tmp_path, capsys):
+    state = torch.load(trained / "run" / "best.pt", weights_only=True)
+    state["classes"] = ["background", "../../../notes"]
+    torch.save(state, tmp_path / "hostile.pt")
+    out = tmp_path / "a" / "b" / "out"
+    argv = ["test", str(tmp_path / "hostile.pt"), "--voc-root", str(trained / "voc"),
+            "--out", str(out), *FLAGS]  # fmt: skip
+    assert main(argv) == 2
+    assert "not a usable class name" in capsys.readouterr().err
+    assert not (tmp_path / "notes").exists() and not out.exists()

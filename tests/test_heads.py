@@ -13,7 +13,7 @@ from rcnn.data.feature_store import FeatureStore, FeatureStoreError
 from rcnn.modeling.bbox_regression import BBoxRegressor, fit_ridge
 from rcnn.modeling.config import SVMConfig
 from rcnn.modeling.features import feature_dims
-from rcnn.modeling.svm import fit_svm, svm_objective, update_cache
+from rcnn.modeling.svm import NegativeCache, fit_svm, svm_objective
 from rcnn.ops.boxes import decode_boxes, encode_boxes
 from rcnn.runtime.config import InferenceConfig
 
@@ -92,16 +92,17 @@ def test_svm_minimizes_its_objective_with_c_and_the_positive_weight():
     assert np.linalg.norm(small) < np.linalg.norm(w)
 
 
-def test_mining_adds_hard_drops_easy_and_stops():
-    candidates = np.arange(10)
-    cache = np.array([0, 1, 2, 3])
-    scores = np.array([-1.3, -1.1, -0.5, -2.0, -0.9, -1.0, -1.2, 0.3, -5.0, -0.99])
-    new, added, dropped = update_cache(cache, candidates, scores, hard=-1.0, easy=-1.2)
-    # Hard: uncached and above -1 -> 4, 7, 9 (5 is exactly -1: not above). Easy: cached and
-    # below -1.2 -> 0 and 3 (6 is exactly -1.2 and uncached anyway).
-    assert new.tolist() == [1, 2, 4, 7, 9] and (added, dropped) == (3, 2)
-    again, added, dropped = update_cache(new, candidates, scores, hard=-1.0, easy=-1.2)
-    assert again.tolist() == new.tolist() and added == 0 and dropped == 0  # a fixed point
+def test_negative_cache_adds_new_hard_ones_and_drops_easy_ones():
+    cache = NegativeCache(np.array([0, 1, 2, 3]), np.zeros((4, 2), np.float16))
+    # Hard negatives found in a block: 2 and 3 are cached already; 7 and 9 are new.
+    assert cache.add(np.array([2, 3, 7, 9]), np.ones((4, 2))) == 2
+    assert cache.rows.tolist() == [0, 1, 2, 3, 7, 9] and cache.features.dtype == np.float16
+    assert cache.features[:, 0].tolist() == [0, 0, 0, 0, 1, 1]
+    # After a training, cached negatives scoring below -1.2 are easy: 0 and 3 go (-1.2 stays).
+    scores = np.array([-1.3, -1.1, -0.5, -2.0, -1.2, 0.3])
+    assert cache.evict(scores, easy=-1.2) == 2
+    assert cache.rows.tolist() == [1, 2, 7, 9] and len(cache) == 4
+    assert cache.nbytes == 4 * 2 * 2 + 4 * 8
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,7 @@ def test_train_svm_and_bbox_then_detect_with_them(heads_run, capsys):
     feats = ["--features", str(heads_run / "feats")]
     assert main(["train-svm", str(run), "--data", str(data), *feats, *FLAGS]) == 0
     log = capsys.readouterr().out
-    assert "round" in log and "SVMs in" in log
+    assert "pass" in log and "SVMs in" in log and "features from" in log
     assert (run / "svm" / "svm.npz").is_file() and (run / "svm" / "svm_log.csv").is_file()
     assert main(["train-bbox", str(run), "--data", str(data), *feats, *FLAGS]) == 0
     assert "box regressors in" in capsys.readouterr().out
@@ -386,3 +387,82 @@ def test_messages_name_what_to_do(heads_run, tmp_path, capsys):
     # train-svm has no --overwrite: the message says which command has one.
     assert "rcnn features" in err and "--overwrite" in err and "--features" in err
     assert "regions, not" not in err
+
+
+def feature_store_of(root, features: np.ndarray, chunk: int = 64):
+    """A real feature store on disk holding ``features`` as split 'train', layer 'fc7'."""
+    from rcnn.data.feature_store import write_chunk, write_meta
+
+    meta = {"model": {"digest": "x"}, "precision": "float32", "device": "cpu",
+            "layers": {"fc7": features.shape[1]}, "chunk": chunk,
+            "splits": {"train": {"regions": len(features), "generation": None}}}  # fmt: skip
+    write_meta(root, meta)
+    for c in range(0, len(features), chunk):
+        write_chunk(root, "train", "fc7", c // chunk, features[c : c + chunk])
+    return FeatureStore(root, "train", "fc7")
+
+
+def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
+    from rcnn.data.regions import RegionSet, RegionTruth
+    from rcnn.modeling.svm import train_svms
+
+    # 1 image, one class: 10 ground-truth positives at x = +3, 200 easy negatives at x = -3,
+    # 20 hard negatives at x = +1.5 (they look like positives to a first SVM that never saw
+    # them), all far (IoU 0) from the box.
+    rng = np.random.default_rng(0)
+    pos = np.c_[3 + 0.1 * rng.normal(size=10), rng.normal(size=10)]
+    easy = np.c_[-3 + 0.1 * rng.normal(size=200), rng.normal(size=200)]
+    hard = np.c_[1.5 + 0.1 * rng.normal(size=20), rng.normal(size=20)]
+    x = np.concatenate([pos, easy, hard]).astype(np.float16)
+    n = len(x)
+    truth = RegionTruth(
+        np.array([[0, 0, 10, 10]]),
+        np.array([1]),
+        np.array([0]),
+        np.array([False]),
+        np.where(np.arange(n) < 10, 0, -1),
+        np.where(np.arange(n) < 10, 1.0, 0.0)[:, None],
+        np.arange(n) < 10,
+    )
+    regions = RegionSet(["a.jpg"], np.zeros(n), np.tile([0, 0, 10, 10], (n, 1)),
+                        (np.arange(n) < 10).astype(int), np.zeros(n), ["car"], [(20, 20)],
+                        {"labels": {"add_gt": True}, "split": "train"}, truth)  # fmt: skip
+    store = feature_store_of(tmp_path, x)
+    cfg = SVMConfig(C=1.0, first_negatives=5, retrain_every=10, feature_norm=1.0)
+    model, log = train_svms(regions, store, cfg)
+    scores = model.scores(x.astype(np.float32))[:, 0]
+    assert (scores[:10] > 0).all() and (scores[10:] < 0).all()
+    assert sum(row["hard_added"] for row in log) >= 20  # every hard one joined the cache
+    assert log[0]["pass"] == 0 and log[-1]["pass"] == 1 and len(log) >= 3  # retrained mid-pass
+
+
+@pytest.mark.parametrize("layer", ["fc7", "pool5"])
+def test_streamed_heads_equal_the_stored_ones(heads_run, layer):
+    from rcnn.data.regions import load_split
+    from rcnn.modeling.bbox_regression import train_bbox
+    from rcnn.modeling.checkpoint import load_model
+    from rcnn.modeling.config import BBoxConfig
+    from rcnn.modeling.stream import FeatureStream
+    from rcnn.modeling.svm import train_svms
+
+    regions = load_split(heads_run / "regions", "train")
+    store = FeatureStore(heads_run / "feats", "train", layer)  # computed with --no-amp
+    stream = FeatureStream(load_model(heads_run / "run"), regions, layer,
+                           InferenceConfig(device="cpu", amp=False))  # fmt: skip
+    rows = np.arange(0, len(regions), 7)
+    np.testing.assert_allclose(stream.rows(rows), store.rows(rows), rtol=2e-3, atol=2e-3)
+    if layer == "fc7":
+        stored, log_a = train_svms(regions, store, SVMConfig())
+        streamed, log_b = train_svms(regions, stream, SVMConfig())
+        assert [r["negatives_in_cache"] for r in log_a] == [r["negatives_in_cache"] for r in log_b]
+        offsets = (stored.biases, streamed.biases)
+    else:
+        stored, _ = train_bbox(regions, store, BBoxConfig())
+        streamed, _ = train_bbox(regions, stream, BBoxConfig())
+        offsets = (stored.intercepts, streamed.intercepts)
+    assert stored.scale == pytest.approx(streamed.scale, rel=1e-3)
+    np.testing.assert_allclose(streamed.weights, stored.weights, rtol=1e-2, atol=1e-4)
+    np.testing.assert_allclose(*offsets, rtol=1e-2, atol=1e-3)
+    # Only what was needed went through the network: positives, a first sample of negatives and
+    # the one pass (SVMs), or the scale sample and the examples (regressors).
+    assert stream.computed <= 3 * len(regions)

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     out: str = "rcnn-demo"
+    classes: tuple[str, ...] = ("car", "person")  # synthetic classes (rcnn.data.shapes)
     images: int = 90  # a third each for train, val and test
     image_size: tuple[int, int] = (256, 192)
     epochs: int = 3
@@ -73,12 +74,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     start = time.time()
     voc = out / "voc"
     if not (voc / "Annotations").is_dir():
-        make_synthetic_voc(voc, cfg.images, cfg.seed, cfg.image_size, 1 / 3, 1 / 3)
-    elif not (voc / "ImageSets" / "Main" / "test.txt").is_file():
+        make_synthetic_voc(voc, cfg.images, cfg.seed, cfg.image_size, 1 / 3, 1 / 3, cfg.classes)
+    main = voc / "ImageSets" / "Main"
+    lacking = [f"{c}_test.txt" for c in cfg.classes if not (main / f"{c}_test.txt").is_file()]
+    if lacking:
         raise RcnnError(
-            f"{voc} has no test split (an older demo's?); delete it or use another --out"
+            f"{voc} has no {', '.join(lacking)} (an older demo's data, or other --classes?); "
+            "delete it or use another --out"
         )
-    print(f"[1/6] synthetic VOC dataset: {voc}")
+    print(f"[1/6] synthetic VOC dataset of {', '.join(cfg.classes)}: {voc}")
     prepared = _prepare(cfg, voc, out / "regions", "seed", ["train", "val"])
     for split, s in prepared["splits"].items():
         print(
@@ -165,6 +169,7 @@ def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[st
             str(voc),
             str(out),
             splits=splits,
+            classes=list(cfg.classes),
             labels=LABEL_PRESETS[preset],
             proposals=ProposalConfig("fast"),
             workers=0,
@@ -175,39 +180,30 @@ def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[st
 
 
 def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
-    """R-CNN's SVMs and box regressors on the training split; returns each stage's seconds."""
-    from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
-    from rcnn.modeling.extract import run_features
+    """R-CNN's SVMs and box regressors on the training split, their features computed on the
+    fly (no feature store); returns each stage's seconds."""
+    from rcnn.modeling.config import BBoxConfig, HeadConfig, SVMConfig
     from rcnn.modeling.heads import run_train_bbox, run_train_svm
 
     times = {}
     start = time.time()
-    _prepare(cfg, voc, out / "regions-paper", "paper", ["train"])  # every proposal, and the GT
+    prepared = _prepare(cfg, voc, out / "regions-paper", "paper", ["train"])  # + the GT boxes
     inference = InferenceConfig(device=cfg.device)
     heads = HeadConfig(model=run, data=str(out / "regions-paper"), inference=inference,
                        progress=cfg.progress)  # fmt: skip
     times["prepare_paper"] = round(time.time() - start, 1)
-    start = time.time()
-    features = run_features(
-        FeaturesConfig(model=run, data=heads.data, out=str(Path(run) / "features"),
-                       layers=["fc7", "pool5"], inference=inference, overwrite=True,
-                       progress=cfg.progress)
-    )  # fmt: skip
-    times["features"] = round(time.time() - start, 1)
     svm = run_train_svm(heads, SVMConfig())
     times["train_svm"] = svm["seconds"]
     bbox = run_train_bbox(heads, BBoxConfig())
     times["train_bbox"] = bbox["seconds"]
     last = {row["class"]: row for row in svm["log"]}
-    cached = ", ".join(f"{c}: {r['negatives_in_cache']} negatives cached" for c, r in last.items())
-    examples = ", ".join(f"{r['examples']} {r['class']} regions" for r in bbox["log"])
-    rounds = max(r["round"] for r in svm["log"]) + 1
+    cached = ", ".join(f"{c}: {r['negatives_in_cache']}" for c, r in last.items())
+    examples = ", ".join(f"{r['examples']} {r['class']}" for r in bbox["log"])
     print(
-        f"[5/6] R-CNN's heads on {features['splits']['train']['regions']} training regions "
-        f"({features['bytes_per_region']} bytes of fc7 + pool5 features a region, "
-        f"{times['features']} s): SVMs after {rounds} round(s) of hard-negative mining "
-        f"({cached}; {times['train_svm']} s), box regressors on {examples} "
-        f"({times['train_bbox']} s)"
+        f"[5/6] R-CNN's heads on {prepared['splits']['train']['regions']} training regions, "
+        f"their features computed on the fly (no feature store): SVMs after one pass of "
+        f"hard-negative mining (negatives cached: {cached}; {times['train_svm']} s), box "
+        f"regressors on {examples} regions ({times['train_bbox']} s)"
     )
     return times
 
@@ -222,6 +218,7 @@ def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
     from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
     from rcnn.detection.detector import Detections
     from rcnn.detection.draw import GROUND_TRUTH_COLOR, draw_boxes, draw_detections
+    from rcnn.detection.evaluate_split import read_image_detections
     from rcnn.evaluation.plots import plot_images
 
     dataset = VOCDataset(voc)
@@ -232,9 +229,9 @@ def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
         truth = [o.box for o in parse_annotation(dataset.annotation_path(image_id)).objects]
         image = draw_boxes(image, np.array(truth).reshape(-1, 4), [""] * len(truth),
                            [GROUND_TRUTH_COLOR] * len(truth))  # fmt: skip
-        with np.load(test / "detections" / f"{image_id}.npz") as data:
-            keep = data["scores"] >= 0.6
-            dets = Detections(data["boxes"][keep], data["scores"][keep], data["labels"][keep])
+        data = read_image_detections(test / "detections" / f"{image_id}.npz")
+        keep = data["scores"] >= 0.6
+        dets = Detections(data["boxes"][keep], data["scores"][keep], data["labels"][keep])
         image = draw_detections(image, dets, classes)
         images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         titles.append(f"{image_id}: {len(truth)} objects (green), {len(dets)} detections")

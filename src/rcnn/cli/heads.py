@@ -18,8 +18,9 @@ from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConf
 SVM_FLAGS = {
     "C": "SVM regularization",
     "pos_weight": "loss weight of positives",
-    "rounds": "retraining rounds at most",
-    "first_negatives": "negatives of the first round, a class",
+    "passes": "passes over the negatives (the paper: one)",
+    "retrain_every": "hard negatives that make a class train again mid-pass",
+    "first_negatives": "random negatives of a class's first training",
 }
 BBOX_FLAGS = {
     "ridge": "ridge penalty lambda",
@@ -117,11 +118,15 @@ def add_train_svm(sub) -> None:
         "per-class linear SVMs on fc7 features, with hard-negative mining",
         "R-CNN's SVMs: per class, the non-difficult ground-truth boxes are the "
         "positives and proposals with IoU < 0.3 with every box of the class the negatives. "
-        "Starting from the positives and a first sample of negatives, each round scores every "
-        "negative, adds those above -1 (hard) to the cache, drops cached ones below -1.2 "
-        "(easy) and retrains, until a round adds none or --rounds is reached. liblinear "
-        "(scikit-learn's LinearSVC, hinge loss) with C 0.001, positive weight 2, bias feature "
-        "10, features scaled to a mean L2 norm of 20. Writes svm.npz, svm.json, svm_log.csv.",
+        "After a first training on the positives and a random sample of negatives, one pass "
+        "over the negatives (as in the paper) scores them for every class; those above -1 "
+        "(hard) join the class's cache, and a class trains again whenever --retrain-every "
+        "joined, then drops cached ones below -1.2 (easy); every class trains once more at "
+        "the end. liblinear (scikit-learn's LinearSVC, hinge loss) with C 0.001, positive "
+        "weight 2, bias feature 10, features scaled to a mean L2 norm of 20. Features come "
+        "from --features (or a complete RUN/features), else are computed on the fly with no "
+        "store: only the positives and the caches are held. Writes svm.npz, svm.json, "
+        "svm_log.csv.",
     )
     _add_head_flags(p, "svm")
     add_config_flags(p, SVMConfig, SVM_FLAGS)
@@ -131,15 +136,14 @@ def cmd_train_svm(args) -> None:
     from rcnn.modeling.heads import run_train_svm
 
     result = run_train_svm(_head_config(args), config_from(args, SVMConfig, SVM_FLAGS))
-    print(f"{'class':<14}{'round':>6}{'positives':>11}{'cache':>8}{'hard+':>7}{'easy-':>7}"
+    print(f"{'class':<14}{'pass':>5}{'positives':>11}{'hard+':>7}{'easy-':>7}{'cache':>8}"
           f"{'objective':>12}")  # fmt: skip
     for row in result["log"]:
         print(
-            f"{row['class']:<14}{row['round']:>6}{row['positives']:>11}"
-            f"{row['negatives_in_cache']:>8}{row.get('hard_added', ''):>7}"
-            f"{row.get('easy_dropped', ''):>7}{row['objective']:>12.5f}"
+            f"{row['class']:<14}{row['pass']:>5}{row['positives']:>11}{row['hard_added']:>7}"
+            f"{row['easy_dropped']:>7}{row['negatives_in_cache']:>8}{row['objective']:>12.5f}"
         )
-    print(f"SVMs in {result['out']} ({result['seconds']} s)")
+    print(f"SVMs in {result['out']} ({result['seconds']} s; {_held(result)})")
 
 
 def add_train_bbox(sub) -> None:
@@ -165,4 +169,14 @@ def cmd_train_bbox(args) -> None:
             f"{row['class']}: {row['examples']} regions, target rms {row['target_rms']:.4f}, "
             f"residual rms {row['residual_rms']:.4f}"
         )
-    print(f"box regressors in {result['out']} ({result['seconds']} s)")
+    print(f"box regressors in {result['out']} ({result['seconds']} s; {_held(result)})")
+
+
+def _held(result: dict) -> str:
+    """Where the features came from and the memory they took."""
+    memory = result["memory"]
+    if result["features"] == "computed on the fly":
+        return (f"features of {memory['regions_computed']} regions computed on the fly, no "
+                f"store; held: images {memory['images_mb']} MB, features "
+                f"{memory['features_mb']} MB")  # fmt: skip
+    return f"features from {result['features']}; held: {memory['features_mb']} MB of features"

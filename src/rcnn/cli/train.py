@@ -249,12 +249,19 @@ def add_demo(sub) -> None:
         "detections. A few minutes on a 2-core CPU; a re-run replaces the demo's run.",
     )
     add_config_flags(p, DemoConfig, DEMO_FLAGS)
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=list(default(DemoConfig, "classes")),
+        help="synthetic object classes (VOC names; see `rcnn synth --help`)",
+    )
     add_device(p, default(DemoConfig, "device"))
     add_progress(p)
 
 
 def cmd_demo(args) -> None:
-    run_demo(config_from(args, DemoConfig, [*DEMO_FLAGS, "device"], progress=not args.no_progress))
+    names = [*DEMO_FLAGS, "classes", "device"]
+    run_demo(config_from(args, DemoConfig, names, progress=not args.no_progress))
 
 
 def add_bench(sub) -> None:

@@ -120,6 +120,14 @@ class FeatureStore:
             out[mine] = self.chunks[c][offset[mine]]
         return out
 
+    def stream(self, indices, block: int = 16384):
+        """``(indices of a block, their float32 [B, D] features)``, block by block in order,
+        as :meth:`rcnn.modeling.stream.FeatureStream.stream` gives them."""
+        indices = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(indices), block):
+            part = indices[start : start + block]
+            yield part, self.rows(part)
+
     def check_regions(self, regions, data: str) -> None:
         """Refuses features of another region store."""
         recorded = self.meta["splits"][self.split]

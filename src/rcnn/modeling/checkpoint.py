@@ -15,7 +15,7 @@ import io
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -122,6 +122,12 @@ class LoadedModel:
         from another of the same architecture, wherever its file lies and whatever it holds
         besides (``best.pt`` and ``model.pth`` of one epoch have the same digest)."""
         return weights_digest(self.model.state_dict())
+
+    def record(self) -> dict:
+        """What outputs made with this network record of it: the digest of its weights (what
+        tells it apart), its file and what using it needs."""
+        return {"digest": self.digest, "path": str(Path(self.source).resolve()),
+                **asdict(self.spec), "classes": self.classes}  # fmt: skip
 
     def for_inference(self, cfg: InferenceConfig, device: torch.device | None = None):
         """The device, ``cfg`` decided for it (batch, precision) and the model there in eval

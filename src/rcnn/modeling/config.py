@@ -62,11 +62,12 @@ class SVMConfig:
     pos_weight: float = 2.0  # loss weight of a positive
     bias: float = 10.0  # the constant feature liblinear appends (intercept_scaling)
     feature_norm: float = 20.0  # features are scaled to this mean L2 norm
-    hard: float = -1.0  # a cached negative scoring above this is hard
-    easy: float = -1.2  # a cached negative scoring below this is dropped
+    hard: float = -1.0  # a negative scoring above this is hard: it joins the cache
+    easy: float = -1.2  # a cached negative scoring below this is dropped after a training
     neg_iou: float = 0.3  # negatives overlap every box of the class less than this
-    rounds: int = 10  # retraining rounds after the first
-    first_negatives: int = 5000  # negatives of the first round, per class
+    passes: int = 1  # passes over the negatives (the paper: one is enough)
+    retrain_every: int = 2000  # hard negatives that make a class train again mid-pass
+    first_negatives: int = 5000  # random negatives of the first training, per class
     seed: int = 0
     max_iter: int = 20000  # liblinear's iteration limit
 
@@ -75,7 +76,8 @@ class SVMConfig:
             (self.C > 0, f"--C must be > 0, got {self.C}"),
             (self.pos_weight > 0, f"--pos-weight must be > 0, got {self.pos_weight}"),
             (self.easy < self.hard, f"--easy ({self.easy}) must be below --hard ({self.hard})"),
-            (self.rounds >= 0, f"--rounds must be >= 0, got {self.rounds}"),
+            (self.passes >= 1, f"--passes must be >= 1, got {self.passes}"),
+            (self.retrain_every >= 1, f"--retrain-every must be >= 1, got {self.retrain_every}"),
             (self.first_negatives >= 1, "--first-negatives must be >= 1"),
         ])  # fmt: skip
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +104,7 @@ def _claim(root: Path, cfg: FeaturesConfig, loaded, made: dict, dims, splits) ->
     """Writes (or checks) ``meta.json``: features of another model or other regions, or
     computed in another precision or on another kind of device, are refused unless
     ``overwrite``; new layers and splits are added."""
-    model = {
-        "digest": loaded.digest,
-        "path": str(Path(loaded.source).resolve()),
-        **asdict(loaded.spec),  # backbone, input size, context padding, normalization
-        "classes": loaded.classes,
-    }
+    model = loaded.record()
     described = {
         split: {
             "regions": len(regions),

@@ -1,8 +1,12 @@
 """``rcnn train-svm`` and ``rcnn train-bbox``: R-CNN's heads on a fine-tuned network's features.
 
-Both read the features of the training regions from a feature store (``RUN/features`` by
-default), computing whatever is missing first (:mod:`rcnn.modeling.extract`), and write their
-model to ``RUN/svm`` or ``RUN/bbox`` (or ``--out``).
+Both take the features of the training regions from a feature store when one is given
+(``--features``; the missing ones are computed into it first) or when ``RUN/features`` holds
+them already; otherwise they compute them on the fly (:class:`rcnn.modeling.stream.
+FeatureStream`): the SVMs in one pass over the negatives, holding only the positives and the
+hard-negative caches, the box regressors only for the regions they train on. No feature store
+is written then: disk use is that of the outputs. Both write their model to ``RUN/svm`` or
+``RUN/bbox`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -29,15 +33,36 @@ def run_folder(model: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def features_for(cfg: HeadConfig, layer: str) -> tuple:
-    """The regions of ``cfg.split`` and their ``layer`` features, computed first if missing."""
+def feature_source(cfg: HeadConfig, layer: str) -> tuple:
+    """The network, the regions of ``cfg.split`` and where their ``layer`` features come
+    from: a feature store (``cfg.features``, completed first if needed, or a complete
+    ``RUN/features``), else a stream that computes them when asked."""
     from rcnn.data.regions import load_split
     from rcnn.modeling.checkpoint import load_model
+    from rcnn.modeling.stream import FeatureStream
 
     loaded = load_model(cfg.model)
     regions = load_split(cfg.data, cfg.split)
     regions.require_truth(f"train-{'svm' if layer == 'fc7' else 'bbox'}")
-    root = Path(cfg.features) if cfg.features else run_folder(cfg.model) / "features"
+    if cfg.features:
+        return loaded, regions, _store(cfg, layer, loaded, regions, Path(cfg.features))
+    root = run_folder(cfg.model) / "features"
+    try:
+        meta = read_meta(root)
+        if meta is not None and meta["model"].get("digest") == loaded.digest:
+            store = FeatureStore(root, cfg.split, layer)
+            store.check_regions(regions, cfg.data)
+            logger.info("%s features from the feature store %s", layer, root)
+            return loaded, regions, store
+    except FeatureStoreError as err:
+        logger.info("not using %s (%s)", root, err)
+    logger.info("%s features computed on the fly (no feature store)", layer)
+    stream = FeatureStream(loaded, regions, layer, cfg.inference, cfg.progress)
+    return loaded, regions, stream
+
+
+def _store(cfg: HeadConfig, layer: str, loaded, regions, root: Path) -> FeatureStore:
+    """The store ``root``, with the missing features of ``cfg.split`` computed first."""
     meta = read_meta(root)
     if meta is not None and meta["model"].get("digest") != loaded.digest:
         raise FeatureStoreError(
@@ -48,63 +73,81 @@ def features_for(cfg: HeadConfig, layer: str) -> tuple:
     try:
         store = FeatureStore(root, cfg.split, layer)
         store.check_regions(regions, cfg.data)
+        return store
     except FeatureStoreError as err:
         logger.info("computing %s features first (%s)", layer, err)
-        layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
-        features = FeaturesConfig(
-            model=cfg.model, data=cfg.data, out=str(root), splits=[cfg.split], layers=layers,
-            inference=cfg.inference, progress=cfg.progress,
-        )  # fmt: skip
-        try:
-            run_features(features)
-        except StoreClash as clash:  # its flags are those of `rcnn features`, not this command
-            raise FeatureStoreError(
-                f"--features {root} holds features made otherwise ({', '.join(clash.clash)}): "
-                f"give another --features folder, or make them again with `rcnn features "
-                f"{cfg.model} --data {cfg.data} --out {root} --overwrite`"
-            ) from None
-        store = FeatureStore(root, cfg.split, layer)
-        store.check_regions(regions, cfg.data)
-    return loaded, regions, store
+    layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
+    features = FeaturesConfig(
+        model=cfg.model, data=cfg.data, out=str(root), splits=[cfg.split], layers=layers,
+        inference=cfg.inference, progress=cfg.progress,
+    )  # fmt: skip
+    try:
+        run_features(features)
+    except StoreClash as clash:  # its flags are those of `rcnn features`, not this command
+        raise FeatureStoreError(
+            f"--features {root} holds features made otherwise ({', '.join(clash.clash)}): "
+            f"give another --features folder, or make them again with `rcnn features "
+            f"{cfg.model} --data {cfg.data} --out {root} --overwrite`"
+        ) from None
+    store = FeatureStore(root, cfg.split, layer)
+    store.check_regions(regions, cfg.data)
+    return store
+
+
+def _source_info(loaded, features) -> dict:
+    """What a head records of the features it was trained on."""
+    where = str(features.root) if isinstance(features, FeatureStore) else "computed on the fly"
+    return {"model": loaded.record(), "features": where}
+
+
+def _memory(features, held_bytes: int) -> dict:
+    """Megabytes held: decoded images (a stream), features (positives, caches, examples)."""
+    images = getattr(features, "image_bytes", 0)
+    computed = getattr(features, "computed", 0)
+    return {"images_mb": round(images / 1e6, 1), "features_mb": round(held_bytes / 1e6, 1),
+            "regions_computed": computed}  # fmt: skip
 
 
 def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
     """Trains the SVMs; writes ``svm.npz``, ``svm.json`` and ``svm_log.csv``."""
-    loaded, regions, features = features_for(cfg, "fc7")
     out = output_dir(cfg.out or run_folder(cfg.model) / "svm")
-    start = time.perf_counter()
-
-    def report(round_: int, log: list[dict]) -> None:
-        for row in log:
-            if row["round"] == round_:
-                logger.info(
-                    "round %d %s: %d positives, %d negatives in the cache, objective %.5f",
-                    round_, row["class"], row["positives"], row["negatives_in_cache"],
-                    row["objective"],
-                )  # fmt: skip
-
     with output_lock(out, "rcnn train-svm"):
         remove_temporaries(out)
+        loaded, regions, features = feature_source(cfg, "fc7")
+        start = time.perf_counter()
+
+        def report(row: dict) -> None:
+            logger.info(
+                "pass %d %s: %d positives, %d hard added, %d easy dropped, %d in the cache "
+                "(%.1f MB for all classes), objective %.5f", row["pass"], row["class"],
+                row["positives"], row["hard_added"], row["easy_dropped"],
+                row["negatives_in_cache"], row["cache_mb"], row["objective"],
+            )  # fmt: skip
+
         model, log = train_svms(regions, features, svm, report)
-        model.info.update(model=features.meta["model"], features=str(features.root))
+        model.info.update(_source_info(loaded, features))
         model.save(out)
         write_log(out / "svm_log.csv", log)
+    held = int(max(r["cache_mb"] for r in log) * 1e6) + model.weights.nbytes
     return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
-            "scale": model.scale, "classes": model.classes}  # fmt: skip
+            "scale": model.scale, "classes": model.classes, "features": model.info["features"],
+            "memory": _memory(features, held)}  # fmt: skip
 
 
 def run_train_bbox(cfg: HeadConfig, bbox: BBoxConfig) -> dict:
     """Fits the box regressors; writes ``bbox.npz``, ``bbox.json`` and ``bbox_log.csv``."""
-    loaded, regions, features = features_for(cfg, "pool5")
     out = output_dir(cfg.out or run_folder(cfg.model) / "bbox")
-    start = time.perf_counter()
     with output_lock(out, "rcnn train-bbox"):
         remove_temporaries(out)
+        loaded, regions, features = feature_source(cfg, "pool5")
+        start = time.perf_counter()
         model, log = train_bbox(regions, features, bbox)
-        model.info.update(model=features.meta["model"], features=str(features.root))
+        model.info.update(_source_info(loaded, features))
         model.save(out)
         write_log(out / "bbox_log.csv", log)
-    return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1)}
+    held = max(r["examples"] for r in log) * features.dim * 4
+    return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
+            "features": model.info["features"], "memory": _memory(features, held)}  # fmt: skip
 
 
 def write_log(path: Path, rows: list[dict]) -> None:

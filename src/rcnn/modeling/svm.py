@@ -72,26 +72,33 @@ def svm_objective(w, b, x, y, cfg: SVMConfig) -> float:
     return float(0.5 * (w @ w + (b / cfg.bias) ** 2) + cfg.C * (weight * margins).sum())
 
 
-def update_cache(
-    cache: np.ndarray, candidates: np.ndarray, scores: np.ndarray, hard: float, easy: float
-) -> tuple[np.ndarray, int, int]:
-    """One round of hard-negative mining.
+@dataclass
+class NegativeCache:
+    """One class's hard negatives: their region indices and their (unscaled) features, kept
+    as float16, as a feature store keeps them."""
 
-    Args:
-        cache: negatives (sorted region indices) the last SVM was trained on.
-        candidates: every negative of the class (sorted; the cache is a subset);
-            ``scores``: their scores under the new SVM.
+    rows: np.ndarray  # int64 [n]
+    features: np.ndarray  # float16 [n, D]
 
-    Returns:
-        The new cache (sorted), how many hard negatives it gained (scoring above ``hard``,
-        not cached yet) and how many easy ones it lost (cached, scoring below ``easy``).
-    """
-    cached = np.zeros(len(candidates), bool)
-    cached[np.searchsorted(candidates, cache)] = True
-    keep = cached & (scores >= easy)
-    added = ~cached & (scores > hard)
-    new = np.sort(np.concatenate([candidates[keep], candidates[added]]))
-    return new, int(added.sum()), int(len(cache) - keep.sum())
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes + self.rows.nbytes
+
+    def add(self, rows: np.ndarray, features: np.ndarray) -> int:
+        """Adds the regions not cached yet; returns how many."""
+        new = ~np.isin(rows, self.rows)
+        self.rows = np.concatenate([self.rows, rows[new]])
+        self.features = np.concatenate([self.features, features[new].astype(np.float16)])
+        return int(new.sum())
+
+    def evict(self, scores: np.ndarray, easy: float) -> int:
+        """Drops the cached negatives scoring below ``easy``; returns how many."""
+        keep = scores >= easy
+        self.rows, self.features = self.rows[keep], self.features[keep]
+        return int(len(keep) - keep.sum())
 
 
 @dataclass
@@ -113,19 +120,78 @@ def class_examples(regions, k: int, neg_iou: float) -> ClassExamples:
     return ClassExamples(positives, negatives)
 
 
-def score_rows(features, rows: np.ndarray, weights, biases, scale, block: int = 16384):
-    """``[len(rows), K]`` scores of the given regions, reading the features in blocks."""
-    out = np.empty((len(rows), len(biases)), np.float32)
-    for start in range(0, len(rows), block):
-        part = rows[start : start + block]
-        out[start : start + len(part)] = features.rows(part) * scale @ weights.T + biases
-    return out
+def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel, list[dict]]:
+    """Trains every class's SVM with hard-negative mining, in the paper's way: one pass over
+    the negatives (``cfg.passes`` passes), all classes scored together block by block; a
+    negative scoring above ``cfg.hard`` joins its class's cache, and a class is retrained
+    whenever ``cfg.retrain_every`` joined since its last training, then rid of the cached ones
+    that now score below ``cfg.easy``; every class is retrained once more at the end of a pass.
+
+    Only the positives and the caches are held (as float16 features); ``features`` is a
+    feature store or a :class:`rcnn.modeling.stream.FeatureStream`, whose blocks arrive in the
+    same order, so both give the same SVMs. ``report(row)`` is called at each training.
+    Returns the model and the log (one row per class and training).
+    """
+    examples = _checked_examples(regions, cfg)
+    num_classes = len(examples)
+    scale = feature_scale(features, seed=cfg.seed, norm=cfg.feature_norm)
+    rng = np.random.default_rng(cfg.seed)
+    first = [
+        np.sort(rng.choice(ex.negatives, min(len(ex.negatives), cfg.first_negatives), False))
+        for ex in examples
+    ]
+    positives = _features_of(features, [ex.positives for ex in examples])
+    caches = [NegativeCache(rows, x) for rows, x in zip(first, _features_of(features, first),
+                                                          strict=True)]  # fmt: skip
+    weights = np.zeros((num_classes, features.dim), np.float32)
+    biases = np.zeros(num_classes, np.float32)
+    log: list[dict] = []
+
+    def train(c: int, pass_: int, added: int) -> None:
+        x = np.concatenate([positives[c], caches[c].features]).astype(np.float32) * scale
+        y = np.concatenate([np.ones(len(positives[c])), -np.ones(len(caches[c]))])
+        weights[c], biases[c] = fit_svm(x, y, cfg)
+        objective = svm_objective(weights[c], biases[c], x, y, cfg)
+        neg_scores = x[len(positives[c]) :] @ weights[c] + biases[c]
+        dropped = caches[c].evict(neg_scores, cfg.easy)
+        row = {"class": regions.classes[c], "pass": pass_, "positives": len(positives[c]),
+               "hard_added": added, "easy_dropped": dropped,
+               "negatives_in_cache": len(caches[c]), "objective": objective,
+               "cache_mb": round(sum(cache.nbytes for cache in caches) / 1e6, 1)}  # fmt: skip
+        log.append(row)
+        if report is not None:
+            report(row)
+
+    for c in range(num_classes):
+        train(c, 0, 0)
+    truth = regions.require_truth("train-svm")
+    everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
+    for pass_ in range(1, cfg.passes + 1):
+        pending = np.zeros(num_classes, np.int64)
+        for rows, x in features.stream(everyone):
+            scores = (x * scale) @ weights.T + biases  # [B, K]: every class at once
+            negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
+            for c in range(num_classes):
+                hard = negative[:, c] & (scores[:, c] > cfg.hard)
+                if hard.any():
+                    pending[c] += caches[c].add(rows[hard], x[hard])
+                if pending[c] >= cfg.retrain_every:
+                    train(c, pass_, int(pending[c]))
+                    pending[c] = 0
+        for c in range(num_classes):
+            train(c, pass_, int(pending[c]))
+    info = {"config": asdict(cfg), "passes": cfg.passes}
+    return SVMModel(weights, biases, scale, list(regions.classes), info), log
 
 
-def train_svms(regions, features, cfg: SVMConfig, progress=None) -> tuple[SVMModel, list[dict]]:
-    """Trains every class's SVM with hard-negative mining; returns the model and the log
-    (one row per class and round)."""
-    num_classes = len(regions.classes)
+def _features_of(features, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """float16 features of each group of regions, each region computed (or read) once."""
+    union = np.unique(np.concatenate(groups)) if groups else np.zeros(0, np.int64)
+    rows = features.rows(union).astype(np.float16)
+    return [rows[np.searchsorted(union, group)] for group in groups]
+
+
+def _checked_examples(regions, cfg: SVMConfig) -> list[ClassExamples]:
     if not regions.info.get("labels", {}).get("add_gt"):
         raise RcnnError(
             f"the regions of split '{regions.info.get('split', '?')}' were prepared without "
@@ -133,59 +199,15 @@ def train_svms(regions, features, cfg: SVMConfig, progress=None) -> tuple[SVMMod
             "proposals that touch no object, which they need as negatives): prepare them with "
             "`rcnn prepare --preset paper`"
         )
-    examples = [class_examples(regions, k, cfg.neg_iou) for k in range(1, num_classes + 1)]
+    examples = [class_examples(regions, k, cfg.neg_iou) for k in range(1, len(regions.classes) + 1)]
     for k, ex in enumerate(examples, start=1):
+        name = regions.classes[k - 1]
         if len(ex.positives) == 0:
             raise RcnnError(
-                f"class {regions.classes[k - 1]!r} has no ground-truth region: the SVMs take the "
-                "ground-truth boxes as positives; prepare the regions with `--preset paper`"
+                f"class {name!r} has no (non-difficult) ground-truth box in split "
+                f"'{regions.info.get('split', '?')}': the SVMs take them as positives; choose "
+                "--classes that the split shows"
             )
         if len(ex.negatives) == 0:
-            raise RcnnError(f"class {regions.classes[k - 1]!r} has no negative region")
-    scale = feature_scale(features, seed=cfg.seed, norm=cfg.feature_norm)
-    rng = np.random.default_rng(cfg.seed)
-    caches = [
-        np.sort(rng.choice(ex.negatives, min(len(ex.negatives), cfg.first_negatives), False))
-        for ex in examples
-    ]
-    positives = [features.rows(ex.positives) * scale for ex in examples]
-    weights = np.zeros((num_classes, features.dim), np.float32)
-    biases = np.zeros(num_classes, np.float32)
-    active = list(range(num_classes))
-    log: list[dict] = []
-    everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
-    for round_ in range(cfg.rounds + 1):
-        for c in active:
-            x_neg = features.rows(caches[c]) * scale
-            x = np.concatenate([positives[c], x_neg])
-            y = np.concatenate([np.ones(len(positives[c])), -np.ones(len(x_neg))])
-            weights[c], biases[c] = fit_svm(x, y, cfg)
-            log.append(
-                {
-                    "class": regions.classes[c],
-                    "round": round_,
-                    "positives": len(positives[c]),
-                    "negatives_in_cache": len(caches[c]),
-                    "objective": svm_objective(weights[c], biases[c], x, y, cfg),
-                }
-            )
-        if progress is not None:
-            progress(round_, log)
-        if round_ == cfg.rounds:
-            break
-        scores = score_rows(features, everyone, weights, biases, scale)  # one pass, all classes
-        still = []
-        for c in active:
-            rows = np.searchsorted(everyone, examples[c].negatives)
-            caches[c], added, dropped = update_cache(
-                caches[c], examples[c].negatives, scores[rows, c], cfg.hard, cfg.easy
-            )
-            entry = next(e for e in reversed(log) if e["class"] == regions.classes[c])
-            entry.update(hard_added=added, easy_dropped=dropped)
-            if added:
-                still.append(c)
-        active = still
-        if not active:
-            break
-    info = {"config": asdict(cfg), "rounds": max(e["round"] for e in log) + 1}
-    return SVMModel(weights, biases, scale, list(regions.classes), info), log
+            raise RcnnError(f"class {name!r} has no negative region")
+    return examples

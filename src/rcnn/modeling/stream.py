@@ -1,0 +1,84 @@
+"""Features computed when they are needed: what a feature store holds, without the store.
+
+At VOC2007's size a feature store of every region is 40-80 GB of fc7 (and 130-270 GB with
+pool5); the SVM and box-regression stages need far less at any moment: a pass over the
+regions for mining, the positives, a cache of hard negatives, the regions a regressor trains
+on. :class:`FeatureStream` computes features for the regions asked, batch by batch on the
+device, rounded to float16 as a store keeps them, so both sources give the same numbers up to
+the order of floating-point sums. Both offer the same two calls, used by
+:mod:`rcnn.modeling.svm` and :mod:`rcnn.modeling.bbox_regression`::
+
+    source.stream(indices)  # (indices, float32 [B, D]) a block at a time, in order
+    source.rows(indices)    # float32 [len(indices), D] at once
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from rcnn.data.batches import chunks, make_feeder
+from rcnn.data.dataset import ImageStore
+from rcnn.data.regions import RegionSet
+from rcnn.modeling.checkpoint import LoadedModel
+from rcnn.modeling.features import feature_dims, forward_features
+from rcnn.progress import progress_bar
+from rcnn.runtime.config import InferenceConfig
+from rcnn.runtime.device import autocast, precision_name
+
+
+class FeatureStream:
+    """One layer's features of the regions of ``regions``, computed by ``loaded`` when asked.
+
+    The images are decoded once, when the stream is made (their bytes are in
+    :attr:`image_bytes`); nothing is written to disk.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        regions: RegionSet,
+        layer: str,
+        inference: InferenceConfig,
+        progress: bool = False,
+    ):
+        self.device, self.inference, self.model = loaded.for_inference(inference)
+        self.warp = loaded.spec.warp()
+        self.regions, self.layer, self.progress = regions, layer, progress
+        self.dim = feature_dims(self.model)[layer]
+        self.store = ImageStore.of(regions, self.inference.threads)
+        self.computed = 0  # regions pushed through the network so far
+        self.precision = precision_name(self.device, self.inference.amp)
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    @property
+    def image_bytes(self) -> int:
+        return self.store.data.numel()
+
+    def stream(self, indices, desc: str = "features") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(indices of a batch, their float32 [B, D] features)``, batch by batch in order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        batches = chunks(indices, self.inference.batch)
+        if not batches:
+            return
+        feeder = make_feeder(self.regions, batches, self.warp, self.device,
+                             workers=self.inference.threads, store=self.store)  # fmt: skip
+        outputs = forward_features(
+            self.model, feeder, [self.layer], lambda: autocast(self.device, self.inference.amp)
+        )
+        bar = progress_bar(total=len(indices), enabled=self.progress, desc=desc, unit="region")
+        with bar:
+            for batch, (_, features) in zip(batches, outputs, strict=True):
+                # float16, as a feature store keeps them: both sources give the same numbers.
+                rows = features[self.layer].to("cpu").numpy().astype(np.float32)
+                self.computed += len(batch)
+                bar.update(len(batch))
+                yield batch, rows
+
+    def rows(self, indices) -> np.ndarray:
+        """float32 ``[len(indices), D]`` features of the given regions, in the given order."""
+        parts = [rows for _, rows in self.stream(indices)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
