@@ -272,7 +272,7 @@ def test_a_class_missing_from_the_split_is_left_out_of_the_mean():
 
     car = ImageTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))
     classes = {"car": ClassTruth.of(["a"], {"a": car}), "bus": ClassTruth.of(["a"], {})}
-    truth = SplitTruth(["a"], classes, {}, {}, {}, set())
+    truth = SplitTruth(["a"], classes, {}, {}, set())
     dets = {1: (np.array([0]), np.array([0.9]), np.array([[0, 0, 10, 10]], float)),
             2: (np.array([0]), np.array([0.8]), np.array([[5, 5, 20, 20]], float))}  # fmt: skip
     metrics = evaluate_detections(dets, truth, ["car", "bus"])

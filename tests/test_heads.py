@@ -11,7 +11,7 @@ from torchvision.models.detection._utils import BoxCoder
 from rcnn.cli import main
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError
 from rcnn.modeling.bbox_regression import BBoxRegressor, fit_ridge
-from rcnn.modeling.config import SVMConfig
+from rcnn.modeling.config import BBoxConfig, SVMConfig
 from rcnn.modeling.features import feature_dims
 from rcnn.modeling.svm import NegativeCache, fit_svm, svm_objective
 from rcnn.ops.boxes import decode_boxes, encode_boxes
@@ -402,31 +402,33 @@ def feature_store_of(root, features: np.ndarray, chunk: int = 64):
     return FeatureStore(root, "train", "fc7")
 
 
-def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
+def hand_made_regions(classes=("car",)):
+    """1 image, the first class: 10 ground-truth positives at x = +3, 200 easy negatives at
+    x = -3 and 20 hard negatives at x = +1.5 (they look like positives to a first SVM that
+    never saw them), all far (IoU 0) from the box; any other class has no object."""
     from rcnn.data.regions import RegionSet, RegionTruth
-    from rcnn.modeling.svm import train_svms
 
-    # 1 image, one class: 10 ground-truth positives at x = +3, 200 easy negatives at x = -3,
-    # 20 hard negatives at x = +1.5 (they look like positives to a first SVM that never saw
-    # them), all far (IoU 0) from the box.
     rng = np.random.default_rng(0)
     pos = np.c_[3 + 0.1 * rng.normal(size=10), rng.normal(size=10)]
     easy = np.c_[-3 + 0.1 * rng.normal(size=200), rng.normal(size=200)]
     hard = np.c_[1.5 + 0.1 * rng.normal(size=20), rng.normal(size=20)]
     x = np.concatenate([pos, easy, hard]).astype(np.float16)
-    n = len(x)
-    truth = RegionTruth(
-        np.array([[0, 0, 10, 10]]),
-        np.array([1]),
-        np.array([0]),
-        np.array([False]),
-        np.where(np.arange(n) < 10, 0, -1),
-        np.where(np.arange(n) < 10, 1.0, 0.0)[:, None],
-        np.arange(n) < 10,
-    )
+    n, k = len(x), len(classes)
+    ious = np.zeros((n, k))
+    ious[:10, 0] = 1.0
+    truth = RegionTruth(np.array([[0, 0, 10, 10]]), np.array([1]), np.array([0]),
+                        np.array([False]), np.where(np.arange(n) < 10, 0, -1), ious,
+                        np.arange(n) < 10)  # fmt: skip
     regions = RegionSet(["a.jpg"], np.zeros(n), np.tile([0, 0, 10, 10], (n, 1)),
-                        (np.arange(n) < 10).astype(int), np.zeros(n), ["car"], [(20, 20)],
+                        (np.arange(n) < 10).astype(int), np.zeros(n), list(classes), [(20, 20)],
                         {"labels": {"add_gt": True}, "split": "train"}, truth)  # fmt: skip
+    return regions, x
+
+
+def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
+    from rcnn.modeling.svm import train_svms
+
+    regions, x = hand_made_regions()
     store = feature_store_of(tmp_path, x)
     cfg = SVMConfig(C=1.0, first_negatives=5, retrain_every=10, feature_norm=1.0)
     model, log = train_svms(regions, store, cfg)
@@ -434,6 +436,27 @@ def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
     assert (scores[:10] > 0).all() and (scores[10:] < 0).all()
     assert sum(row["hard_added"] for row in log) >= 20  # every hard one joined the cache
     assert log[0]["pass"] == 0 and log[-1]["pass"] == 1 and len(log) >= 3  # retrained mid-pass
+
+
+def test_a_class_without_objects_is_named_and_never_detected(tmp_path, caplog):
+    from rcnn.modeling.bbox_regression import train_bbox
+    from rcnn.modeling.svm import SVMModel, train_svms
+
+    regions, x = hand_made_regions(("car", "bus"))
+    store = feature_store_of(tmp_path, x)
+    model, log = train_svms(regions, store, SVMConfig(C=1.0, feature_norm=1.0))
+    assert "'bus' has no (non-difficult) ground-truth box" in caplog.text
+    assert model.info["untrained"] == ["bus"] and {row["class"] for row in log} == {"car"}
+    model.save(tmp_path / "svm")
+    scores = SVMModel.load(tmp_path / "svm").scores(x.astype(np.float32))
+    assert np.isneginf(scores[:, 1]).all() and np.isfinite(scores[:, 0]).all()
+    from rcnn.detection.detector import select_detections
+
+    dets = select_detections(np.tile([0.0, 0, 10, 10], (len(x), 1)), scores, -np.inf, 0.3)
+    assert set(dets.labels.tolist()) == {1}, "a class never trained is never detected"
+    regressor, _ = train_bbox(regions, store, BBoxConfig(min_iou=0.5))
+    assert "'bus' has no region with IoU >= 0.5" in caplog.text
+    assert not regressor.weights[1].any() and regressor.info["untrained"] == ["bus"]
 
 
 @pytest.mark.parametrize("layer", ["fc7", "pool5"])

@@ -351,7 +351,7 @@ SHAPES: dict[str, Shape] = {
     "car": Shape(draw_car, (0.38, 0.55), (0.15, 0.6)),
     "bus": Shape(draw_bus, (0.36, 0.5), (0.25, 0.65)),
     "bicycle": Shape(draw_bicycle, (0.53, 0.67), (0.18, 0.4)),
-    "person": Shape(draw_person, (2.2, 3.1), (0.07, 0.16)),
+    "person": Shape(draw_person, (2.2, 3.1), (0.09, 0.2)),
     "train": Shape(draw_train, (0.22, 0.33), (0.45, 0.8)),
     "motorbike": Shape(draw_motorbike, (0.53, 0.67), (0.2, 0.42)),
     "aeroplane": Shape(draw_aeroplane, (0.31, 0.45), (0.3, 0.65), flies=True),

@@ -220,7 +220,7 @@ def select_detections(
     Returns:
         Detections sorted by decreasing score; labels are ``1..K``.
     """
-    rows, cols = np.nonzero(scores >= score_thresh)
+    rows, cols = np.nonzero((scores >= score_thresh) & (scores > -np.inf))
     if len(rows) == 0:
         return Detections.empty()
     boxes = np.asarray(boxes, dtype=np.float32)

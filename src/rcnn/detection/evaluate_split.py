@@ -75,7 +75,6 @@ class SplitTruth:
         classes: per class name, its boxes (:class:`ClassTruth`).
         objects: per image, its non-difficult boxes of every class (for proposal recall).
         sizes: per image, ``(width, height)`` as its annotation says (``(0, 0)`` if it does not).
-        annotations: per image, the SHA-256 of its annotation file.
         names: every object name the annotations use.
     """
 
@@ -83,18 +82,15 @@ class SplitTruth:
     classes: dict[str, ClassTruth]
     objects: dict[str, np.ndarray]
     sizes: dict[str, tuple[int, int]]
-    annotations: dict[str, str]
     names: set[str]
 
 
 def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> SplitTruth:
     """The boxes of ``classes`` in every image of ``ids``, difficult objects flagged."""
     per_class: dict[str, dict] = {c: {} for c in classes}
-    objects, sizes, annotations, names = {}, {}, {}, set()
+    objects, sizes, names = {}, {}, set()
     for image_id in ids:
-        path = voc.annotation_path(image_id)
         annotation = voc.annotation(image_id)
-        annotations[image_id] = hashlib.sha256(path.read_bytes()).hexdigest()
         sizes[image_id] = (annotation.width, annotation.height)
         names.update(o.name for o in annotation.objects)
         chosen = annotation.select(classes, True)
@@ -106,7 +102,7 @@ def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> Sp
         plain = [o.box for o in chosen if not o.difficult]
         objects[image_id] = np.array(plain, np.float64).reshape(-1, 4)
     flat = {c: ClassTruth.of(ids, per_class[c]) for c in classes}
-    return SplitTruth(list(ids), flat, objects, sizes, annotations, names)
+    return SplitTruth(list(ids), flat, objects, sizes, names)
 
 
 def split_images(voc: VOCDataset, split: str) -> list[str]:
@@ -167,10 +163,24 @@ def run_test(cfg: VOCTestConfig) -> dict:
 
 
 def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, folders) -> dict:
-    from rcnn.runtime.distributed import barrier
+    from rcnn.runtime.distributed import barrier, broadcast
 
     mine = truth.ids[world.rank :: world.size]
-    inputs = {i: input_digest(voc, i, truth) for i in mine}
+    inputs = {i: input_digest(voc, i) for i in (truth.ids if world.is_main else mine)}
+    # Nothing changed since a finished run of the same settings: its metrics stand.
+    finished = None
+    if world.is_main:
+        found = {name: _finished(f, _inputs_digest(inputs), loaded.classes, cfg.split, truth.ids)
+                 for name, f in folders.items()}  # fmt: skip
+        finished = found if all(found.values()) else None
+    finished = broadcast(finished)
+    if finished is not None:
+        logger.info("%s: nothing changed since its run finished; its metrics stand", cfg.out)
+        return (
+            {}
+            if not world.is_main
+            else (finished[variants[0].name] if len(variants) == 1 else finished)
+        )
     done: dict[str, dict] = {name: {} for name in folders}
     for name, folder in folders.items():
         done[name] = _scan(folder / "detections", mine, inputs)
@@ -193,19 +203,64 @@ def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, 
     barrier()
     if not world.is_main:
         return {}
-    results = {
-        name: _evaluate_folder(folders[name], cfg, truth, loaded, done[name]) for name in folders
-    }
+    results = {}
+    for name, folder in folders.items():
+        results[name] = _evaluate_folder(folder, cfg, truth, loaded, done[name])
+        record = {"inputs": _inputs_digest(inputs), "detections": _files_digest(folder, truth.ids)}
+        atomic_write_json(folder / DONE, record)
     return results[variants[0].name] if len(variants) == 1 else results
 
 
-def input_digest(voc: VOCDataset, image_id: str, truth: SplitTruth) -> str:
+DONE = "done.json"  # written when a run's metrics are complete: the digest of its inputs
+
+
+def input_digest(voc: VOCDataset, image_id: str) -> str:
     """What an image's detections were made from: its bytes and its annotation's."""
+    digests = []
+    for path in (voc.image_path(image_id), voc.annotation_path(image_id)):
+        try:
+            digests.append(hashlib.sha256(read_regular_file(path)).hexdigest()[:32])
+        except OSError:
+            digests.append("unreadable")
+    return ":".join(digests)
+
+
+def _inputs_digest(inputs: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{i}:{d}\n" for i, d in inputs.items()).encode()).hexdigest()
+
+
+def _files_digest(folder: Path, ids: list[str]) -> str | None:
+    """The size and modification time of every per-image file (None if one is missing): a
+    file changed since the run finished makes the run resume rather than stand."""
+    parts = []
+    for image_id in ids:
+        try:
+            found = _npz_path(folder, image_id).stat()
+        except OSError:
+            return None
+        parts.append(f"{image_id}:{found.st_size}:{found.st_mtime_ns}\n")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def _finished(folder: Path, digest: str, classes, split: str, ids: list[str]) -> dict | None:
+    """The metrics of the run in ``folder`` if it finished with inputs of ``digest`` and its
+    files are all there, unchanged since; None otherwise."""
     try:
-        image = hashlib.sha256(read_regular_file(voc.image_path(image_id))).hexdigest()
-    except OSError:
-        image = "unreadable"
-    return f"{image[:32]}:{truth.annotations[image_id][:32]}"
+        done = read_json(folder / DONE, "`rcnn test` record")
+        metrics = read_json(folder / "metrics.json", "`rcnn test` metrics")
+    except (FileNotFoundError, DamagedFileError):
+        return None
+    files = [folder / result_file_name(split, c) for c in classes] + [folder / "pr.png"]
+    if done.get("inputs") != digest or not all(f.is_file() for f in files):
+        return None
+    if done.get("detections") is None or done["detections"] != _files_digest(folder, ids):
+        return None
+    try:
+        metrics["report"] = format_report(metrics)
+    except (KeyError, TypeError, ValueError):
+        return None
+    metrics["out"] = str(folder)
+    return metrics
 
 
 def _npz_path(folder: Path, image_id: str) -> Path:
@@ -318,6 +373,7 @@ def claim_test_folder(out: Path, settings: dict, overwrite: bool) -> None:
                 "choose another --out or pass --overwrite"
             )
         shutil.rmtree(out / "detections", ignore_errors=True)
+        (out / DONE).unlink(missing_ok=True)
     atomic_write_json(path, settings)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from rcnn.errors import RcnnError
 from rcnn.modeling.config import BBoxConfig
-from rcnn.modeling.linear import LinearHeads, feature_scale
+from rcnn.modeling.linear import LinearHeads
 from rcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 
 logger = logging.getLogger(__name__)
@@ -69,20 +69,36 @@ def regression_examples(regions, k: int, min_iou: float) -> tuple[np.ndarray, np
 
 
 def train_bbox(regions, features, cfg: BBoxConfig) -> tuple[BBoxRegressor, list[dict]]:
-    """Fits every class's regressor; returns it and one log row per class."""
-    scale = feature_scale(features, seed=cfg.seed, norm=cfg.feature_norm)
+    """Fits every class's regressor on its own regions only (IoU >= ``cfg.min_iou`` with a
+    box of the class), one class at a time; returns it and one log row per class. The
+    feature scale comes from a sample of those regions, whose features are kept for the fits:
+    every region goes through the network (or is read) once."""
     num_classes = len(regions.classes)
+    examples = [regression_examples(regions, k, cfg.min_iou) for k in range(1, num_classes + 1)]
+    everyone = np.concatenate([rows for rows, _ in examples])
+    rng = np.random.default_rng(cfg.seed)
+    sample = np.sort(rng.choice(everyone, min(len(everyone), SCALE_SAMPLE), replace=False))
+    known = features.rows(sample) if len(sample) else np.zeros((0, features.dim), np.float32)
+    mean = float(np.linalg.norm(known, axis=1).mean()) if len(known) else 0.0
+    if not np.isfinite(mean) or mean <= 0:
+        raise RcnnError(
+            "no region overlaps its box enough to regress, or the features are all zero"
+        )
+    scale = cfg.feature_norm / mean
     weights = np.zeros((num_classes, features.dim, 4), np.float32)
     intercepts = np.zeros((num_classes, 4), np.float32)
-    log = []
-    for k in range(1, num_classes + 1):
-        rows, targets = regression_examples(regions, k, cfg.min_iou)
+    log, untrained = [], []
+    for k, (rows, targets) in enumerate(examples, start=1):
         name = regions.classes[k - 1]
-        if len(rows) == 0:
-            raise RcnnError(
-                f"class {name!r} has no region with IoU >= {cfg.min_iou}: nothing to regress"
-            )
-        x = features.rows(rows) * scale
+        if len(rows) == 0:  # zero weights: its boxes stay where they are
+            split = regions.info.get("split", "?")
+            logger.warning("class %r has no region with IoU >= %s in split '%s': its boxes are "
+                           "left unmoved", name, cfg.min_iou, split)  # fmt: skip
+            untrained.append(name)
+            log.append({"class": name, "examples": 0, "target_rms": float("nan"),
+                        "residual_rms": float("nan")})  # fmt: skip
+            continue
+        x = _rows(features, rows, sample, known) * scale
         weights[k - 1], intercepts[k - 1] = fit_ridge(x, targets, cfg.ridge)
         residual = x @ weights[k - 1] + intercepts[k - 1] - targets
         log.append(
@@ -93,5 +109,20 @@ def train_bbox(regions, features, cfg: BBoxConfig) -> tuple[BBoxRegressor, list[
                 "residual_rms": float(np.sqrt((residual**2).mean())),
             }
         )
-    info = {"config": asdict(cfg)}
+    info = {"config": asdict(cfg), "untrained": untrained}
     return BBoxRegressor(weights, intercepts, scale, list(regions.classes), info), log
+
+
+SCALE_SAMPLE = 10_000  # regions whose features set the scale (kept for the fits)
+
+
+def _rows(features, rows: np.ndarray, sample: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Features of ``rows``: those in the (sorted) ``sample`` from ``known``, the rest read
+    or computed now."""
+    at = np.minimum(np.searchsorted(sample, rows), max(len(sample) - 1, 0))
+    have = (sample[at] == rows) if len(sample) else np.zeros(len(rows), bool)
+    out = np.empty((len(rows), features.dim), np.float32)
+    out[have] = known[at[have]]
+    if not have.all():
+        out[~have] = features.rows(rows[~have])
+    return out

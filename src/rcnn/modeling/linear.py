@@ -60,14 +60,3 @@ class LinearHeads:
             )
         info = {k: v for k, v in meta.items() if k not in ("scale", "classes")}
         return cls(weights, offsets, float(scale), classes, info)
-
-
-def feature_scale(features, sample: int = 10_000, seed: int = 0, norm: float = 20.0) -> float:
-    """The factor that brings the mean L2 norm of (a sample of) the features to ``norm``."""
-    rng = np.random.default_rng(seed)
-    n = len(features)
-    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-    mean = float(np.linalg.norm(features.rows(rows), axis=1).mean())
-    if not np.isfinite(mean) or mean <= 0:
-        raise RcnnError("the features are all zero or not finite: is the model trained?")
-    return norm / mean

@@ -23,7 +23,7 @@ import numpy as np
 
 from rcnn.errors import RcnnError
 from rcnn.modeling.config import SVMConfig
-from rcnn.modeling.linear import LinearHeads, feature_scale
+from rcnn.modeling.linear import LinearHeads
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,12 @@ class SVMModel(LinearHeads):
         return self.offsets
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """``[N, K]`` SVM scores of raw (unscaled) features ``[N, D]``."""
-        return (np.asarray(features, np.float32) * self.scale) @ self.weights.T + self.biases
+        """``[N, K]`` SVM scores of raw (unscaled) features ``[N, D]``; a class that had no
+        positive to train on scores -inf (it is never detected)."""
+        scores = (np.asarray(features, np.float32) * self.scale) @ self.weights.T + self.biases
+        untrained = [k for k, c in enumerate(self.classes) if c in self.info.get("untrained", [])]
+        scores[:, untrained] = -np.inf
+        return scores
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, cfg: SVMConfig) -> tuple[np.ndarray, float]:
@@ -122,30 +126,30 @@ def class_examples(regions, k: int, neg_iou: float) -> ClassExamples:
 
 def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel, list[dict]]:
     """Trains every class's SVM with hard-negative mining, in the paper's way: one pass over
-    the negatives (``cfg.passes`` passes), all classes scored together block by block; a
-    negative scoring above ``cfg.hard`` joins its class's cache, and a class is retrained
-    whenever ``cfg.retrain_every`` joined since its last training, then rid of the cached ones
-    that now score below ``cfg.easy``; every class is retrained once more at the end of a pass.
+    the negatives (``cfg.passes`` passes) in region order, every class scored at once block
+    by block. The pass starts by caching each class's first ``cfg.first_negatives``
+    negatives; then every class trains, and from there a negative scoring above ``cfg.hard``
+    joins its class's cache, a class trains again whenever ``cfg.retrain_every`` joined and
+    drops the cached ones that then score below ``cfg.easy``; every class trains once more at
+    the end of a pass. The feature scale (mean L2 norm ``cfg.feature_norm``) is taken from the
+    positives and those first negatives, so every region goes through the network once a
+    pass, the positives aside.
 
-    Only the positives and the caches are held (as float16 features); ``features`` is a
-    feature store or a :class:`rcnn.modeling.stream.FeatureStream`, whose blocks arrive in the
-    same order, so both give the same SVMs. ``report(row)`` is called at each training.
-    Returns the model and the log (one row per class and training).
+    Only the positives and the caches are held (float16 features); ``features`` is a feature
+    store or a :class:`rcnn.modeling.stream.FeatureStream`, whose blocks arrive in the same
+    order, so both give the same SVMs. ``report(row)`` is called at each training. Returns the
+    model and the log (one row per class and training).
     """
     examples = _checked_examples(regions, cfg)
     num_classes = len(examples)
-    scale = feature_scale(features, seed=cfg.seed, norm=cfg.feature_norm)
-    rng = np.random.default_rng(cfg.seed)
-    first = [
-        np.sort(rng.choice(ex.negatives, min(len(ex.negatives), cfg.first_negatives), False))
-        for ex in examples
-    ]
+    trained = [c for c, ex in enumerate(examples) if len(ex.positives)]
     positives = _features_of(features, [ex.positives for ex in examples])
-    caches = [NegativeCache(rows, x) for rows, x in zip(first, _features_of(features, first),
-                                                          strict=True)]  # fmt: skip
+    empty = np.zeros((0, features.dim), np.float16)
+    caches = [NegativeCache(np.zeros(0, np.int64), empty) for _ in examples]
     weights = np.zeros((num_classes, features.dim), np.float32)
     biases = np.zeros(num_classes, np.float32)
     log: list[dict] = []
+    scale = None
 
     def train(c: int, pass_: int, added: int) -> None:
         x = np.concatenate([positives[c], caches[c].features]).astype(np.float32) * scale
@@ -162,25 +166,48 @@ def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel
         if report is not None:
             report(row)
 
-    for c in range(num_classes):
-        train(c, 0, 0)
+    def start(rows_seen: list[np.ndarray]) -> float:
+        """The scale, from the positives and the first negatives; then each first training."""
+        sample = np.concatenate([*(positives[c] for c in trained), *rows_seen])
+        mean = float(np.linalg.norm(sample.astype(np.float32), axis=1).mean())
+        if not np.isfinite(mean) or mean <= 0:
+            raise RcnnError("the features are all zero or not finite: is the model trained?")
+        return cfg.feature_norm / mean
+
     truth = regions.require_truth("train-svm")
     everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
+    first: list[np.ndarray] = []  # the features of the first negatives, for the scale
     for pass_ in range(1, cfg.passes + 1):
         pending = np.zeros(num_classes, np.int64)
         for rows, x in features.stream(everyone):
-            scores = (x * scale) @ weights.T + biases  # [B, K]: every class at once
             negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
-            for c in range(num_classes):
+            if scale is None:  # the first negatives of each class go to its cache as they come
+                for c in trained:
+                    room = cfg.first_negatives - len(caches[c])
+                    mine = np.flatnonzero(negative[:, c])[: max(room, 0)]
+                    caches[c].add(rows[mine], x[mine])
+                first.append(x.astype(np.float16))
+                if any(len(caches[c]) < cfg.first_negatives for c in trained):
+                    continue
+                scale = start(first)
+                first.clear()
+                for c in trained:
+                    train(c, 0, 0)
+                # then this same block is mined with the first SVMs, as every later one
+            scores = (x * scale) @ weights.T + biases  # [B, K]: every class at once
+            for c in trained:
                 hard = negative[:, c] & (scores[:, c] > cfg.hard)
                 if hard.any():
                     pending[c] += caches[c].add(rows[hard], x[hard])
                 if pending[c] >= cfg.retrain_every:
                     train(c, pass_, int(pending[c]))
                     pending[c] = 0
-        for c in range(num_classes):
+        if scale is None:  # fewer negatives in all than a first training takes
+            scale = start(first)
+        for c in trained:
             train(c, pass_, int(pending[c]))
-    info = {"config": asdict(cfg), "passes": cfg.passes}
+    untrained = [regions.classes[c] for c in range(num_classes) if c not in trained]
+    info = {"config": asdict(cfg), "passes": cfg.passes, "untrained": untrained}
     return SVMModel(weights, biases, scale, list(regions.classes), info), log
 
 
@@ -200,14 +227,14 @@ def _checked_examples(regions, cfg: SVMConfig) -> list[ClassExamples]:
             "`rcnn prepare --preset paper`"
         )
     examples = [class_examples(regions, k, cfg.neg_iou) for k in range(1, len(regions.classes) + 1)]
+    split = regions.info.get("split", "?")
+    missing = [regions.classes[k] for k, ex in enumerate(examples) if len(ex.positives) == 0]
+    if len(missing) == len(examples):
+        raise RcnnError(f"no class has a (non-difficult) ground-truth box in split '{split}'")
+    for name in missing:  # no positive to learn from: the class is never detected
+        logger.warning("class %r has no (non-difficult) ground-truth box in split '%s': it gets "
+                       "no SVM and is never detected with --scorer svm", name, split)  # fmt: skip
     for k, ex in enumerate(examples, start=1):
-        name = regions.classes[k - 1]
-        if len(ex.positives) == 0:
-            raise RcnnError(
-                f"class {name!r} has no (non-difficult) ground-truth box in split "
-                f"'{regions.info.get('split', '?')}': the SVMs take them as positives; choose "
-                "--classes that the split shows"
-            )
         if len(ex.negatives) == 0:
-            raise RcnnError(f"class {name!r} has no negative region")
+            raise RcnnError(f"class {regions.classes[k - 1]!r} has no negative region")
     return examples

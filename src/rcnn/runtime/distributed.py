@@ -92,6 +92,15 @@ def rank_zero_first(world: World, fn) -> None:
         raise failure
 
 
+def broadcast(value):
+    """Rank 0's ``value`` on every rank (``value`` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
