@@ -15,9 +15,16 @@ On a synthetic region set of the recipe's scale (376 images of 500x375, 526,400 
 4. the GPU's busy share of training steps, from the profiler;
 5. the recipe's 25 epochs projected from those rates, and with ``rcnn train --compile``;
 6. with ``--epoch``, one real ``rcnn train`` epoch with the defaults and one with
-   ``--compile``: wall time and nvidia-smi's peak memory and mean utilization.
+   ``--compile``: wall time and nvidia-smi's peak memory and mean utilization;
+7. with ``--schedules`` (alone): training steps launched kernel by kernel against the same
+   step replayed as a CUDA graph, then real ``rcnn train`` runs: ``--cuda-graphs
+   --overlap-val`` for ``--schedule-epochs`` epochs (each epoch validated while the next one
+   trains; 8 epochs cross the learning-rate step, which captures the step again), the previous
+   order (``--no-cuda-graphs --no-overlap-val``) and graphs alone (now the default), 2 epochs
+   each; per-epoch seconds and metrics side by side, and the 25 epochs projected from each.
 
     python benchmarks/bench_gpu.py --epoch --json-out gpu.json     # on a CUDA machine
+    python benchmarks/bench_gpu.py --schedules --json-out schedules.json
     python benchmarks/bench_gpu.py --device cpu --images 4 --regions-per-image 300 --steps 2 \\
         --val-batches 2 --no-compile                                # a smoke test on the CPU
 """
@@ -25,6 +32,7 @@ On a synthetic region set of the recipe's scale (376 images of 500x375, 526,400 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -47,6 +55,7 @@ from rcnn.evaluation.predict import predict
 from rcnn.modeling.model import build_model, normalization
 from rcnn.runtime.device import autocast, configure_device
 from rcnn.training.config import TrainConfig
+from rcnn.training.steps import EagerStep, GraphedStep
 from rcnn.training.train import SINGLE, compile_mode, make_optimizer
 
 RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
@@ -347,6 +356,102 @@ def section_epoch(device, data: Path, work: Path, flags: list[str]) -> dict:
     return out
 
 
+def forever(feeder):
+    """The feeder's batches, pass after pass."""
+    flips = torch.Generator().manual_seed(0)
+    while True:
+        yield from feeder.iterate(flips)
+
+
+def section_graph_steps(device, regions, images, sampler, steps) -> dict:
+    """bf16 training steps through the library's own step objects: kernel by kernel
+    (:class:`EagerStep`) and replayed as a CUDA graph (:class:`GraphedStep`)."""
+    out = {}
+    for name, kind in (("eager", EagerStep), ("CUDA graph", GraphedStep)):
+        model, optimizer = new_model(device)
+        step = kind(model, optimizer, True)
+        batches = forever(DeviceFeeder(regions, images, sampler, 227))
+        for _ in range(5):  # warm-up (and the capture)
+            step(*next(batches))
+        sync(device)
+        best = 0.0
+        for _ in range(2):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(*next(batches))
+            sync(device)
+            best = max(best, steps * 128 / (time.perf_counter() - start))
+        out[f"steps {name}, bf16"] = round(best, 1)
+        log(f"training steps ({kind.__name__}), bf16: {best:,.1f} regions/s")
+    out["graph speed-up"] = round(out["steps CUDA graph, bf16"] / out["steps eager, bf16"], 3)
+    return out
+
+
+def section_run(device, data: Path, work: Path, flags: list[str], epochs: int) -> dict:
+    """A real `rcnn train` run of ``epochs`` epochs in a fresh process: every epoch's seconds
+    and metrics, the wall time, the start-up (wall minus the epochs) and nvidia-smi's peak
+    memory and mean utilization; the 25 epochs projected from its last epochs."""
+    run = work / f"run{len(list(work.glob('run*')))}"
+    cmd = [sys.executable, "-m", "rcnn", "train", "--data", str(data), "--out", str(run)]
+    cmd += ["--epochs", str(epochs), "--weights", "none", "--no-progress"]
+    cmd += ["--device", str(device), *flags]
+    poller = SmiPoller() if device.type == "cuda" else None
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    out = poller.stop() if poller else {}
+    log(result.stdout[-1500:], result.stderr[-3000:])
+    if result.returncode:
+        return {"error": result.stderr[-800:]}
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    config = json.loads((run / "config.json").read_text())
+    seconds = [float(r["seconds"]) for r in rows]
+    keep = ("train_loss", "train_acc", "val_loss", "val_acc", "val_object_ap")
+    steady = sorted(seconds[1:] or seconds)[len(seconds[1:] or seconds) // 2]  # median
+    out.update(
+        flags=" ".join(flags) or "defaults",
+        wall_s=round(wall, 1),
+        startup_s=round(wall - sum(seconds), 1),
+        epoch_seconds=seconds,
+        steady_epoch_s=steady,
+        projected_25_epochs_min=round((wall + (RECIPE_EPOCHS - epochs) * steady) / 60, 2),
+        rows=[{k: round(float(r[k]), 5) for k in keep} for r in rows],
+    )
+    out.update({k: config[k] for k in ("amp", "val_batch", "cuda_graphs", "overlap_val")})
+    log(f"rcnn train {epochs} epochs, {out['flags']}: " + json.dumps(out))
+    return out
+
+
+def schedules(args, device, regions, store, sampler, data, work, begin) -> None:
+    mean, std = normalization("alexnet")
+    images = DeviceImages(store, device, mean, std, torch.float32)
+    try:
+        REPORT["graph steps"] = section_graph_steps(device, regions, images, sampler, args.steps)
+    except Exception as err:  # report and go on to the real runs
+        log(f"graph steps failed: {type(err).__name__}: {err}")
+        REPORT["graph steps"] = {"error": f"{type(err).__name__}: {err}"}
+    save(args.json_out)
+    del images
+    torch.cuda.empty_cache()
+    runs = [
+        (
+            "graphs and overlapped validation",
+            ["--cuda-graphs", "--overlap-val"],
+            args.schedule_epochs,
+        ),
+        ("previous order", ["--no-cuda-graphs", "--no-overlap-val"], 2),
+        ("graphs alone (the default)", ["--cuda-graphs", "--no-overlap-val"], 2),
+    ]
+    for name, flags, epochs in runs:
+        if time.perf_counter() - begin > args.budget:
+            log(f"skipped {name}: past --budget")
+            continue
+        REPORT[f"run, {name}"] = section_run(device, data, work, flags, epochs)
+        save(args.json_out)
+    first = {name: REPORT.get(f"run, {name}", {}).get("rows", [None])[0] for name, _, _ in runs}
+    log("epoch 0 of each run: " + json.dumps(first))
+
+
 def section_compile(device, regions, images, sampler, steps, batches) -> dict:
     """`rcnn train --compile`'s mode on one GPU: training steps, then validation batches."""
     mode = compile_mode(device, SINGLE)
@@ -402,6 +507,10 @@ def main() -> None:
     parser.add_argument(
         "--only-epoch", action="store_true", help="only one `rcnn train` epoch with the defaults"
     )
+    parser.add_argument(
+        "--schedules", action="store_true", help="graphs and overlapped validation (alone)"
+    )
+    parser.add_argument("--schedule-epochs", type=int, default=8, help="epochs of the defaults")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--budget", type=float, default=400, help="seconds; later parts skipped")
     parser.add_argument("--json-out", help="write every number here too")
@@ -427,6 +536,12 @@ def main() -> None:
             f"data: {len(store)} images, {len(regions):,} regions "
             f"({time.perf_counter() - begin:.0f} s)"
         )
+        if args.schedules:
+            schedules(args, device, regions, store, sampler, data, work, begin)
+            REPORT["total_s"] = round(time.perf_counter() - begin, 1)
+            save(args.json_out)
+            log(json.dumps(REPORT, indent=1))
+            return
         if args.only_epoch:
             REPORT["epoch defaults"] = section_epoch(device, data, work, [])
             save(args.json_out)

@@ -15,7 +15,9 @@ from rcnn.modeling.model import build_model
 from rcnn.progress import minutes_seconds
 from rcnn.runtime.config import InferenceConfig
 from rcnn.runtime.device import default_amp
+from rcnn.runtime.distributed import World
 from rcnn.training.config import TrainConfig, train_config
+from rcnn.training.overlap import Saver
 from rcnn.training.train import (
     CSV_COLUMNS,
     SINGLE,
@@ -247,3 +249,70 @@ def test_automatic_settings_are_decided_again_on_resume(one_epoch_run):
     assert saved["amp"] is None and saved["val_batch"] == 64  # as given: amp automatic
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["amp"] == default_amp(torch.device("cpu"))  # config.json: what was run
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def _assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def test_overlapped_validation_computes_the_plain_numbers(prepared, tmp_path):
+    # Validation of epoch N interleaved with epoch N+1's steps (on one thread on the CPU)
+    # gives the same rows, weights, optimizer and scheduler state, also across a resume, with
+    # the learning rate stepping every epoch so that the scheduler's snapshot matters.
+    kw = dict(lr_step=1, val_batch=32, num_pos=2, num_neg=6)
+    run_train(tiny(prepared, tmp_path / "plain", epochs=3, overlap_val=False, **kw))
+    run_train(tiny(prepared, tmp_path / "overlapped", epochs=2, overlap_val=True, **kw))
+    run_train(resume_config(tmp_path / "overlapped", epochs=3), resume=True)
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")
+    overlapped = load_checkpoint(tmp_path / "overlapped" / "last.pt")
+    assert overlapped["config"]["overlap_val"] is True and plain["epoch"] == 3
+    assert _without_seconds(plain["history"]) == _without_seconds(overlapped["history"])
+    for key in ("model", "optimizer", "scheduler", "best", "epoch", "classes"):
+        _assert_same_tensors(plain[key], overlapped[key], key)
+    recorded = json.loads((tmp_path / "overlapped" / "config.json").read_text())
+    assert recorded["overlap_val"] is True and recorded["cuda_graphs"] is False
+    best = torch.load(tmp_path / "overlapped" / "model.pth", weights_only=True)
+    _assert_same_tensors(torch.load(tmp_path / "plain" / "model.pth", weights_only=True), best)
+    rows = list(csv.DictReader((tmp_path / "overlapped" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert all(float(r["seconds"]) > 0 for r in rows)
+
+
+def test_schedules_the_device_or_launch_cannot_run_are_refused():
+    cpu = torch.device("cpu")
+    auto = for_device(TrainConfig(), cpu)
+    assert (auto.cuda_graphs, auto.overlap_val) == (False, False)  # CUDA-only defaults
+    assert for_device(TrainConfig(overlap_val=True), cpu).overlap_val is True
+    with pytest.raises(ValueError, match="--cuda-graphs: it needs a CUDA device"):
+        for_device(TrainConfig(cuda_graphs=True), cpu)
+    torchrun = World(rank=0, size=2)
+    with pytest.raises(ValueError, match="--overlap-val: not under torchrun"):
+        for_device(TrainConfig(overlap_val=True), cpu, torchrun)
+    assert for_device(TrainConfig(), cpu, torchrun).overlap_val is False
+
+
+def test_a_failed_checkpoint_write_is_reported():
+    saver = Saver()
+
+    def fail():
+        raise OSError("No space left on device")
+
+    saver.submit(fail)
+    with pytest.raises(OSError, match="No space left"):
+        saver.join()
+    saver.join()  # reported once

@@ -127,6 +127,22 @@ def add_train(sub) -> None:
         "1.24x the training steps on an H200 after 10 to 30 s of compiling",
     )
     p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture the training step (forward, backward, SGD step) as a CUDA graph and "
+        "replay it: one launch a step instead of ~100; 1.04x the steps and 7%% shorter epochs "
+        "on an H200 (default: on one GPU with SGD and without --compile)",
+    )
+    p.add_argument(
+        "--overlap-val",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="validate epoch N on a copy of its weights, on a second CUDA stream, while epoch "
+        "N+1 trains; the same numbers, each log line and checkpoint an epoch later. Off by "
+        "default: on an H200 training alone keeps the GPU busy and epochs took as long",
+    )
+    p.add_argument(
         "--lr-scale",
         choices=["none", "linear"],
         help=described(

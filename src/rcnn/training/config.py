@@ -42,6 +42,8 @@ class TrainConfig:
     amp: bool | None = None  # None: bfloat16 autocast where the device has it natively
     channels_last: bool = True  # faster for AlexNet on CPU (1.1-1.5x across runs), usual on GPUs
     compile: bool = False  # torch.compile the model
+    cuda_graphs: bool | None = None  # None: the training step as a CUDA graph where it can be
+    overlap_val: bool | None = None  # validate epoch N while N+1 trains (None: off)
     lr_scale: str = "none"  # linear: lr x number of processes (for larger global batches)
     seed: int = 0
     progress: bool = True

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rcnn.data.batches import chunks, make_feeder
 from rcnn.data.regions import RegionSet, load_train_val
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.evaluation.predict import evaluate
+from rcnn.evaluation.predict import evaluate, metrics_of
 from rcnn.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -41,9 +40,17 @@ from rcnn.modeling.model import ModelSpec, build_model, check_input_size, parame
 from rcnn.progress import minutes_seconds, progress_bar
 from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.config import CPU_BATCH, CUDA_BATCH
-from rcnn.runtime.device import amp_dtype, autocast, configure_device, default_amp, resolve_device
+from rcnn.runtime.device import amp_dtype, configure_device, default_amp, resolve_device
 from rcnn.runtime.distributed import World, all_sum, barrier, init_world, rank_zero_first, shutdown
 from rcnn.training.config import TrainConfig
+from rcnn.training.overlap import (
+    PendingValidation,
+    Saver,
+    Snapshot,
+    new_stream,
+    stream_context,
+)
+from rcnn.training.steps import EagerStep, GraphedStep
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +62,33 @@ class TrainingDiverged(RcnnError):
     is kept."""
 
 
-def for_device(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """``cfg`` with its device-dependent defaults decided: ``amp`` (:func:`default_amp`) and
-    ``val_batch``."""
+def for_device(cfg: TrainConfig, device: torch.device, world: World = SINGLE) -> TrainConfig:
+    """``cfg`` with its device-dependent defaults decided: ``amp`` (:func:`default_amp`),
+    ``val_batch``, ``cuda_graphs`` and ``overlap_val``; settings the device or the launch
+    cannot honour are refused by name."""
     amp = default_amp(device) if cfg.amp is None else cfg.amp
     val_batch = cfg.val_batch or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
-    return replace(cfg, amp=amp, val_batch=val_batch)
+    cuda = device.type == "cuda"
+    # Why a CUDA graph cannot be captured here, if it cannot: the first reason found.
+    graph_obstacles = [
+        (not cuda, "it needs a CUDA device"),
+        (world.enabled, "not under torchrun (DDP synchronizes gradients outside the step)"),
+        (cfg.compile, "--compile captures its own graphs"),
+        (cfg.optimizer != "sgd", "it needs --optimizer sgd"),
+        (cuda and amp and amp_dtype(device) == torch.float16, "float16 needs loss scaling"),
+    ]
+    obstacle = next((why for found, why in graph_obstacles if found), None)
+    if cfg.cuda_graphs and obstacle:
+        raise ConfigError(f"--cuda-graphs: {obstacle}")
+    cuda_graphs = obstacle is None if cfg.cuda_graphs is None else cfg.cuda_graphs
+    if cfg.overlap_val and world.enabled:
+        raise ConfigError(
+            "--overlap-val: not under torchrun (validation is sharded across the processes)"
+        )
+    # Off unless asked: on an H200 the training kernels already keep the GPU busy (96%), so
+    # validating alongside gave the same epoch time (25.7 s) and delays each log by an epoch.
+    overlap = bool(cfg.overlap_val)
+    return replace(cfg, amp=amp, val_batch=val_batch, cuda_graphs=cuda_graphs, overlap_val=overlap)
 
 
 def compile_mode(device: torch.device, world) -> str | None:
@@ -70,32 +98,35 @@ def compile_mode(device: torch.device, world) -> str | None:
 
 
 def train_one_epoch(
-    model, feeder, optimizer, generator, amp=False, progress=True, desc="train"
+    model,
+    feeder,
+    optimizer,
+    generator,
+    amp=False,
+    progress=True,
+    desc="train",
+    step: EagerStep | None = None,
+    alongside=None,
 ) -> dict:
-    """One pass over the feeder's (normalized) batches; returns mean loss and accuracy."""
+    """One pass over the feeder's (normalized) batches; returns mean loss and accuracy.
+
+    ``step`` runs each batch (an :class:`EagerStep` of ``model`` when not given);
+    ``alongside(i, n)``, when given, is called after the i-th of the n steps (validation of
+    the previous epoch runs there)."""
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    amp = default_amp(device) if amp is None else amp
-    # float16 needs its gradients scaled to stay representable; bfloat16 does not.
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
+    step = step or EagerStep(model, optimizer, amp)
+    step.reset()
     batches = feeder.iterate(flips=generator)  # the recipe's random horizontal flip
-    bar = progress_bar(batches, progress, total=len(feeder), desc=desc, leave=False)
-    for step, (images, labels) in enumerate(bar):
-        with autocast(device, amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach().double() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-        if step % 50 == 0 and not torch.isfinite(loss_sum):  # a CPU-GPU sync; kept rare
+    steps = len(feeder)
+    bar = progress_bar(batches, progress, total=steps, desc=desc, leave=False)
+    for i, (images, labels) in enumerate(bar):
+        step(images, labels)
+        if alongside is not None:
+            alongside(i + 1, steps)
+        if i % 50 == 0 and not torch.isfinite(step.loss_sum):  # a CPU-GPU sync; kept rare
             break
+    loss_sum, correct, seen = step.sums()
     # Every rank's sums, so all ranks agree on the numbers and on stopping.
     loss_sum, correct, seen = all_sum(loss_sum, correct, torch.tensor(seen, device=device))
     if not torch.isfinite(loss_sum):
@@ -193,18 +224,19 @@ def print_epoch(epoch: int, epochs: int, row: dict) -> None:
     print(flush=True)
 
 
-def run_epoch(cfg, epoch, model, loaders, optimizer, class_names, world: World = SINGLE) -> dict:
-    """Trains one epoch, validates on the whole validation set, returns the history row."""
-    train_feeder, val_feeder, sampler = loaders
-    start = time.perf_counter()
+def train_part(cfg, epoch, model, loaders, optimizer, world, step=None, alongside=None):
+    """Epoch ``epoch``'s training pass, seeded so that a resumed run repeats it exactly."""
+    train_feeder, _, sampler = loaders
     torch.manual_seed(epoch_seed(cfg.seed, epoch) + world.rank)  # dropout: same on resume
     sampler.set_epoch(epoch)
     flips = torch.Generator().manual_seed(epoch_seed(cfg.seed + 1, epoch) + world.rank)
-    lr = optimizer.param_groups[0]["lr"]
-    train = train_one_epoch(
-        model, train_feeder, optimizer, flips, cfg.amp, cfg.progress, desc=f"epoch {epoch} train"
+    desc = f"epoch {epoch} train"
+    return train_one_epoch(
+        model, train_feeder, optimizer, flips, cfg.amp, cfg.progress, desc, step, alongside
     )
-    val = evaluate(model, val_feeder, class_names, cfg.amp, cfg.progress)
+
+
+def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float) -> dict:
     return {
         "epoch": epoch,
         "lr": lr,
@@ -215,9 +247,20 @@ def run_epoch(cfg, epoch, model, loaders, optimizer, class_names, world: World =
         "val_balanced_acc": val["balanced_accuracy"],
         "val_recipe_acc": val["recipe_accuracy"],
         "val_object_ap": val["object_ap"],
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(seconds, 2),
         "val_metrics": val,
     }
+
+
+def run_epoch(
+    cfg, epoch, model, loaders, optimizer, class_names, world: World = SINGLE, step=None
+) -> dict:
+    """Trains one epoch, validates on the whole validation set, returns the history row."""
+    start = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
+    train = train_part(cfg, epoch, model, loaders, optimizer, world, step)
+    val = evaluate(model, loaders[1], class_names, cfg.amp, cfg.progress)
+    return history_row(epoch, lr, train, val, time.perf_counter() - start)
 
 
 @dataclass
@@ -231,6 +274,7 @@ class Run:
     feeders: tuple
     class_names: list[str]
     world: World
+    step: EagerStep | None = None  # runs each training batch (eagerly or as a CUDA graph)
     history: list = field(default_factory=list)
     best: dict | None = None
     first_epoch: int = 0
@@ -268,34 +312,53 @@ def setup_run(cfg: TrainConfig, resume: bool, world: World, device: torch.device
     if cfg.compile:
         run.net = torch.compile(run.net, mode=compile_mode(device, world))
     run.feeders = make_feeders(cfg, train_rs, val_rs, device, world)
+    kind = GraphedStep if cfg.cuda_graphs else EagerStep
+    run.step = kind(run.net, optimizer, cfg.amp)
     return run
+
+
+def mark_best(cfg: TrainConfig, run: Run, row: dict) -> bool:
+    """Whether ``row`` is the best epoch so far (then recorded as ``run.best``)."""
+    improved = _better(cfg.best_metric, row[cfg.best_metric], run.best)
+    if improved:
+        run.best = {"epoch": row["epoch"], "metric": cfg.best_metric, "value": row[cfg.best_metric]}
+    return improved
+
+
+def live_state(run: Run) -> dict:
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+    }
 
 
 def save_epoch(cfg: TrainConfig, run: Run, row: dict) -> None:
     """Writes last.pt, best.pt/model.pth when the epoch is the best so far, and the logs."""
+    improved = mark_best(cfg, run, row)
+    if run.world.is_main:
+        write_epoch(cfg, run, row, improved, live_state(run), run.history, run.best)
+
+
+def write_epoch(cfg, run: Run, row, improved, state: dict, history: list, best: dict) -> None:
+    """The files of the epoch of ``row``: ``state`` holds its model, optimizer and scheduler
+    state, ``history`` and ``best`` the rows and best epoch up to it."""
     out = Path(cfg.out)
-    improved = _better(cfg.best_metric, row[cfg.best_metric], run.best)
-    if improved:
-        run.best = {"epoch": row["epoch"], "metric": cfg.best_metric, "value": row[cfg.best_metric]}
-    if not run.world.is_main:
-        return
-    state = {
+    checkpoint = {
         "format": "rcnn-checkpoint",
         "epoch": row["epoch"] + 1,
         "config": run.requested or asdict(cfg),
         "classes": run.class_names,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "history": run.history,
-        "best": run.best,
+        **state,
+        "history": history,
+        "best": best,
     }
-    save_checkpoint(out / "last.pt", state)
+    save_checkpoint(out / "last.pt", checkpoint)
     atomic_write_json(out / "config.json", asdict(cfg))  # what was run, with the first epoch
     if improved:  # best.pt is then the same bytes: a hard link saves writing them again
         link_atomic(out / "last.pt", out / "best.pt")
-        save_checkpoint(out / "model.pth", run.model.state_dict())
-    write_history(out, run.history)
+        save_checkpoint(out / "model.pth", state["model"])
+    write_history(out, history)
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -309,7 +372,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     device = resolve_device(device_name)
     configure_device(device)
     requested = asdict(cfg)
-    cfg = for_device(cfg, device)
+    cfg = for_device(cfg, device, world)
     if not world.is_main:
         cfg = replace(cfg, progress=False)
     with contextlib.ExitStack() as stack:
@@ -338,8 +401,11 @@ def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict
         say(f"Resuming {cfg.out} after epoch {run.first_epoch - 1}")
     start = time.time()
     with reuse_freed_memory(enabled=device.type == "cpu"):
-        for epoch in range(run.first_epoch, cfg.epochs):
-            train_epoch(cfg, run, epoch)
+        if cfg.overlap_val:
+            train_overlapped(cfg, run)
+        else:
+            for epoch in range(run.first_epoch, cfg.epochs):
+                train_epoch(cfg, run, epoch)
     barrier()
     shutdown()
     elapsed = time.time() - start
@@ -353,13 +419,19 @@ def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict
     return next((r for r in run.history if r["epoch"] == best["epoch"]), run.history[-1])
 
 
+def diverged(cfg: TrainConfig, epoch: int, err: TrainingDiverged) -> TrainingDiverged:
+    kept = f"{cfg.out}/last.pt keeps epoch {epoch - 1}" if epoch else "nothing was saved"
+    return TrainingDiverged(f"epoch {epoch}: {err}; {kept}; try a lower --lr")
+
+
 def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:
     """One epoch of ``run``, then the scheduler step, the log line and the saved files."""
     try:
-        row = run_epoch(cfg, epoch, run.net, run.feeders, run.optimizer, run.class_names, run.world)
+        row = run_epoch(
+            cfg, epoch, run.net, run.feeders, run.optimizer, run.class_names, run.world, run.step
+        )
     except TrainingDiverged as err:
-        kept = f"{cfg.out}/last.pt keeps epoch {epoch - 1}" if epoch else "nothing was saved"
-        raise TrainingDiverged(f"epoch {epoch}: {err}; {kept}; try a lower --lr") from err
+        raise diverged(cfg, epoch, err) from err
     run.scheduler.step()
     run.history.append(row)
     if run.world.is_main:
@@ -367,8 +439,85 @@ def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:
     save_epoch(cfg, run, row)
 
 
+@dataclass
+class Pending:
+    """An epoch trained, its validation under way."""
+
+    epoch: int
+    lr: float
+    train: dict
+    began: float  # time.perf_counter() when its training began
+    validation: PendingValidation
+
+
+def train_overlapped(cfg: TrainConfig, run: Run) -> None:
+    """The epochs of ``run`` (one process), each validated while the next one trains.
+
+    Epoch N's row, log and checkpoint come when epoch N+1's training ends; they hold what the
+    plain order gives. Its ``seconds`` are the wall time from its training's start to the
+    next one's (to the end of its validation for the last epoch)."""
+    device = next(run.model.parameters()).device
+    train_stream, val_stream = new_stream(device, True), new_stream(device, False)
+    save_stream = new_stream(device, False)
+    snapshots = [Snapshot(run.model), Snapshot(run.model)]
+    saver, pending, finished = Saver(), None, False
+
+    def publish(done: Pending, ended: float) -> None:
+        val = metrics_of(*done.validation.finish(), run.class_names)
+        row = history_row(done.epoch, done.lr, done.train, val, ended - done.began)
+        run.history.append(row)
+        print_epoch(done.epoch, cfg.epochs, row)
+        improved = mark_best(cfg, run, row)
+        history, best, snapshot = list(run.history), dict(run.best), done.validation.snapshot
+        saver.submit(
+            lambda: write_epoch(cfg, run, row, improved, snapshot.state(save_stream), history, best)
+        )
+
+    if train_stream is not None:
+        train_stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with stream_context(train_stream):
+            for epoch in range(run.first_epoch, cfg.epochs):
+                began = time.perf_counter()
+                lr = run.optimizer.param_groups[0]["lr"]
+                alongside = pending.validation.advance if pending else None
+                try:
+                    train = train_part(
+                        cfg, epoch, run.net, run.feeders, run.optimizer, run.world, run.step,
+                        alongside,
+                    )  # fmt: skip
+                except TrainingDiverged as err:
+                    if pending:  # the epoch before was good: its files are written first
+                        publish(pending, began)
+                        saver.join()
+                    raise diverged(cfg, epoch, err) from err
+                if pending:
+                    publish(pending, began)
+                run.scheduler.step()
+                # The other snapshot may still be read by the writer; this one was written
+                # when the last checkpoint was submitted (a submit waits for the one before).
+                snapshot = snapshots[epoch % 2]
+                snapshot.take(epoch, run.model, run.optimizer, run.scheduler)
+                validation = PendingValidation(snapshot, run.feeders[1], cfg.amp, val_stream)
+                pending = Pending(epoch, lr, train, began, validation)
+            if pending:
+                publish(pending, time.perf_counter())
+        finished = True
+    finally:
+        if train_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(train_stream)
+        try:
+            saver.join()
+        except Exception:
+            if finished:  # the run ended well but its files did not: say so
+                raise
+            logger.exception("writing a checkpoint failed too")
+
+
 RESUMABLE = {
     "epochs",
+    "cuda_graphs",
+    "overlap_val",
     "data",
     "workers",
     "device",
