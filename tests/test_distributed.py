@@ -60,3 +60,56 @@ def test_torchrun_cli_metrics_equal_single_process_evaluation(prepared, tmp_path
     assert metrics["accuracy"] == pytest.approx(float(row["val_acc"]), abs=1e-12)
     assert metrics["balanced_accuracy"] == pytest.approx(float(row["val_balanced_acc"]), abs=1e-12)
     assert metrics["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in (".lock", "summary.json")
+    }
+
+
+def test_torchrun_prepare_writes_the_stores_of_one_process(prepared, tmp_path):
+    voc = prepared.parent / "voc"
+    args = ["--voc-root", str(voc), "--split", "train", "val", "--classes", "car",
+            "--workers", "1", "--no-progress"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    from rcnn.cli import main
+
+    assert main(["prepare", *args, "--out", str(one), "--cache-dir", str(tmp_path / "c1")]) == 0
+    result = torchrun("-m", "rcnn", "prepare", *args, "--out", str(two), "--cache-dir",
+                      str(tmp_path / "c2"), cwd=tmp_path)  # fmt: skip
+    assert result.stdout.count("positives") == 1, "only rank 0 reports"
+    files = _files(two)
+    assert files == _files(one) and "train/meta.json" in files
+    # Each process searched its own share: the two caches together hold every image once.
+    cached = sorted(p.name for p in (tmp_path / "c2").rglob("*") if p.is_file())
+    assert len(cached) == len(sorted(p.name for p in (tmp_path / "c1").rglob("*") if p.is_file()))
+
+
+def test_torchrun_prepare_names_the_rank_that_cannot_see_the_dataset(prepared, tmp_path):
+    # The same command on both ranks, but rank 1 runs where `voc` is not there.
+    (tmp_path / "elsewhere").mkdir()
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys\n"
+        "from rcnn.cli import main\n"
+        "os.chdir(sys.argv[1] if os.environ['RANK'] == '0' else sys.argv[2])\n"
+        "root = 'voc' if sys.argv[5] == 'same' else f'voc{os.environ[\"RANK\"]}'\n"
+        "sys.exit(main(['prepare', '--voc-root', root, '--out', sys.argv[3], '--workers', '1',"
+        " '--cache-dir', sys.argv[4], '--no-progress']))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RCNN_DIST_TIMEOUT": "60"}
+    for case, said in (
+        ("same", "--voc-root voc failed on 1 of 2 processes: rank 1: "),
+        ("other", "rank 1 started with other arguments than rank 0"),
+    ):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script), str(prepared.parent), str(tmp_path / "elsewhere"),
+               str(tmp_path / "out"), str(tmp_path / "cache"), case]  # fmt: skip
+        result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode != 0, case
+        assert said in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "out" / "train").exists()

@@ -2,6 +2,10 @@
 the feature store they read."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -489,3 +493,57 @@ def test_streamed_heads_equal_the_stored_ones(heads_run, layer):
     # Only what was needed went through the network: positives, a first sample of negatives and
     # the one pass (SVMs), or the scale sample and the examples (regressors).
     assert stream.computed <= 3 * len(regions)
+
+
+def _same_outputs(a: Path, b: Path, names) -> None:
+    for name in names:
+        if name.endswith(".npz"):
+            x, y = np.load(a / name), np.load(b / name)
+            assert sorted(x.files) == sorted(y.files), name
+            for key in x.files:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}:{key}")
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def _one_process(*args: str) -> None:
+    """``rcnn ARGS`` in one process with one thread, as each of torchrun's two: the same sums
+    in the same order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "rcnn", *args], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_torchrun_features_and_heads_write_the_files_of_one_process(heads_run, prepared, tmp_path):
+    # Two processes share out the batches (each computes every other group of batches); rank 0
+    # trains and writes: the same SVMs, box regressors and feature chunks, bit for bit.
+    from tests.test_distributed import torchrun
+
+    run, data = heads_run / "run", heads_run / "regions"
+    common = ["--data", str(data), "--device", "cpu", "--no-progress", "--no-amp", "--batch",
+              "16", "--threads", "1"]  # fmt: skip
+    for kind, command, extra, names in (
+        ("svm", "train-svm", ["--split", "train"], ["svm.npz", "svm_log.csv"]),
+        ("bbox", "train-bbox", ["--split", "train"], ["bbox.npz", "bbox_log.csv"]),
+        ("feats", "features", ["--split", "train", "--pool5"],
+         ["train/fc7/000000.npy", "train/pool5/000000.npy"]),
+    ):  # fmt: skip
+        one, two = tmp_path / f"{kind}1", tmp_path / f"{kind}2"
+        _one_process(command, str(run), *common, *extra, "--out", str(one))
+        torchrun("-m", "rcnn", command, str(run), *common, *extra, "--out", str(two),
+                 cwd=tmp_path)  # fmt: skip
+        _same_outputs(one, two, names)
+        if kind != "feats":
+            a, b = (json.loads((f / f"{kind}.json").read_text()) for f in (one, two))
+            assert a["classes"] == b["classes"] and a["scale"] == b["scale"]
+            assert a["model"] == b["model"] and a["features"] == "computed on the fly"
+    # The ablation, from the heads just trained: the images shared out as by `rcnn test`.
+    ablate = [str(run), "--voc-root", str(prepared.parent / "voc"), "--split", "val",
+              "--svm", str(tmp_path / "svm1"), "--bbox-reg", str(tmp_path / "bbox1"),
+              "--cache-dir", str(tmp_path / "cache"), "--workers", "1", *common[2:]]  # fmt: skip
+    _one_process("ablate", *ablate, "--out", str(tmp_path / "ablate1"))
+    torchrun("-m", "rcnn", "ablate", *ablate, "--out", str(tmp_path / "ablate2"), cwd=tmp_path)
+    names = ["ablation.md", "ablation.json"]
+    names += [f"{v}/comp4_det_val_car.txt" for v in ("softmax", "svm", "svm-bbox")]
+    _same_outputs(tmp_path / "ablate1", tmp_path / "ablate2", names)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rcnn.cli.common import add_cache_dir, add_max_side, add_progress, default, parser
 from rcnn.data.config import MODES, PrepareConfig, ProposalConfig
 from rcnn.data.labels import PRESETS, label_config
@@ -157,7 +159,8 @@ def cmd_prepare(args) -> None:
         progress=not args.no_progress,
     )
     summary = run_prepare(cfg)
-    print(format_prepare_summary(summary, args.out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+        print(format_prepare_summary(summary, args.out))
 
 
 def format_prepare_summary(summary: dict, out: str) -> str:

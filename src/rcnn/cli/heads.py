@@ -102,6 +102,8 @@ def cmd_features(args) -> None:
             progress=not args.no_progress,
         )
     )
+    if summary is None:  # another process than torchrun's rank 0: rank 0 reports
+        return
     for split, s in summary["splits"].items():
         print(
             f"{split}: {s['regions']} regions, {summary['bytes_per_region']} bytes a region "
@@ -136,6 +138,8 @@ def cmd_train_svm(args) -> None:
     from rcnn.modeling.heads import run_train_svm
 
     result = run_train_svm(_head_config(args), config_from(args, SVMConfig, SVM_FLAGS))
+    if result is None:  # another process than torchrun's rank 0: rank 0 reports
+        return
     print(f"{'class':<14}{'pass':>5}{'positives':>11}{'hard+':>7}{'easy-':>7}{'cache':>8}"
           f"{'objective':>12}")  # fmt: skip
     for row in result["log"]:
@@ -164,6 +168,8 @@ def cmd_train_bbox(args) -> None:
     from rcnn.modeling.heads import run_train_bbox
 
     result = run_train_bbox(_head_config(args), config_from(args, BBoxConfig, BBOX_FLAGS))
+    if result is None:  # another process than torchrun's rank 0: rank 0 reports
+        return
     for row in result["log"]:
         print(
             f"{row['class']}: {row['examples']} regions, target rms {row['target_rms']:.4f}, "

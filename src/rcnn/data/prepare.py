@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,19 @@ from rcnn.data.voc import (
 from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_json, output_dir, output_lock, remove_temporaries
 from rcnn.ops.boxes import clip_boxes, nonempty
+from rcnn.runtime.distributed import (
+    World,
+    agree,
+    broadcast,
+    everywhere,
+    gather_to_main,
+    init_world,
+    local_processes,
+    rank_zero_first,
+    shutdown,
+)
+
+SINGLE = World()
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +85,57 @@ def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, 
     return boxes[keep], labels[keep], difficult[keep]
 
 
-def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[RegionSet, dict]:
-    """Builds one split's region set and its summary."""
+def split_proposals(cfg: PrepareConfig, paths: list[str], world: World = SINGLE) -> list | None:
+    """The proposals of every image of ``paths``, in order. Under torchrun each process
+    searches every ``world.size``-th image with its own worker pool (of this machine's cores
+    shared among its processes) and rank 0 gets them all; the other ranks get ``None``."""
+    cache_dir = cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir()
+    workers = cfg.workers or max(1, (os.cpu_count() or 1) // local_processes())
+    mine = paths[world.rank :: world.size]
+    progress = cfg.progress and world.is_main
+    found = everywhere(
+        world,
+        lambda: compute_proposals(mine, cfg.proposals, cache_dir, workers, progress),
+        "Selective Search",
+    )
+    if not world.enabled:
+        return found
+    parts = gather_to_main(found)
+    if parts is None:
+        return None
+    results: list = [None] * len(paths)
+    for rank, part in enumerate(parts):
+        results[rank :: world.size] = part
+    return results
+
+
+def prepare_split(
+    cfg: PrepareConfig, voc: VOCDataset, split: str, world: World = SINGLE
+) -> tuple[RegionSet, dict] | None:
+    """Builds one split's region set and its summary (on rank 0; ``None`` on the others)."""
     start = time.perf_counter()
     ids = voc.select_images(split, cfg.classes)
     skipped: list[dict] = []
     annotations = _load_annotations(voc, ids, skipped)
     kept_ids = list(annotations)
     paths = [str(voc.image_path(i)) for i in kept_ids]
-    cache_dir = cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir()
-    results = compute_proposals(paths, cfg.proposals, cache_dir, cfg.workers, cfg.progress)
+    agree(world, hashlib.sha256("\n".join(paths).encode()).hexdigest(), f"split {split}'s images")
+    results = split_proposals(cfg, paths, world)
+    made: list = []
+    # Rank 0 labels the split; an error there (no usable image) reaches every rank.
+    rank_zero_first(
+        world,
+        lambda: made.append(label_split(cfg, voc, split, kept_ids, annotations, results, skipped)),
+    )
+    if made:
+        regions, summary = made[0]
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        return regions, summary
+    return None
 
+
+def label_split(cfg, voc, split, kept_ids, annotations, results, skipped):
+    """The region set and summary of a split from its images' proposals."""
     image_paths, sizes, parts, gt_parts = [], [], [], []
     num_proposals = cached = gt_seen = 0
     num_classes = len(cfg.classes)
@@ -161,7 +216,6 @@ def prepare_split(cfg: PrepareConfig, voc: VOCDataset, split: str) -> tuple[Regi
         "positives_per_class": {
             c: int(np.count_nonzero(labels == k + 1)) for k, c in enumerate(cfg.classes)
         },
-        "seconds": round(time.perf_counter() - start, 3),
     }
     return regions, summary
 
@@ -173,36 +227,61 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     replaced only once all splits succeeded, so a failed or interrupted run leaves them as
     they were. A lock file keeps a second ``prepare`` off the same ``OUT`` meanwhile. The
     stores and the summary share one ``generation`` id, which training checks.
+
+    Under torchrun the images are shared out among the processes for Selective Search
+    (:func:`split_proposals`); rank 0 alone labels, writes and publishes, and the stores are
+    those of one process.
     """
-    voc = VOCDataset(cfg.voc_root)
-    out = output_dir(cfg.out)
-    with output_lock(out, "rcnn prepare"):
-        remove_temporaries(out)
-        for stale in out.glob(".prepare-*"):  # left by a run that was killed: we hold the lock
-            _restore(stale / ".previous", out)
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-        try:
-            built, summaries = {}, {}
+    world, _ = init_world("cpu")
+    try:
+        agree(world, settings_digest(cfg), "rcnn prepare")
+        voc = everywhere(world, lambda: VOCDataset(cfg.voc_root), f"--voc-root {cfg.voc_root}")
+        with contextlib.ExitStack() as stack:
+            staging: list[Path] = []
+
+            def claim() -> None:  # rank 0 holds OUT while the run lasts
+                out = output_dir(cfg.out)
+                stack.enter_context(output_lock(out, "rcnn prepare"))
+                remove_temporaries(out)
+                for stale in out.glob(".prepare-*"):  # left by a killed run: we hold the lock
+                    _restore(stale / ".previous", out)
+                    shutil.rmtree(stale, ignore_errors=True)
+                staging.append(Path(tempfile.mkdtemp(prefix=".prepare-", dir=out)))
+                stack.callback(shutil.rmtree, staging[0], ignore_errors=True)
+
+            rank_zero_first(world, claim)
+            built, summaries, summary = {}, {}, {}
             for split in cfg.splits:
-                built[split], summaries[split] = prepare_split(cfg, voc, split)
-            generation = generation_of(built)
-            for split, regions in built.items():
-                regions.info["generation"] = generation
-                regions.save(staging / split)
-            summary = {
-                "voc_root": str(voc.root.resolve()),
-                "classes": cfg.classes,
-                "labels": cfg.labels.to_dict(),
-                "proposals": {"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
-                "generation": generation,
-                "splits": summaries,
-            }
-            atomic_write_json(staging / "summary.json", summary)
-            _publish(staging, out, cfg.splits)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return summary
+                made = prepare_split(cfg, voc, split, world)
+                if made is not None:  # rank 0
+                    built[split], summaries[split] = made
+
+            def publish() -> None:
+                generation = generation_of(built)
+                for split, regions in built.items():
+                    regions.info["generation"] = generation
+                    regions.save(staging[0] / split)
+                summary.update(
+                    voc_root=str(voc.root.resolve()),
+                    classes=cfg.classes,
+                    labels=cfg.labels.to_dict(),
+                    proposals={"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
+                    generation=generation,
+                    splits=summaries,
+                )
+                atomic_write_json(staging[0] / "summary.json", summary)
+                _publish(staging[0], Path(cfg.out), cfg.splits)
+
+            rank_zero_first(world, publish)
+        return broadcast(summary)
+    finally:
+        shutdown()
+
+
+def settings_digest(cfg: PrepareConfig) -> str:
+    """What a ``prepare`` run was asked to do, as a digest every rank can compare."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "workers")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def generation_of(splits: dict[str, RegionSet]) -> str:

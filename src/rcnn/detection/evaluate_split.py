@@ -333,9 +333,9 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
             "max_side")  # fmt: skip
     heads = {}
     if variant.scorer == "svm":
-        heads["svm"] = _head_digest(detector.svm_folder)
+        heads["svm"] = _head_digest(detector.svm_folder, "svm")
     if variant.bbox_reg:
-        heads["bbox"] = _head_digest(detector.bbox_folder)
+        heads["bbox"] = _head_digest(detector.bbox_folder, "bbox")
     return {
         "model": loaded.digest,
         "device": detector.device.type,
@@ -349,8 +349,9 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
     }
 
 
-def _head_digest(folder: Path) -> str:
-    return hashlib.sha256(read_regular_file(folder / f"{folder.name}.npz")).hexdigest()
+def _head_digest(folder: Path, stem: str) -> str:
+    """The digest of a head's arrays (``svm.npz`` or ``bbox.npz``, in a folder of any name)."""
+    return hashlib.sha256(read_regular_file(Path(folder) / f"{stem}.npz")).hexdigest()
 
 
 def claim_test_folder(out: Path, settings: dict, overwrite: bool) -> None:

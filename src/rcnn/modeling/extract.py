@@ -42,62 +42,123 @@ class StoreClash(FeatureStoreError):
         )
 
 
-def run_features(cfg: FeaturesConfig) -> dict:
+def run_features(cfg: FeaturesConfig) -> dict | None:
     """Computes the missing feature chunks of every requested split; returns a summary.
 
     The precision (``cfg.inference.amp``) and the kind of device must be those the store's
-    chunks were computed with; ``amp=None`` (automatic) adopts the store's precision.
+    chunks were computed with; ``amp=None`` (automatic) adopts the store's precision. Under
+    torchrun every process computes a share of the batches (:mod:`rcnn.runtime.shared`) and
+    rank 0 alone writes (the others return ``None``); the store is that of one process.
     """
+    from rcnn.runtime.distributed import (
+        broadcast,
+        everywhere,
+        init_world,
+        rank_zero_first,
+        shutdown,
+    )
+
+    world, device = init_world(cfg.inference.device)
+    cfg = replace(cfg, inference=replace(cfg.inference, device=device))
+    try:
+        return _run_features(cfg, world, broadcast, everywhere, rank_zero_first)
+    finally:
+        shutdown()
+
+
+def _run_features(cfg, world, broadcast, everywhere, rank_zero_first) -> dict | None:
+    import contextlib
+
+    import torch
+
     from rcnn.data.batches import make_feeder
     from rcnn.data.regions import load_split
     from rcnn.modeling.checkpoint import load_model
     from rcnn.modeling.features import feature_dims, forward_features
     from rcnn.runtime.device import autocast, precision_name
+    from rcnn.runtime.shared import SharedWork, run_on_main
 
-    loaded = load_model(cfg.model)
-    splits = {split: load_split(cfg.data, split) for split in cfg.splits}
-    root = output_dir(cfg.out)
-    with output_lock(root, "rcnn features"):
-        previous = None if cfg.overwrite else read_meta(root)
-        inference = cfg.inference
-        if inference.amp is None and previous is not None:  # automatic: the store's own
-            inference = replace(inference, amp=previous["precision"] != "float32")
+    def load():
+        return load_model(cfg.model), {split: load_split(cfg.data, split) for split in cfg.splits}
+
+    loaded, splits = everywhere(world, load, "rcnn features")
+    root = Path(cfg.out)
+    with contextlib.ExitStack() as stack:
+        decided: dict = {}
+
+        def claim() -> None:  # rank 0 holds the store while the run lasts
+            output_dir(root)
+            stack.enter_context(output_lock(root, "rcnn features"))
+            previous = None if cfg.overwrite else read_meta(root)
+            inference = cfg.inference
+            if inference.amp is None and previous is not None:  # automatic: the store's own
+                inference = replace(inference, amp=previous["precision"] != "float32")
+            decided["inference"] = inference
+
+        rank_zero_first(world, claim)
+        inference = broadcast(decided.get("inference"))
+        inference = replace(inference, device=cfg.inference.device)  # this process's own
         device, inference, model = loaded.for_inference(inference)
         dims = {name: feature_dims(model)[name] for name in cfg.layers}
         made = {"precision": precision_name(device, inference.amp), "device": device.type}
-        meta = _claim(root, cfg, loaded, made, dims, splits)
-        summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}, **made}
-        for split, regions in splits.items():
-            size = summary["bytes_per_region"] * len(regions)
-            logger.info(
-                "%s: %d regions x %d bytes (float16 %s) = %.1f MB",
-                split,
-                len(regions),
-                summary["bytes_per_region"],
-                " + ".join(f"{n} {d}" for n, d in dims.items()),
-                size / 1e6,
+        images: dict[str, ImageStore] = {}
+
+        def feeder(split: str, batches: list[np.ndarray]):
+            regions = splits[split]
+            store = images.get(split) or images.setdefault(
+                split, ImageStore.of(regions, inference.threads)
             )
-            for name in cfg.layers:
-                remove_temporaries(root / split / name)
-            todo = [
-                c
-                for c in range(num_chunks(len(regions), meta["chunk"]))
-                if not all(chunk_path(root, split, n, c).is_file() for n in cfg.layers)
-            ]
-            batches = _batches(todo, len(regions), meta["chunk"], inference.batch)
-            if batches:
-                store = ImageStore.of(regions, inference.threads)
-                feeder = make_feeder(regions, batches, loaded.spec.warp(), device,
-                                     workers=inference.threads, store=store)  # fmt: skip
-                outputs = forward_features(
-                    model, feeder, cfg.layers, lambda: autocast(device, inference.amp)
+            batches = make_feeder(regions, batches, loaded.spec.warp(), device,
+                                  workers=inference.threads, store=store)  # fmt: skip
+            return forward_features(
+                model, batches, cfg.layers, lambda: autocast(device, inference.amp)
+            )
+
+        def compute(split: str, batch: np.ndarray) -> dict:  # a process's share under torchrun
+            _, features = next(feeder(split, [batch]))
+            return {name: value.cpu().numpy() for name, value in features.items()}
+
+        shared = SharedWork(world, compute)
+
+        def stage() -> dict:
+            meta = _claim(root, cfg, loaded, made, dims, splits)
+            summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}, **made}
+            for split, regions in splits.items():
+                size = summary["bytes_per_region"] * len(regions)
+                logger.info(
+                    "%s: %d regions x %d bytes (float16 %s) = %.1f MB",
+                    split,
+                    len(regions),
+                    summary["bytes_per_region"],
+                    " + ".join(f"{n} {d}" for n, d in dims.items()),
+                    size / 1e6,
                 )
-                _write_chunks(root, split, cfg.layers, todo, len(regions), meta["chunk"], outputs,
-                              progress_bar(total=sum(len(b) for b in batches), enabled=cfg.progress,
-                                           desc=f"features {split}", unit="region"))  # fmt: skip
-            summary["splits"][split] = {"regions": len(regions), "chunks_computed": len(todo)}
-    summary.update(out=str(root), layers=dims)
-    return summary
+                for name in cfg.layers:
+                    remove_temporaries(root / split / name)
+                todo = [
+                    c
+                    for c in range(num_chunks(len(regions), meta["chunk"]))
+                    if not all(chunk_path(root, split, n, c).is_file() for n in cfg.layers)
+                ]
+                batches = _batches(todo, len(regions), meta["chunk"], inference.batch)
+                if batches:
+                    if world.enabled:
+                        outputs = (
+                            (None, {n: torch.from_numpy(v) for n, v in found.items()})
+                            for found in shared.map(split, batches)
+                        )
+                    else:
+                        outputs = feeder(split, batches)
+                    _write_chunks(root, split, cfg.layers, todo, len(regions), meta["chunk"],
+                                  outputs, progress_bar(total=sum(len(b) for b in batches),
+                                                        enabled=cfg.progress,
+                                                        desc=f"features {split}",
+                                                        unit="region"))  # fmt: skip
+                summary["splits"][split] = {"regions": len(regions), "chunks_computed": len(todo)}
+            summary.update(out=str(root), layers=dims)
+            return summary
+
+        return run_on_main(shared, stage)
 
 
 def _claim(root: Path, cfg: FeaturesConfig, loaded, made: dict, dims, splits) -> dict:

@@ -11,10 +11,12 @@ is written then: disk use is that of the outputs. Both write their model to ``RU
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
@@ -23,6 +25,7 @@ from rcnn.files import atomic_write_bytes, output_dir, output_lock, remove_tempo
 from rcnn.modeling.bbox_regression import train_bbox
 from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
 from rcnn.modeling.extract import StoreClash, run_features
+from rcnn.modeling.stream import FeatureStream
 from rcnn.modeling.svm import train_svms
 
 logger = logging.getLogger(__name__)
@@ -33,19 +36,18 @@ def run_folder(model: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def feature_source(cfg: HeadConfig, layer: str) -> tuple:
+def feature_source(cfg: HeadConfig, layer: str, world=None) -> tuple:
     """The network, the regions of ``cfg.split`` and where their ``layer`` features come
     from: a feature store (``cfg.features``, completed first if needed, or a complete
     ``RUN/features``), else a stream that computes them when asked."""
     from rcnn.data.regions import load_split
     from rcnn.modeling.checkpoint import load_model
-    from rcnn.modeling.stream import FeatureStream
 
     loaded = load_model(cfg.model)
     regions = load_split(cfg.data, cfg.split)
     regions.require_truth(f"train-{'svm' if layer == 'fc7' else 'bbox'}")
     if cfg.features:
-        return loaded, regions, _store(cfg, layer, loaded, regions, Path(cfg.features))
+        return loaded, regions, _store(cfg, layer, loaded, regions, Path(cfg.features), world)
     root = run_folder(cfg.model) / "features"
     try:
         meta = read_meta(root)
@@ -61,8 +63,9 @@ def feature_source(cfg: HeadConfig, layer: str) -> tuple:
     return loaded, regions, stream
 
 
-def _store(cfg: HeadConfig, layer: str, loaded, regions, root: Path) -> FeatureStore:
-    """The store ``root``, with the missing features of ``cfg.split`` computed first."""
+def _store(cfg: HeadConfig, layer: str, loaded, regions, root: Path, world=None) -> FeatureStore:
+    """The store ``root``, with the missing features of ``cfg.split`` computed first (by
+    `rcnn features` beforehand under torchrun)."""
     meta = read_meta(root)
     if meta is not None and meta["model"].get("digest") != loaded.digest:
         raise FeatureStoreError(
@@ -75,6 +78,11 @@ def _store(cfg: HeadConfig, layer: str, loaded, regions, root: Path) -> FeatureS
         store.check_regions(regions, cfg.data)
         return store
     except FeatureStoreError as err:
+        if world is not None and world.enabled:
+            raise FeatureStoreError(
+                f"--features {root}: {err}; under torchrun, complete it first with `torchrun "
+                f"... -m rcnn features {cfg.model} --data {cfg.data} --out {root}`"
+            ) from None
         logger.info("computing %s features first (%s)", layer, err)
     layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
     features = FeaturesConfig(
@@ -108,12 +116,40 @@ def _memory(features, held_bytes: int) -> dict:
             "regions_computed": computed}  # fmt: skip
 
 
-def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
+def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> dict | None:
+    """The frame of ``train-svm`` and ``train-bbox``: under torchrun every process computes its
+    share of the features on the fly (:mod:`rcnn.runtime.shared`) while rank 0 trains, writes
+    and returns ``stage(out, loaded, regions, features)``; the other ranks return ``None``."""
+    from rcnn.runtime.distributed import everywhere, init_world, rank_zero_first, shutdown
+    from rcnn.runtime.shared import SharedWork, run_on_main
+
+    world, device = init_world(cfg.inference.device)
+    cfg = replace(cfg, inference=replace(cfg.inference, device=device))
+    out = Path(cfg.out or run_folder(cfg.model) / folder)
+    try:
+        with contextlib.ExitStack() as stack:
+
+            def claim() -> None:
+                output_dir(out)
+                stack.enter_context(output_lock(out, command))
+                remove_temporaries(out)
+
+            rank_zero_first(world, claim)
+            loaded, regions, features = everywhere(
+                world, lambda: feature_source(cfg, layer, world), command
+            )
+            shared = SharedWork(world, getattr(features, "compute", None))
+            if isinstance(features, FeatureStream) and world.enabled:
+                features.shared = shared
+            return run_on_main(shared, lambda: stage(out, loaded, regions, features))
+    finally:
+        shutdown()
+
+
+def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict | None:
     """Trains the SVMs; writes ``svm.npz``, ``svm.json`` and ``svm_log.csv``."""
-    out = output_dir(cfg.out or run_folder(cfg.model) / "svm")
-    with output_lock(out, "rcnn train-svm"):
-        remove_temporaries(out)
-        loaded, regions, features = feature_source(cfg, "fc7")
+
+    def stage(out, loaded, regions, features) -> dict:
         start = time.perf_counter()
 
         def report(row: dict) -> None:
@@ -128,26 +164,28 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict:
         model.info.update(_source_info(loaded, features))
         model.save(out)
         write_log(out / "svm_log.csv", log)
-    held = int(max(r["cache_mb"] for r in log) * 1e6) + model.weights.nbytes
-    return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
-            "scale": model.scale, "classes": model.classes, "features": model.info["features"],
-            "memory": _memory(features, held)}  # fmt: skip
+        held = int(max(r["cache_mb"] for r in log) * 1e6) + model.weights.nbytes
+        return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
+                "scale": model.scale, "classes": model.classes,
+                "features": model.info["features"], "memory": _memory(features, held)}  # fmt: skip
+
+    return _run_head(cfg, "fc7", "rcnn train-svm", "svm", stage)
 
 
-def run_train_bbox(cfg: HeadConfig, bbox: BBoxConfig) -> dict:
+def run_train_bbox(cfg: HeadConfig, bbox: BBoxConfig) -> dict | None:
     """Fits the box regressors; writes ``bbox.npz``, ``bbox.json`` and ``bbox_log.csv``."""
-    out = output_dir(cfg.out or run_folder(cfg.model) / "bbox")
-    with output_lock(out, "rcnn train-bbox"):
-        remove_temporaries(out)
-        loaded, regions, features = feature_source(cfg, "pool5")
+
+    def stage(out, loaded, regions, features) -> dict:
         start = time.perf_counter()
         model, log = train_bbox(regions, features, bbox)
         model.info.update(_source_info(loaded, features))
         model.save(out)
         write_log(out / "bbox_log.csv", log)
-    held = max(r["examples"] for r in log) * features.dim * 4
-    return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
-            "features": model.info["features"], "memory": _memory(features, held)}  # fmt: skip
+        held = max(r["examples"] for r in log) * features.dim * 4
+        return {"out": str(out), "log": log, "seconds": round(time.perf_counter() - start, 1),
+                "features": model.info["features"], "memory": _memory(features, held)}  # fmt: skip
+
+    return _run_head(cfg, "pool5", "rcnn train-bbox", "bbox", stage)
 
 
 def write_log(path: Path, rows: list[dict]) -> None:

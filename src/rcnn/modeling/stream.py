@@ -50,6 +50,7 @@ class FeatureStream:
         self.store = ImageStore.of(regions, self.inference.threads)
         self.computed = 0  # regions pushed through the network so far
         self.precision = precision_name(self.device, self.inference.amp)
+        self.shared = None  # a rcnn.runtime.shared.SharedWork under torchrun
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -59,24 +60,36 @@ class FeatureStream:
         return self.store.data.numel()
 
     def stream(self, indices, desc: str = "features") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(indices of a batch, their float32 [B, D] features)``, batch by batch in order."""
+        """``(indices of a batch, their float32 [B, D] features)``, batch by batch in order.
+        Under torchrun (:attr:`shared` set) the batches are computed by every process."""
         indices = np.asarray(indices, dtype=np.int64)
         batches = chunks(indices, self.inference.batch)
         if not batches:
             return
+        if self.shared is not None:
+            outputs = self.shared.map(self.layer, batches)
+        else:
+            outputs = self._forward(batches)
+        bar = progress_bar(total=len(indices), enabled=self.progress, desc=desc, unit="region")
+        with bar:
+            for batch, rows in zip(batches, outputs, strict=True):
+                self.computed += len(batch)
+                bar.update(len(batch))
+                yield batch, rows
+
+    def compute(self, _layer, batch: np.ndarray) -> np.ndarray:
+        """The float32 features of one batch (what a process computes for :attr:`shared`)."""
+        return next(self._forward([np.asarray(batch, dtype=np.int64)]))
+
+    def _forward(self, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
         feeder = make_feeder(self.regions, batches, self.warp, self.device,
                              workers=self.inference.threads, store=self.store)  # fmt: skip
         outputs = forward_features(
             self.model, feeder, [self.layer], lambda: autocast(self.device, self.inference.amp)
         )
-        bar = progress_bar(total=len(indices), enabled=self.progress, desc=desc, unit="region")
-        with bar:
-            for batch, (_, features) in zip(batches, outputs, strict=True):
-                # float16, as a feature store keeps them: both sources give the same numbers.
-                rows = features[self.layer].to("cpu").numpy().astype(np.float32)
-                self.computed += len(batch)
-                bar.update(len(batch))
-                yield batch, rows
+        for _, features in outputs:
+            # float16, as a feature store keeps them: both sources give the same numbers.
+            yield features[self.layer].to("cpu").numpy().astype(np.float32)
 
     def rows(self, indices) -> np.ndarray:
         """float32 ``[len(indices), D]`` features of the given regions, in the given order."""

@@ -10,11 +10,25 @@ predictions for the ranking metrics. NCCL on GPUs, gloo on CPUs. Only rank 0 wri
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _group():
+    """``torch.distributed`` while a process group is up, else ``None``; torch is not imported
+    for this (a command that never started one, like a cached `prepare`, stays light)."""
+    if "torch" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,9 @@ def init_world(device_name: str) -> tuple[World, str]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World(), device_name
+    import torch
+    import torch.distributed as dist
+
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
     if use_cuda:
@@ -45,13 +62,98 @@ def init_world(device_name: str) -> tuple[World, str]:
     elif device_name == "auto":
         device_name = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
     return world, device_name
+
+
+TIMEOUT_ENV = "RCNN_DIST_TIMEOUT"
+
+
+def collective_timeout() -> timedelta:
+    """How long a process waits for the others at a collective before it stops with an error
+    (``RCNN_DIST_TIMEOUT`` seconds; 30 minutes by default): a rank that died or hangs ends the
+    run instead of leaving the others waiting for ever."""
+    raw = os.environ.get(TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        from rcnn.errors import ConfigError
+
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a number of seconds > 0")
+    return timedelta(seconds=seconds)
+
+
+def local_processes() -> int:
+    """How many processes torchrun started on this machine (1 without torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def all_gather(value) -> list:
+    """Every rank's ``value`` (any picklable object), in rank order."""
+    dist = _group()
+    if dist is None:
+        return [value]
+    values: list = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def gather_to_main(value) -> list | None:
+    """Every rank's ``value`` on rank 0, in rank order (``None`` on the other ranks)."""
+    dist = _group()
+    if dist is None:
+        return [value]
+    rank, size = dist.get_rank(), dist.get_world_size()
+    values: list | None = [None] * size if rank == 0 else None
+    dist.gather_object(value, values, dst=0)
+    return values
+
+
+def agree(world: World, value, what: str) -> None:
+    """Refuses to go on, on every rank, unless every rank holds the same ``value`` (the
+    digest of its settings): ranks started with other arguments would write mixed results."""
+    if not world.enabled:
+        return
+    values = all_gather(value)
+    differ = [rank for rank, v in enumerate(values) if v != values[0]]
+    if differ:
+        from rcnn.errors import ConfigError
+
+        ranks = ", ".join(map(str, differ))
+        raise ConfigError(
+            f"{what}: rank {ranks} started with other arguments than rank 0; start every "
+            "process with the same command"
+        )
+
+
+def everywhere(world: World, fn, what: str):
+    """``fn()`` on every rank. If it fails on any rank with an error a user can fix (a dataset
+    or cache a machine cannot see), every rank raises one message naming each failed rank and
+    its error, instead of the others waiting for it at the next collective."""
+    from rcnn.errors import RcnnError
+
+    value, failure, error = None, None, None
+    try:
+        value = fn()
+    except (RcnnError, OSError) as err:
+        failure, error = f"{err}", err
+    if not world.enabled:
+        if error is not None:
+            raise error
+        return value
+    failures = [(rank, f) for rank, f in enumerate(all_gather(failure)) if f is not None]
+    if failures:
+        said = "; ".join(f"rank {rank}: {f}" for rank, f in failures)
+        raise RcnnError(f"{what} failed on {len(failures)} of {world.size} processes: {said}")
+    return value
 
 
 def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
     """Sums each tensor over all ranks (no-op without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = _group()
+    if dist is None:
         return list(values)
     out = []
     for value in values:
@@ -63,7 +165,8 @@ def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
 
 def all_concat(array: np.ndarray) -> np.ndarray:
     """Concatenates every rank's array in rank order (no-op without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = _group()
+    if dist is None:
         return array
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, array)
@@ -83,7 +186,8 @@ def rank_zero_first(world: World, fn) -> None:
             fn()
         except (RcnnError, OSError) as err:
             failure = err
-    if world.enabled and dist.is_initialized():
+    dist = _group()
+    if world.enabled and dist is not None:
         message = [None if failure is None else str(failure)]
         dist.broadcast_object_list(message, src=0)
         if message[0] is not None and failure is None:
@@ -94,7 +198,8 @@ def rank_zero_first(world: World, fn) -> None:
 
 def broadcast(value):
     """Rank 0's ``value`` on every rank (``value`` itself without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = _group()
+    if dist is None:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -102,10 +207,12 @@ def broadcast(value):
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.barrier()
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.destroy_process_group()
