@@ -61,8 +61,13 @@ def main() -> None:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         ways = {
             "one process, 1 worker": [sys.executable, *prepare, "--workers", "1"],
-            "torchrun, 2 x 1 worker": [*torchrun, "--nproc_per_node=2", *prepare,
-                                       "--workers", "1"],  # fmt: skip
+            "torchrun, 2 x 1 worker": [
+                *torchrun,
+                "--nproc_per_node=2",
+                *prepare,
+                "--workers",
+                "1",
+            ],  # fmt: skip
             "one process, 2 workers": [sys.executable, *prepare, "--workers", "2"],
         }
         seconds, outputs = {}, {}
