@@ -25,11 +25,11 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     out: str = "rcnn-demo"
-    classes: tuple[str, ...] = ("car", "person")  # synthetic classes (rcnn.data.shapes)
-    images: int = 90  # a third each for train, val and test
+    classes: tuple[str, ...] = ("car", "bus")  # synthetic classes (rcnn.data.shapes)
+    images: int = 84  # a third each for train, val and test
     image_size: tuple[int, int] = (256, 192)
     epochs: int = 3
-    input_size: int = 112  # smaller than the recipe's 227 so that CPU training takes minutes
+    input_size: int = 80  # smaller than the recipe's 227 so that CPU training takes minutes
     seed: int = 0
     device: str = "auto"
     workers: int = 2
