@@ -164,6 +164,14 @@ def add_test(sub) -> None:
     p.add_argument("--out", help="output folder (default with --dets: the --dets folder)")
     p.add_argument("--dets", help="score the result files in this folder instead of detecting")
     p.add_argument(
+        "--analyze",
+        action="store_true",
+        help="also sort each class's top false positives (as many as its objects) into poor "
+        "localization, confusion with a similar class (VOC's animals, vehicles, furniture) or "
+        "another class, and background, as the R-CNN paper's Figure 5: numbers in "
+        "metrics.json, bars in false_positives.png",
+    )
+    p.add_argument(
         "--competition",
         metavar="PREFIX",
         help="with --dets: read {PREFIX}_det_{split}_{class}.txt (e.g. comp4) when the folder "
@@ -184,6 +192,7 @@ def _test_config(args):
         detector=_detector_config(args, keep_all=args.score_thresh is None),
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        analyze=getattr(args, "analyze", False),
     )
 
 
@@ -194,8 +203,9 @@ def cmd_test(args) -> None:
         if args.model:
             raise ConfigError("give MODEL or --dets DIR, not both")
         metrics = evaluate_result_files(
-            args.dets, args.voc_root, args.split, args.classes, args.out, args.competition
-        )
+            args.dets, args.voc_root, args.split, args.classes, args.out, args.competition,
+            args.analyze,
+        )  # fmt: skip
     else:
         if not args.model or not args.out:
             raise ConfigError("MODEL and --out are required (or --dets DIR)")
@@ -203,7 +213,12 @@ def cmd_test(args) -> None:
         if not metrics:  # a torchrun process other than rank 0
             return
     print(metrics["report"])
-    print(f"metrics.json and pr.png in {metrics['out']}")
+    figures = (
+        "metrics.json, pr.png and false_positives.png"
+        if args.analyze
+        else "metrics.json and pr.png"
+    )
+    print(f"{figures} in {metrics['out']}")
 
 
 def add_ablate(sub) -> None:

@@ -69,7 +69,7 @@ def plot_ablation(summary: dict, path: Path, split: str) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from rcnn.evaluation.plots import DPI, _save
+    from rcnn.evaluation.plots import DPI, save_figure
 
     names = list(summary)
     classes = list(next(iter(summary.values()))["ap_07"])
@@ -87,4 +87,4 @@ def plot_ablation(summary: dict, path: Path, split: str) -> None:
     ax.set_ylabel("AP (VOC2007 11-point)")
     ax.set_title(f"R-CNN ablation on the {split} split")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(names))
-    _save(fig, path)
+    save_figure(fig, path)

@@ -64,6 +64,7 @@ class VOCTestConfig:
     overwrite: bool = False
     progress: bool = True
     variants: list[Variant] | None = None  # several: the ablation, one subfolder each
+    analyze: bool = False  # the paper's analysis of the top false positives
 
 
 @dataclass
@@ -170,7 +171,8 @@ def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, 
     # Nothing changed since a finished run of the same settings: its metrics stand.
     finished = None
     if world.is_main:
-        found = {name: _finished(f, _inputs_digest(inputs), loaded.classes, cfg.split, truth.ids)
+        found = {name: _finished(f, _inputs_digest(inputs), loaded.classes, cfg.split, truth.ids,
+                                 cfg.analyze)
                  for name, f in folders.items()}  # fmt: skip
         finished = found if all(found.values()) else None
     finished = broadcast(finished)
@@ -242,7 +244,9 @@ def _files_digest(folder: Path, ids: list[str]) -> str | None:
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
-def _finished(folder: Path, digest: str, classes, split: str, ids: list[str]) -> dict | None:
+def _finished(
+    folder: Path, digest: str, classes, split: str, ids: list[str], analyze: bool = False
+) -> dict | None:
     """The metrics of the run in ``folder`` if it finished with inputs of ``digest`` and its
     files are all there, unchanged since; None otherwise."""
     try:
@@ -254,6 +258,8 @@ def _finished(folder: Path, digest: str, classes, split: str, ids: list[str]) ->
     if done.get("inputs") != digest or not all(f.is_file() for f in files):
         return None
     if done.get("detections") is None or done["detections"] != _files_digest(folder, ids):
+        return None
+    if analyze and "false_positives" not in metrics:  # asked for now, not then
         return None
     try:
         metrics["report"] = format_report(metrics)
@@ -319,7 +325,7 @@ def _evaluate_folder(folder: Path, cfg, truth: SplitTruth, loaded, saved: dict) 
     detections, extra = gather_detections(folder / "detections", truth.ids, saved,
                                           len(loaded.classes))  # fmt: skip
     write_results(folder, cfg.split, loaded.classes, detections, truth.ids)
-    metrics = evaluate_detections(detections, truth, loaded.classes)
+    metrics = evaluate_detections(detections, truth, loaded.classes, cfg.analyze)
     metrics.update(extra)
     metrics.update(split=cfg.split, model=loaded.source, images=len(truth.ids))
     finish(folder, metrics)
@@ -485,10 +491,13 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 STRICT_IOU = 0.7  # a second, stricter overlap, where box regression shows
 
 
-def evaluate_detections(detections: dict, truth: SplitTruth, classes: list[str]) -> dict:
+def evaluate_detections(
+    detections: dict, truth: SplitTruth, classes: list[str], analyze: bool = False
+) -> dict:
     """Per-class and mean AP (VOC2007 11-point and area under the curve) and final recall, and
-    the 11-point mean AP at IoU > 0.7 (localization). ``detections[k]`` holds image indices
-    into ``truth.ids``."""
+    the 11-point mean AP at IoU > 0.7 (localization); with ``analyze``, the kinds of each
+    class's top false positives (:mod:`rcnn.evaluation.false_positives`). ``detections[k]``
+    holds image indices into ``truth.ids``."""
     per_class = {}
     for k, cls in enumerate(classes, start=1):
         images, scores, boxes = detections[k]
@@ -503,7 +512,13 @@ def evaluate_detections(detections: dict, truth: SplitTruth, classes: list[str])
         logger.warning("no (non-difficult) object of %s in the split: AP undefined, left out "
                        "of the mean", empty)  # fmt: skip
     nan = float("nan")
+    found = {}
+    if analyze:
+        from rcnn.evaluation.false_positives import analyze_false_positives
+
+        found["false_positives"] = analyze_false_positives(detections, truth.classes, classes)
     return {
+        **found,
         "classes": per_class,
         "map_07": float(np.mean([c["ap_07"] for c in counted])) if counted else nan,
         "map": float(np.mean([c["ap"] for c in counted])) if counted else nan,
@@ -537,6 +552,7 @@ def evaluate_result_files(
     classes: list[str] | None,
     out: str | None,
     competition: str | None = None,
+    analyze: bool = False,
 ) -> dict:
     """``rcnn test --dets DIR``: scores existing devkit result files of a split."""
     folder = Path(dets)
@@ -574,7 +590,7 @@ def evaluate_result_files(
                 f"{voc.root}, e.g. {unknown[0]}: results of another dataset or split?"
             )
         detections[k] = (np.array([index[i] for i in images], np.int64), scores, boxes)
-    metrics = evaluate_detections(detections, truth, names)
+    metrics = evaluate_detections(detections, truth, names, analyze)
     metrics.update(split=split, dets=str(folder), images=len(ids))
     finish(output_dir(out) if out else folder, metrics)
     return metrics
@@ -591,6 +607,14 @@ def finish(out: Path, metrics: dict) -> None:
         out / "pr.png",
         title=f"Detection precision-recall, {metrics['split']} split",
     )
+    if "false_positives" in metrics:
+        from rcnn.evaluation.false_positives import plot_analysis
+
+        plot_analysis(
+            metrics["false_positives"],
+            out / "false_positives.png",
+            f"Top false positives by kind, {metrics['split']} split",
+        )
     atomic_write_json(out / "metrics.json", metrics)
     metrics["report"] = format_report(metrics)
     metrics["out"] = str(out)
@@ -610,4 +634,9 @@ def format_report(metrics: dict) -> str:
             f"proposal recall at IoU {PROPOSAL_IOU}: {metrics['proposal_recall']:.3f} "
             f"({metrics['objects_found_by_proposals']} of {metrics['objects']} objects)"
         )
+    if "false_positives" in metrics:
+        from rcnn.evaluation.false_positives import format_analysis
+
+        lines.append("kinds of each class's top false positives (as many as its objects):")
+        lines.append(format_analysis(metrics["false_positives"]))
     return "\n".join(lines)

@@ -52,7 +52,7 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     _decorate(loss_ax, "Loss", "loss")
     _decorate(acc_ax, "Accuracy", "accuracy")
     fig.suptitle(f"Training curves ({len(history)} epochs)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pr(curves: dict[str, PRCurve], path: str | Path, title: str = "Precision-recall") -> None:
@@ -81,7 +81,7 @@ def plot_pr(curves: dict[str, PRCurve], path: str | Path, title: str = "Precisio
     ax.set_xlim(0.0, 1.02)
     ax.set_ylim(0.0, 1.02)
     _decorate(ax, title, "precision", xlabel="recall")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pr_grid(
@@ -110,7 +110,7 @@ def plot_pr_grid(
     for ax in axes[len(curves) :]:
         ax.set_axis_off()
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_images(images: list[np.ndarray], titles: list[str], path: str | Path, ncols=3) -> None:
@@ -121,7 +121,7 @@ def plot_images(images: list[np.ndarray], titles: list[str], path: str | Path, n
         ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.set_axis_off()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_compare(
@@ -150,7 +150,7 @@ def plot_compare(
     for ax, key in zip(axes, keys, strict=True):
         _decorate(ax, key, key)
     fig.suptitle(f"Runs compared; dot = best epoch by {metric}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_predictions(
@@ -196,7 +196,7 @@ def plot_predictions(
         ax.set_title(title, color=color, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def prediction_title(
@@ -273,8 +273,9 @@ def figure_format(path: str | Path) -> str:
     return suffix
 
 
-def _save(fig: Figure, path: str | Path) -> None:
-    # Render to memory first so the file on disk is replaced in one step, never half-written.
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Writes ``fig`` to ``path`` (PNG, PDF or SVG by its suffix), atomically: rendered to
+    memory first, so the file on disk is replaced in one step, never half-written."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format=figure_format(path), dpi=DPI)
     atomic_write_bytes(path, buffer.getvalue())
