@@ -50,23 +50,17 @@ def run_features(cfg: FeaturesConfig) -> dict | None:
     torchrun every process computes a share of the batches (:mod:`rcnn.runtime.shared`) and
     rank 0 alone writes (the others return ``None``); the store is that of one process.
     """
-    from rcnn.runtime.distributed import (
-        broadcast,
-        everywhere,
-        init_world,
-        rank_zero_first,
-        shutdown,
-    )
+    from rcnn.runtime.distributed import init_world, shutdown
 
     world, device = init_world(cfg.inference.device)
     cfg = replace(cfg, inference=replace(cfg.inference, device=device))
     try:
-        return _run_features(cfg, world, broadcast, everywhere, rank_zero_first)
+        return _run_features(cfg, world)
     finally:
         shutdown()
 
 
-def _run_features(cfg, world, broadcast, everywhere, rank_zero_first) -> dict | None:
+def _run_features(cfg: FeaturesConfig, world) -> dict | None:
     import contextlib
 
     import torch
@@ -76,6 +70,7 @@ def _run_features(cfg, world, broadcast, everywhere, rank_zero_first) -> dict | 
     from rcnn.modeling.checkpoint import load_model
     from rcnn.modeling.features import feature_dims, forward_features
     from rcnn.runtime.device import autocast, precision_name
+    from rcnn.runtime.distributed import broadcast, everywhere, rank_zero_first
     from rcnn.runtime.shared import SharedWork, run_on_main
 
     def load():
@@ -105,18 +100,20 @@ def _run_features(cfg, world, broadcast, everywhere, rank_zero_first) -> dict | 
 
         def feeder(split: str, batches: list[np.ndarray]):
             regions = splits[split]
-            store = images.get(split) or images.setdefault(
-                split, ImageStore.of(regions, inference.threads)
-            )
+            if split not in images:  # decoded once, at the first batch of the split
+                images[split] = ImageStore.of(regions, inference.threads)
+            store = images[split]
             batches = make_feeder(regions, batches, loaded.spec.warp(), device,
                                   workers=inference.threads, store=store)  # fmt: skip
             return forward_features(
                 model, batches, cfg.layers, lambda: autocast(device, inference.amp)
             )
 
-        def compute(split: str, batch: np.ndarray) -> dict:  # a process's share under torchrun
-            _, features = next(feeder(split, [batch]))
-            return {name: value.cpu().numpy() for name, value in features.items()}
+        def compute(split: str, batches: list[np.ndarray]) -> list[dict]:  # a process's share
+            return [
+                {name: value.cpu().numpy() for name, value in features.items()}
+                for _, features in feeder(split, batches)
+            ]
 
         shared = SharedWork(world, compute)
 

@@ -77,9 +77,9 @@ class FeatureStream:
                 bar.update(len(batch))
                 yield batch, rows
 
-    def compute(self, _layer, batch: np.ndarray) -> np.ndarray:
-        """The float32 features of one batch (what a process computes for :attr:`shared`)."""
-        return next(self._forward([np.asarray(batch, dtype=np.int64)]))
+    def compute(self, _layer, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """The float32 features of each batch (a process's share for :attr:`shared`)."""
+        return list(self._forward([np.asarray(b, dtype=np.int64) for b in batches]))
 
     def _forward(self, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
         feeder = make_feeder(self.regions, batches, self.warp, self.device,

@@ -2,19 +2,22 @@
 features: rank 0 runs the stage's own logic and asks for the results of a list of batches;
 the other ranks serve, each computing its share, until rank 0 is done.
 
-    shared = SharedWork(world, compute)        # compute(key, batch) -> picklable result
+    shared = SharedWork(world, compute)        # compute(key, batches) -> a result a batch
     run_on_main(shared, lambda: stage(shared))  # on every rank; stage() runs on rank 0 alone
 
-Inside ``stage``, ``shared.map(key, batches)`` yields ``compute(key, batch)`` of every batch,
-in order; the batches are dealt out in rounds, ``group`` consecutive ones a rank, and each
-round's results are gathered to rank 0. An error a user can fix, on any rank, ends every rank
-with one message naming each rank that failed. Without torchrun, ``map`` computes in place.
+Inside ``stage``, ``shared.map(key, batches)`` yields the result of every batch, in order;
+the batches are dealt out in rounds, ``group`` consecutive ones a rank (computed together:
+one feeder for them), and each round's results are gathered to rank 0. An error a user can
+fix, on any rank, ends every rank with one message naming each rank that failed. Without
+torchrun, ``map`` computes in place.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from rcnn.errors import RcnnError
-from rcnn.runtime.distributed import World, all_gather, broadcast, gather_to_main
+from rcnn.runtime.distributed import World, broadcast, everywhere, gather_to_main
 
 
 class SharedWork:
@@ -23,29 +26,24 @@ class SharedWork:
         self.failed = False
 
     def map(self, key, batches: list):
-        """``compute(key, batch)`` for every batch, in order (rank 0, or one process)."""
+        """The result of every batch, in order (rank 0, or one process)."""
         if not self.world.enabled:
-            for batch in batches:
-                yield self.compute(key, batch)
+            for start in range(0, len(batches), self.group):
+                yield from self.compute(key, batches[start : start + self.group])
             return
         broadcast((key, batches))
         yield from self._rounds(key, batches)
 
     def _rounds(self, key, batches: list):
         size, rank, group = self.world.size, self.world.rank, self.group
-        step = size * group
-        for start in range(0, len(batches), step):
+        for start in range(0, len(batches), size * group):
             mine = batches[start + rank * group : start + (rank + 1) * group]
-            results, failure = [], None
-            try:
-                results = [self.compute(key, batch) for batch in mine]
-            except (RcnnError, OSError) as err:
-                failure = f"{err}"
-            failures = [(r, f) for r, f in enumerate(all_gather(failure)) if f is not None]
-            if failures:
+            try:  # every rank raises together when one fails
+                work = partial(self.compute, key, mine) if mine else list  # a rank may idle
+                results = everywhere(self.world, work, "a round")
+            except RcnnError:
                 self.failed = True
-                said = "; ".join(f"rank {r}: {f}" for r, f in failures)
-                raise RcnnError(f"failed on {len(failures)} of {size} processes: {said}")
+                raise
             parts = gather_to_main(results)
             if parts is not None:
                 for part in parts:

@@ -21,26 +21,26 @@ import torch
 from rcnn.evaluation.predict import Predictions
 
 
-def clone_tensors(obj):
-    """``obj`` (nested dicts and lists) with every tensor cloned."""
+def map_tensors(obj, fn):
+    """``obj`` (nested dicts, lists and tuples, as a state dict) rebuilt with ``fn`` applied to
+    every tensor; other leaves (numbers, strings) are kept, being immutable there."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return fn(obj.detach())
     if isinstance(obj, dict):
-        return {key: clone_tensors(value) for key, value in obj.items()}
+        return {key: map_tensors(value, fn) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(clone_tensors(value) for value in obj)
-    return copy.deepcopy(obj)
+        return type(obj)(map_tensors(value, fn) for value in obj)
+    return obj
+
+
+def clone_tensors(obj):
+    """A copy of a state dict whose tensors are cloned where they are (on the GPU, say)."""
+    return map_tensors(obj, torch.clone)
 
 
 def to_cpu(obj):
-    """``obj`` (nested dicts and lists) with every tensor copied to host memory."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {key: to_cpu(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(value) for value in obj)
-    return obj
+    """A copy of a state dict whose tensors are copied to host memory."""
+    return map_tensors(obj, lambda tensor: tensor.to("cpu", copy=True))
 
 
 def stream_context(stream):
