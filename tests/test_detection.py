@@ -31,7 +31,9 @@ def trained(tmp_path_factory):
     from rcnn.training.train import run_train
 
     root = tmp_path_factory.mktemp("detection")
-    make_synthetic_voc(root / "voc", 30, 3, (256, 192), val_fraction=0.2, test_fraction=0.2)
+    make_synthetic_voc(
+        root / "voc", 30, 3, (256, 192), val_fraction=0.2, test_fraction=0.2, coco=True
+    )
     cache = root / "cache"
     run_prepare(
         PrepareConfig(
@@ -175,6 +177,44 @@ def test_rcnn_test_reports_ap_and_resumes_identically(trained, tmp_path, capsys)
     assert all(p.stat().st_mtime_ns != t for p, t in before.items())
 
 
+def same(a, b) -> bool:
+    """Equal numbers, NaN equal to NaN (COCO's -1: no object of a size)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_rcnn_test_scores_a_coco_file_as_its_voc_twin(trained, tmp_path, capsys):
+    """The same scenes as COCO files: the same detections, the same VOC and COCO metrics,
+    and the COCO results file scores the same again; results of another dataset refused."""
+    coco = ["--coco", str(trained / "voc" / "coco" / "instances_{split}.json"),
+            "--images", str(trained / "voc" / "JPEGImages")]  # fmt: skip
+    common = ["--cache-dir", str(trained / "cache"), *FLAGS]
+    run = str(trained / "run")
+    assert main(["test", run, "--voc-root", str(trained / "voc"), "--out", str(tmp_path / "v"),
+                 *common]) == 0  # fmt: skip
+    assert main(["test", run, *coco, "--out", str(tmp_path / "c"), *common]) == 0
+    report = capsys.readouterr().out
+    assert "COCO metrics (pycocotools)" in report and "AP@[.5:.95]" in report
+    v, c = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "vc")
+    for key in ("classes", "map_07", "map", "map_07_strict", "coco"):
+        assert same(v[key], c[key]), key
+    assert 0 < c["coco"]["AP50"] <= 1 and c["coco"]["AP"] <= c["coco"]["AP50"]
+    results = json.loads((tmp_path / "c" / "coco_results.json").read_text())
+    assert {r["image_id"] for r in results} <= {int(i) for i in read_id_file(
+        trained / "voc" / "ImageSets" / "Main" / "test.txt")}  # fmt: skip
+    # The COCO results file alone gives the same numbers.
+    assert main(["test", "--dets", str(tmp_path / "c" / "coco_results.json"), *coco,
+                 "--out", str(tmp_path / "again")]) == 0  # fmt: skip
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert same(again["coco"], c["coco"]) and same(again["classes"], c["classes"])
+    # Results of another dataset (VOC ids) or split are refused.
+    capsys.readouterr()
+    for results, split in (("v", "test"), ("c", "val")):
+        argv = ["test", "--dets", str(tmp_path / results / "coco_results.json"), *coco,
+                "--split", split, "--out", str(tmp_path / "x")]  # fmt: skip
+        assert main(argv) == 2
+        assert "results of another dataset or split?" in capsys.readouterr().err
+
+
 def test_model_pth_needs_matching_classes(trained, tmp_path):
     pth = trained / "run" / "model.pth"
     with pytest.raises(RcnnError, match="pass --classes"):
@@ -218,7 +258,9 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
         f.write("999999\n")
     detector = eval_detector_config(inference=CPU, workers=1)
     cfg = VOCTestConfig(str(trained / "run"), str(broken), str(tmp_path / "t2"), detector=detector)
-    with pytest.raises(RcnnError, match=r"test.txt names 1 image\(s\) missing .* 999999.jpg"):
+    with pytest.raises(
+        RcnnError, match=r"test.txt names 1 image\(s\) that are missing, e\.g\. .*/999999.jpg"
+    ):
         run_test(cfg)
 
 

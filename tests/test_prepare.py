@@ -104,7 +104,7 @@ def test_bad_images_are_skipped_and_listed(make_voc, tmp_path):
     assert "0.jpg: cannot read image" in reasons["0"]
     assert "1.jpg: not a readable image" in reasons["1"]
     assert "2.xml: malformed XML" in reasons["2"]
-    assert "3.xml: has no <object>" in reasons["3"]
+    assert "3.xml: 3 has no object" in reasons["3"]
     assert train["images"] == 1 and train["positives"] > 0
 
 

@@ -106,3 +106,27 @@ def add_cache_dir(p) -> None:
         help="proposal cache (default: $RCNN_CACHE_DIR, else $XDG_CACHE_HOME/rcnn or "
         "~/.cache/rcnn)",
     )
+
+
+def add_dataset_flags(p, split_default, split_help: str, splits: bool = False) -> None:
+    """The dataset: a VOC folder, or a COCO instances file and its images' folder."""
+    data = p.add_argument_group(
+        "dataset (a VOC folder, or a COCO file and its images)",
+        "COCO: one instances file a split; {split} in --coco and --images is replaced by the "
+        "split's name, e.g. --coco coco/annotations/instances_{split}.json --images "
+        "coco/{split} --split train2017 val2017. Crowd annotations count as VOC's difficult "
+        "objects; categories are matched to --classes by name.",
+    )
+    data.add_argument(
+        "--voc-root",
+        help="folder holding Annotations/, JPEGImages/, ImageSets/Main/ (e.g. VOCdevkit/VOC2007)",
+    )
+    data.add_argument("--coco", metavar="FILE", help="COCO instances JSON (instead of --voc-root)")
+    data.add_argument("--images", metavar="DIR", help="with --coco: the folder of its images")
+    data.add_argument(
+        "--split",
+        nargs="+" if splits else None,
+        default=split_default,
+        dest="splits" if splits else "split",
+        help=f"{split_help} (VOC: ImageSets/Main/{{split}}.txt; COCO: the file's images)",
+    )

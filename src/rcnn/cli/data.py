@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from rcnn.cli.common import add_cache_dir, add_max_side, add_progress, default, parser
+from rcnn.cli.common import (
+    add_cache_dir,
+    add_dataset_flags,
+    add_max_side,
+    add_progress,
+    default,
+    parser,
+)
 from rcnn.data.config import MODES, PrepareConfig, ProposalConfig
 from rcnn.data.labels import PRESETS, label_config
 from rcnn.errors import ConfigError
@@ -40,6 +47,13 @@ def add_synth(sub) -> None:
         default=0.0,
         help="share of images in a test split (ImageSets/Main/test.txt; 0 = none)",
     )
+    p.add_argument(
+        "--coco",
+        action="store_true",
+        help="also write the annotations as COCO instances files, coco/instances_{split}.json, "
+        "whose images are in JPEGImages/ (read them with --coco OUT/coco/instances_{split}.json "
+        "--images OUT/JPEGImages)",
+    )
 
 
 def cmd_synth(args) -> None:
@@ -57,6 +71,7 @@ def cmd_synth(args) -> None:
         args.val_fraction,
         args.test_fraction,
         classes=args.classes,
+        coco=args.coco,
     )
     test = f", {summary['test']} test" if summary["test"] else ""
     counts = ", ".join(f"{n} {c}" for c, n in summary["per_class"].items())
@@ -71,7 +86,7 @@ def add_prepare(sub) -> None:
     p = parser(
         sub,
         "prepare",
-        "Selective Search + labelling: VOC images -> region stores",
+        "Selective Search + labelling: VOC or COCO images -> region stores",
         "Run Selective Search on every chosen image of each split (in parallel, "
         "cached by image content), label each proposal by its IoU with the ground truth, and "
         "write OUT/{split}/ region stores plus OUT/summary.json.\n\nPresets:\n"
@@ -81,19 +96,8 @@ def add_prepare(sub) -> None:
         "         IoU < 0.5 negative, difficult objects kept\n"
         "Threshold flags override the preset.",
     )
-    p.add_argument(
-        "--voc-root",
-        required=True,
-        help="folder holding Annotations/, JPEGImages/, ImageSets/Main/ (e.g. VOCdevkit/VOC2007)",
-    )
     p.add_argument("--out", required=True, help="output folder for the region stores")
-    p.add_argument(
-        "--split",
-        nargs="+",
-        default=default(PrepareConfig, "splits"),
-        dest="splits",
-        help="splits to prepare (ImageSets/Main/{split}.txt)",
-    )
+    add_dataset_flags(p, default(PrepareConfig, "splits"), "splits to prepare", splits=True)
     p.add_argument(
         "--classes",
         nargs="+",
@@ -148,6 +152,8 @@ def cmd_prepare(args) -> None:
     )
     cfg = PrepareConfig(
         voc_root=args.voc_root,
+        coco=args.coco,
+        images=args.images,
         out=args.out,
         splits=args.splits,
         classes=args.classes,

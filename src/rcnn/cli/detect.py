@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rcnn.cli.common import (
     add_cache_dir,
+    add_dataset_flags,
     add_inference_flags,
     add_max_side,
     add_model,
@@ -130,8 +131,7 @@ def cmd_detect(args) -> None:
 
 
 def _add_split_flags(p) -> None:
-    p.add_argument("--voc-root", required=True, help="VOC folder with the split's annotations")
-    p.add_argument("--split", default="test", help="ImageSets/Main/{split}.txt")
+    add_dataset_flags(p, "test", "the split")
     _add_detector_flags(
         p,
         "keep only boxes scoring at least this (default: every box counts, as AP needs)",
@@ -143,15 +143,21 @@ def add_test(sub) -> None:
     p = parser(
         sub,
         "test",
-        "detection AP on a VOC split (the devkit's rules)",
-        "Run the detector on every image of a VOC split (all of {split}.txt), write "
-        "the devkit's result files OUT/comp4_det_{split}_{class}.txt (image_id score xmin "
-        "ymin xmax ymax, 1-based inclusive pixels) and score them by the devkit's rules: "
-        "per class and mean, VOC2007 11-point AP (what the R-CNN paper reports) and "
-        "area-under-curve AP (VOC2010+), the final recall, and the proposals' recall at "
-        "IoU 0.5. Writes metrics.json and pr.png. Every box counts (no score threshold), at "
-        "most --max-per-class per image and class. A killed run continues where it stopped. "
-        "With --dets DIR, scores existing result files instead (no network needed).",
+        "detection AP on a VOC or COCO split (the devkit's rules and COCO's)",
+        "Run the detector on every image of a split (all of a VOC {split}.txt, or of a COCO "
+        "file), write the devkit's result files OUT/comp4_det_{split}_{class}.txt (image_id "
+        "score xmin ymin xmax ymax, 1-based inclusive pixels) and a COCO results file "
+        "OUT/coco_results.json, and score them:\n"
+        "  VOC (the devkit's rules): per class and mean, VOC2007 11-point AP (what the R-CNN\n"
+        "    paper reports) and area-under-curve AP (VOC2010+), the final recall, AP at IoU\n"
+        "    0.7, and the proposals' recall at IoU 0.5;\n"
+        "  COCO (pycocotools' COCOeval): AP@[.5:.95], AP50, AP75, AP of small, medium and\n"
+        "    large objects, AR@100, each image's 100 best boxes (a VOC dataset's ground truth\n"
+        "    is converted in memory, difficult objects as crowd regions).\n"
+        "Writes metrics.json and pr.png. Every box counts (no score threshold), at most "
+        "--max-per-class per image and class. A killed run continues where it stopped. "
+        "With --dets DIR (devkit result files) or --dets FILE.json (a COCO results file), "
+        "scores existing detections instead (no network needed).",
     )
     p.add_argument(
         "model", nargs="?", metavar="MODEL", help="run folder, best.pt, or model.pth (+ --classes)"
@@ -162,12 +168,17 @@ def add_test(sub) -> None:
         help="class names in training order; needed only for a plain state dict (model.pth)",
     )
     p.add_argument("--out", help="output folder (default with --dets: the --dets folder)")
-    p.add_argument("--dets", help="score the result files in this folder instead of detecting")
+    p.add_argument(
+        "--dets",
+        help="score the devkit result files in this folder, or this COCO results .json "
+        "(category k = the k-th of --classes on a VOC dataset), instead of detecting",
+    )
     p.add_argument(
         "--analyze",
         action="store_true",
         help="also sort each class's top false positives (as many as its objects) into poor "
-        "localization, confusion with a similar class (VOC's animals, vehicles, furniture) or "
+        "localization, confusion with a similar class (VOC's animals, vehicles, furniture; a "
+        "COCO file's supercategories) or "
         "another class, and background, as the R-CNN paper's Figure 5: numbers in "
         "metrics.json, bars in false_positives.png",
     )
@@ -186,6 +197,8 @@ def _test_config(args):
     return VOCTestConfig(
         model=args.model,
         voc_root=args.voc_root,
+        coco=args.coco,
+        images=args.images,
         out=args.out,
         split=args.split,
         classes=args.classes,
@@ -202,8 +215,11 @@ def cmd_test(args) -> None:
     if args.dets:
         if args.model:
             raise ConfigError("give MODEL or --dets DIR, not both")
+        from rcnn.data.datasets import open_dataset
+
+        dataset = open_dataset(args.voc_root, args.coco, args.images)
         metrics = evaluate_result_files(
-            args.dets, args.voc_root, args.split, args.classes, args.out, args.competition,
+            args.dets, dataset, args.split, args.classes, args.out, args.competition,
             args.analyze,
         )  # fmt: skip
     else:
@@ -213,10 +229,8 @@ def cmd_test(args) -> None:
         if not metrics:  # a torchrun process other than rank 0
             return
     print(metrics["report"])
-    figures = (
-        "metrics.json, pr.png and false_positives.png"
-        if args.analyze
-        else "metrics.json and pr.png"
+    figures = "metrics.json, coco_results.json, pr.png" + (
+        " and false_positives.png" if args.analyze else ""
     )
     print(f"{figures} in {metrics['out']}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from rcnn.data.datasets import check_source
 from rcnn.data.labels import LabelConfig
 from rcnn.data.voc import resolve_classes
 from rcnn.errors import ConfigError
@@ -50,7 +51,7 @@ class ProposalConfig:
 
 @dataclass
 class PrepareConfig:
-    voc_root: str
+    voc_root: str | None  # a VOC folder, or None with coco and images
     out: str
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     classes: list[str] = field(default_factory=lambda: ["car"])
@@ -60,8 +61,11 @@ class PrepareConfig:
     cache_dir: str | None = None  # None = the default cache folder
     strict: bool = False
     progress: bool = True
+    coco: str | None = None  # COCO instances file ({split} for one per split)
+    images: str | None = None  # its images' folder
 
     def __post_init__(self):
+        check_source(self.voc_root, self.coco, self.images)
         self.classes = resolve_classes(list(self.classes))
         if not self.splits:
             raise ConfigError("--split must name at least one split")

@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.data.config import PrepareConfig
+from rcnn.data.datasets import Dataset, open_dataset
 from rcnn.data.labels import label_regions, region_details
 from rcnn.data.proposals import compute_proposals, default_cache_dir
 from rcnn.data.regions import RegionSet, RegionTruth
-from rcnn.data.voc import (
-    VOCAnnotation,
-    VOCDataset,
-    VOCFormatError,
-)
+from rcnn.data.voc import VOCAnnotation, VOCFormatError
 from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_json, output_dir, output_lock, remove_temporaries
 from rcnn.ops.boxes import clip_boxes, nonempty
@@ -48,8 +45,8 @@ class BadImageError(RcnnError):
     """An image could not be used; raised instead of skipping it under ``--strict``."""
 
 
-def _load_annotations(voc: VOCDataset, ids: list[str], skipped: list[dict]):
-    """Parses each image's XML; bad files go to ``skipped``."""
+def _load_annotations(voc: Dataset, ids: list[str], skipped: list[dict]):
+    """Each image's annotation; bad ones go to ``skipped``."""
     annotations = {}
     for image_id in ids:
         path = voc.annotation_path(image_id)
@@ -59,7 +56,7 @@ def _load_annotations(voc: VOCDataset, ids: list[str], skipped: list[dict]):
             skipped.append({"image": image_id, "reason": str(err)})
             continue
         if not ann.objects:
-            skipped.append({"image": image_id, "reason": f"{path}: has no <object>"})
+            skipped.append({"image": image_id, "reason": f"{path}: {image_id} has no object"})
             continue
         annotations[image_id] = ann
     return annotations
@@ -110,7 +107,7 @@ def split_proposals(cfg: PrepareConfig, paths: list[str], world: World = SINGLE)
 
 
 def prepare_split(
-    cfg: PrepareConfig, voc: VOCDataset, split: str, world: World = SINGLE
+    cfg: PrepareConfig, voc: Dataset, split: str, world: World = SINGLE
 ) -> tuple[RegionSet, dict] | None:
     """Builds one split's region set and its summary (on rank 0; ``None`` on the others)."""
     start = time.perf_counter()
@@ -182,7 +179,7 @@ def label_split(cfg, voc, split, kept_ids, annotations, results, skipped):
         )
     if not image_paths:
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
-        raise VOCFormatError(f"split '{split}' of {voc.root}: no usable image{first}")
+        raise VOCFormatError(f"split '{split}' ({voc.describe(split)}): no usable image{first}")
 
     index, boxes, labels, ious, gt_index, class_ious, is_gt = (
         np.concatenate(a) for a in zip(*parts, strict=True)
@@ -192,18 +189,17 @@ def label_split(cfg, voc, split, kept_ids, annotations, results, skipped):
     )
     info = {
         "split": split,
-        "voc_root": str(voc.root.resolve()),
+        **voc.settings(),
         "labels": cfg.labels.to_dict(),
         "proposals": cfg.proposals.cache_tag(),
     }
     regions = RegionSet(image_paths, index, boxes, labels, ious, cfg.classes, sizes, info, truth)
     if regions.num_positive == 0:
         logger.warning(
-            "split '%s': no object regions; check --classes %s against the <name> of the "
-            "objects in %s",
+            "split '%s': no object regions; check --classes %s against the object names of %s",
             split,
             " ".join(cfg.classes),
-            voc.root / "Annotations",
+            voc.describe(split),
         )
     summary = {
         "images": len(image_paths),
@@ -235,7 +231,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     world, _ = init_world("cpu")
     try:
         agree(world, settings_digest(cfg), "rcnn prepare")
-        voc = everywhere(world, lambda: VOCDataset(cfg.voc_root), f"--voc-root {cfg.voc_root}")
+        voc = everywhere(world, lambda: _open(cfg), _source(cfg))
         with contextlib.ExitStack() as stack:
             staging: list[Path] = []
 
@@ -262,7 +258,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
                     regions.info["generation"] = generation
                     regions.save(staging[0] / split)
                 summary.update(
-                    voc_root=str(voc.root.resolve()),
+                    **voc.settings(),
                     classes=cfg.classes,
                     labels=cfg.labels.to_dict(),
                     proposals={"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
@@ -276,6 +272,17 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         return broadcast(summary)
     finally:
         shutdown()
+
+
+def _open(cfg: PrepareConfig):
+    dataset = open_dataset(cfg.voc_root, cfg.coco, cfg.images)
+    if cfg.coco:
+        dataset.check_splits(cfg.splits)
+    return dataset
+
+
+def _source(cfg: PrepareConfig) -> str:
+    return f"--coco {cfg.coco}" if cfg.coco else f"--voc-root {cfg.voc_root}"
 
 
 def settings_digest(cfg: PrepareConfig) -> str:

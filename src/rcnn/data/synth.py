@@ -9,6 +9,7 @@ together in their shape do.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -28,7 +29,7 @@ from rcnn.data.shapes import (
     glass_color,
     palette_color,
 )
-from rcnn.data.voc import VOC_CLASSES
+from rcnn.data.voc import VOC_CLASSES, VOC_GROUPS, boxes_to_coco, voc_to_box
 from rcnn.errors import ConfigError
 from rcnn.files import atomic_write_bytes
 
@@ -307,9 +308,10 @@ def _image_flag(objects: list[_Object], cls: str) -> int:
 
 def _write_image_sets(
     main: Path, flags: dict[str, dict[str, int]], n_val: int, n_test: int, seed: int
-) -> None:
+) -> dict[str, list[str]]:
     """Writes {split}.txt and VOC's {class}_{split}.txt ("000001  1") for train, val, trainval
-    and, when ``n_test``, test; ``flags`` is ``{class: {image id: flag}}``."""
+    and, when ``n_test``, test; ``flags`` is ``{class: {image id: flag}}``. Returns the
+    splits' ids."""
     ids = sorted(next(iter(flags.values())))
     order = np.random.Generator(np.random.PCG64([seed, 0])).permutation(len(ids))
     val = sorted(ids[i] for i in order[:n_val])
@@ -323,6 +325,39 @@ def _write_image_sets(
         for cls, of_class in flags.items():
             lines = "".join(f"{i} {of_class[i]:2d}\n" for i in members)
             atomic_write_bytes(main / f"{cls}_{name}.txt", lines.encode())
+    return splits
+
+
+def _write_coco(
+    root: Path,
+    splits: dict[str, list[str]],
+    objects: dict[str, list[_Object]],
+    size: tuple[int, int],
+    classes,
+) -> None:
+    """The same dataset as COCO instances files, ``coco/instances_{split}.json``, whose
+    images are those of ``JPEGImages/``: image ids are the VOC ids as numbers, category ``k``
+    is the ``k``-th class (supercategory: its VOC group), difficult objects are crowd."""
+    groups = {c: g for g, members in VOC_GROUPS.items() for c in members}
+    categories = [{"id": k, "name": c, "supercategory": groups.get(c, c)}
+                  for k, c in enumerate(classes, start=1)]  # fmt: skip
+    category = {c["name"]: c["id"] for c in categories}
+    for name, members in splits.items():
+        images, annotations = [], []
+        for image_id in members:
+            images.append({"id": int(image_id), "file_name": f"{image_id}.jpg",
+                           "width": size[0], "height": size[1]})  # fmt: skip
+            for o in objects[image_id]:
+                box = voc_to_box(o.xmin, o.ymin, o.xmax, o.ymax)
+                x, y, w, h = (int(v) for v in boxes_to_coco(np.array(box))[0])
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": int(image_id),
+                     "category_id": category[o.name], "bbox": [x, y, w, h], "area": w * h,
+                     "iscrowd": int(o.difficult)}
+                )  # fmt: skip
+        data = {"images": images, "annotations": annotations, "categories": categories}
+        path = root / "coco" / f"instances_{name}.json"
+        atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def _write_image(job: tuple) -> list[_Object]:
@@ -394,6 +429,7 @@ def make_synthetic_voc(
     val_fraction: float = 0.5,
     test_fraction: float = 0.0,
     classes=("car",),
+    coco: bool = False,
 ) -> dict:
     """Writes a synthetic VOC2007-layout dataset under `out`.
 
@@ -407,6 +443,8 @@ def make_synthetic_voc(
             trainval.
         classes: The object classes (see :func:`synth_classes`); each object's class is
             drawn at random among them. Car-only datasets are the same bytes as ever.
+        coco: also write the annotations as COCO instances files,
+            ``coco/instances_{split}.json`` (images in ``JPEGImages/``).
 
     Returns:
         {"root", "images", "train", "val", "test", "classes", "objects", "per_class",
@@ -436,7 +474,10 @@ def make_synthetic_voc(
     everything = [o for objs in written for o in objs]
     n_test = min(max(round(num_images * test_fraction), 1), num_images - 2) if test_fraction else 0
     n_val = min(max(round(num_images * val_fraction), 1), num_images - n_test - 1)
-    _write_image_sets(root / "ImageSets" / "Main", flags, n_val, n_test, seed)
+    splits = _write_image_sets(root / "ImageSets" / "Main", flags, n_val, n_test, seed)
+    if coco:
+        (root / "coco").mkdir(exist_ok=True)
+        _write_coco(root, splits, dict(zip(ids, written, strict=True)), image_size, classes)
     summary = {
         "root": str(out),
         "images": num_images,

@@ -7,12 +7,15 @@ Expected layout under the VOC root (the folder that holds ``Annotations``)::
     ImageSets/Main/{split}.txt            one image id per line
     ImageSets/Main/{class}_{split}.txt    "{id} {flag}": 1 present, 0 only difficult, -1 absent
 
-This module is the only place that knows VOC's 1-based inclusive box coordinates (the XML
-annotations and the devkit's detection result files).
+This module is the only place that knows the datasets' box conventions: VOC's 1-based
+inclusive pixels (the XML annotations and the devkit's detection result files) and COCO's
+``[x, y, width, height]`` (:mod:`rcnn.data.coco` and COCO results files). The project's boxes
+are 0-based ``x1, y1, x2, y2`` with ``x2, y2`` exclusive, so ``x2 - x1`` is the width.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.errors import ConfigError, RcnnError
+from rcnn.files import read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,14 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
+
+# Hoiem, Chodpathumwan and Dai's groups of similar VOC classes ("Diagnosing error in object
+# detectors", ECCV 2012), which the R-CNN paper's analysis of false positives uses.
+VOC_GROUPS = {
+    "animals": ("bird", "cat", "cow", "dog", "horse", "sheep"),
+    "vehicles": ("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
+    "furniture": ("chair", "diningtable", "sofa"),
+}
 
 LAYOUT_HINT = (
     "expected a VOC layout: Annotations/{id}.xml, JPEGImages/{id}.jpg, "
@@ -138,6 +150,31 @@ def voc_to_boxes(voc_boxes: np.ndarray) -> np.ndarray:
     unrounded: a result file may hold fractional boxes)."""
     voc_boxes = np.asarray(voc_boxes, dtype=np.float64).reshape(-1, 4)
     return voc_boxes - np.array([1.0, 1.0, 0.0, 0.0])
+
+
+def coco_to_box(x: float, y: float, w: float, h: float) -> tuple[int, int, int, int]:
+    """Converts a COCO ``[x, y, width, height]`` box to the project convention.
+
+    COCO's coordinates are continuous, 0 at the outer edge of the first pixel, so a box
+    covering pixels ``x .. x + w - 1`` is ``[x, y, w, h]`` and its exclusive end is ``x + w``.
+    Fractional boxes (most of COCO's) are rounded to whole pixels, as fractional VOC files are.
+    """
+    x, y, w, h = (float(v) for v in (x, y, w, h))
+    return int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
+
+
+def boxes_to_coco(boxes: np.ndarray) -> np.ndarray:
+    """Project boxes ``[N, 4]`` as COCO's ``[x, y, width, height]`` (float64): the inverse of
+    :func:`coco_to_box`, for COCO results files and ground truth converted from VOC."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def coco_to_boxes(xywh: np.ndarray) -> np.ndarray:
+    """COCO ``[x, y, width, height]`` rows ``[N, 4]`` of a results file as project boxes
+    (float64, unrounded)."""
+    xywh = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
 def _text(node: ET.Element, tag: str, path: Path, default: str | None = None) -> str:
@@ -330,6 +367,30 @@ class VOCDataset:
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
 
+    def ids(self, split: str) -> list[str]:
+        """Every image id of ``{split}.txt``, each once."""
+        return read_id_file(self.split_path(split))
+
+    def describe(self, split: str) -> str:
+        """The split, for messages: its ``{split}.txt``."""
+        return str(self.split_path(split))
+
+    def annotation_digest(self, image_id: str) -> str:
+        """A digest of the image's XML file ("unreadable" if it cannot be read)."""
+        try:
+            data = read_regular_file(self.annotation_path(image_id))
+        except OSError:
+            return "unreadable"
+        return hashlib.sha256(data).hexdigest()[:32]
+
+    def settings(self) -> dict:
+        """Where the dataset is, as the settings of a run record it."""
+        return {"voc_root": str(self.root.resolve())}
+
+    def groups(self, split: str) -> dict[str, tuple[str, ...]]:
+        """Hoiem et al.'s groups of similar VOC classes (the false-positive analysis)."""
+        return VOC_GROUPS
+
     def split_path(self, split: str, cls: str | None = None) -> Path:
         """``{split}.txt``, or ``{cls}_{split}.txt`` (VOC's lower-case name if only that exists)."""
         folder = self.root / "ImageSets" / "Main"
@@ -364,7 +425,7 @@ class VOCDataset:
 
     def _select_from_xml(self, split: str, classes: list[str]) -> list[str]:
         ids, seen_names = [], set()
-        for image_id in read_id_file(self.split_path(split)):
+        for image_id in self.ids(split):
             try:
                 ann = self.annotation(image_id)
             except VOCFormatError as err:

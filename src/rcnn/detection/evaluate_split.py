@@ -1,5 +1,6 @@
-"""``rcnn test``: the detector over every image of a VOC split, the devkit's result files, and
-their average precision by the devkit's rules.
+"""``rcnn test``: the detector over every image of a split (VOC or COCO), the devkit's result
+files and a COCO results file, and their average precision by the devkit's rules and by
+COCO's (:mod:`rcnn.evaluation.coco_eval`).
 
 Each image's detections are written to ``OUT/detections/{id}.npz`` as soon as it is done
 (atomically), with a digest of the image and its annotation: a killed run continues where it
@@ -21,12 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.voc import (
-    VOCDataset,
-    boxes_to_voc,
-    read_id_file,
-    voc_to_boxes,
-)
+from rcnn.data.coco import COCODataset
+from rcnn.data.datasets import Dataset, check_source, open_dataset
+from rcnn.data.voc import VOC_GROUPS, boxes_to_voc, coco_to_boxes, voc_to_boxes
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth, evaluate_flat
@@ -56,7 +54,7 @@ ABOUT_KEYS = ("objects", "found", "error", "inputs")
 @dataclass
 class VOCTestConfig:
     model: str
-    voc_root: str
+    voc_root: str | None  # a VOC folder, or None with coco and images
     out: str
     split: str = "test"
     classes: list[str] | None = None  # needed with a plain state dict (model.pth)
@@ -65,6 +63,14 @@ class VOCTestConfig:
     progress: bool = True
     variants: list[Variant] | None = None  # several: the ablation, one subfolder each
     analyze: bool = False  # the paper's analysis of the top false positives
+    coco: str | None = None  # COCO instances file of the split ({split} is replaced)
+    images: str | None = None  # its images' folder
+
+    def __post_init__(self):
+        check_source(self.voc_root, self.coco, self.images)
+
+    def dataset(self):
+        return open_dataset(self.voc_root, self.coco, self.images)
 
 
 @dataclass
@@ -86,7 +92,7 @@ class SplitTruth:
     names: set[str]
 
 
-def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> SplitTruth:
+def load_ground_truth(voc: Dataset, ids: list[str], classes: list[str]) -> SplitTruth:
     """The boxes of ``classes`` in every image of ``ids``, difficult objects flagged."""
     per_class: dict[str, dict] = {c: {} for c in classes}
     objects, sizes, names = {}, {}, set()
@@ -106,17 +112,17 @@ def load_ground_truth(voc: VOCDataset, ids: list[str], classes: list[str]) -> Sp
     return SplitTruth(list(ids), flat, objects, sizes, names)
 
 
-def split_images(voc: VOCDataset, split: str) -> list[str]:
-    """Every image id of ``{split}.txt``; a listed image that is missing is an error."""
-    ids = read_id_file(voc.split_path(split))
+def split_images(voc: Dataset, split: str) -> list[str]:
+    """Every image id of the split; a listed image that is missing is an error."""
+    ids = voc.ids(split)
     missing = [i for i in ids if not voc.image_path(i).is_file()]
     if missing:
         raise RcnnError(
-            f"{voc.split_path(split)} names {len(missing)} image(s) missing from "
-            f"{voc.root / 'JPEGImages'}, e.g. {missing[0]}.jpg"
+            f"{voc.describe(split)} names {len(missing)} image(s) that are missing, e.g. "
+            f"{voc.image_path(missing[0])}"
         )
     if not ids:
-        raise RcnnError(f"{voc.split_path(split)} lists no image")
+        raise RcnnError(f"{voc.describe(split)} lists no image")
     return ids
 
 
@@ -138,11 +144,11 @@ def run_test(cfg: VOCTestConfig) -> dict:
     from rcnn.modeling.checkpoint import load_model
     from rcnn.runtime.distributed import init_world, rank_zero_first, shutdown
 
-    voc = VOCDataset(cfg.voc_root)
+    voc = cfg.dataset()
     ids = split_images(voc, cfg.split)
     loaded = load_model(cfg.model, cfg.classes)
     truth = load_ground_truth(voc, ids, loaded.classes)
-    check_classes_present(truth, loaded.classes, f"split '{cfg.split}' of {voc.root}")
+    check_classes_present(truth, loaded.classes, voc.describe(cfg.split))
     out = Path(cfg.out)
     world, device = init_world(cfg.detector.inference.device)
     variants = list(cfg.variants or [cfg.detector.variant])
@@ -207,7 +213,7 @@ def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, 
         return {}
     results = {}
     for name, folder in folders.items():
-        results[name] = _evaluate_folder(folder, cfg, truth, loaded, done[name])
+        results[name] = _evaluate_folder(folder, cfg, voc, truth, loaded, done[name])
         record = {"inputs": _inputs_digest(inputs), "detections": _files_digest(folder, truth.ids)}
         atomic_write_json(folder / DONE, record)
     return results[variants[0].name] if len(variants) == 1 else results
@@ -216,15 +222,13 @@ def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, 
 DONE = "done.json"  # written when a run's metrics are complete: the digest of its inputs
 
 
-def input_digest(voc: VOCDataset, image_id: str) -> str:
-    """What an image's detections were made from: its bytes and its annotation's."""
-    digests = []
-    for path in (voc.image_path(image_id), voc.annotation_path(image_id)):
-        try:
-            digests.append(hashlib.sha256(read_regular_file(path)).hexdigest()[:32])
-        except OSError:
-            digests.append("unreadable")
-    return ":".join(digests)
+def input_digest(voc: Dataset, image_id: str) -> str:
+    """What an image's detections were made from: its bytes and its annotation."""
+    try:
+        image = hashlib.sha256(read_regular_file(voc.image_path(image_id))).hexdigest()[:32]
+    except OSError:
+        image = "unreadable"
+    return f"{image}:{voc.annotation_digest(image_id)}"
 
 
 def _inputs_digest(inputs: dict[str, str]) -> str:
@@ -254,12 +258,15 @@ def _finished(
         metrics = read_json(folder / "metrics.json", "`rcnn test` metrics")
     except (FileNotFoundError, DamagedFileError):
         return None
-    files = [folder / result_file_name(split, c) for c in classes] + [folder / "pr.png"]
+    files = [folder / result_file_name(split, c) for c in classes]
+    files += [folder / "pr.png", folder / COCO_RESULTS]
     if done.get("inputs") != digest or not all(f.is_file() for f in files):
         return None
     if done.get("detections") is None or done["detections"] != _files_digest(folder, ids):
         return None
     if analyze and "false_positives" not in metrics:  # asked for now, not then
+        return None
+    if "coco" not in metrics:
         return None
     try:
         metrics["report"] = format_report(metrics)
@@ -321,18 +328,20 @@ def _check_size(image_id: str, found: tuple[int, int], recorded: tuple[int, int]
         )  # fmt: skip
 
 
-def _evaluate_folder(folder: Path, cfg, truth: SplitTruth, loaded, saved: dict) -> dict:
+def _evaluate_folder(folder: Path, cfg, voc, truth: SplitTruth, loaded, saved: dict) -> dict:
     detections, extra = gather_detections(folder / "detections", truth.ids, saved,
                                           len(loaded.classes))  # fmt: skip
     write_results(folder, cfg.split, loaded.classes, detections, truth.ids)
-    metrics = evaluate_detections(detections, truth, loaded.classes, cfg.analyze)
+    groups = voc.groups(cfg.split)
+    metrics = evaluate_detections(detections, truth, loaded.classes, cfg.analyze, groups)
+    metrics["coco"] = coco_metrics(folder, voc, cfg.split, truth.ids, loaded.classes, detections)
     metrics.update(extra)
     metrics.update(split=cfg.split, model=loaded.source, images=len(truth.ids))
     finish(folder, metrics)
     return metrics
 
 
-def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) -> dict:
+def _settings(cfg: VOCTestConfig, voc: Dataset, loaded, variant, detector) -> dict:
     """What makes the detections what they are: a run with other settings starts afresh."""
     det = asdict(cfg.detector)
     keys = ("score_thresh", "keep_all", "nms", "max_per_image", "max_per_class", "mode",
@@ -347,7 +356,7 @@ def _settings(cfg: VOCTestConfig, voc: VOCDataset, loaded, variant, detector) ->
         "device": detector.device.type,
         "amp": detector.inference.amp,  # precision changes scores: a resume must not mix them
         "classes": loaded.classes,
-        "voc_root": str(voc.root.resolve()),
+        **voc.settings(),
         "split": cfg.split,
         "variant": asdict(variant),
         **heads,
@@ -488,16 +497,29 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.array(scores, float), voc_to_boxes(np.array(boxes, float).reshape(-1, 4))
 
 
+COCO_RESULTS = "coco_results.json"
+
+
+def coco_metrics(out: Path, voc, split: str, ids: list[str], classes: list[str], detections):
+    """Writes ``out/coco_results.json`` and returns COCO's metrics of it."""
+    from rcnn.evaluation.coco_eval import evaluate_results, ground_truth, results_of
+
+    truth = ground_truth(voc, split, ids, classes)
+    results = results_of(detections, truth)
+    atomic_write_bytes(out / COCO_RESULTS, json.dumps(results).encode())
+    return evaluate_results(results, truth, classes)
+
+
 STRICT_IOU = 0.7  # a second, stricter overlap, where box regression shows
 
 
 def evaluate_detections(
-    detections: dict, truth: SplitTruth, classes: list[str], analyze: bool = False
+    detections: dict, truth: SplitTruth, classes: list[str], analyze: bool = False, groups=None
 ) -> dict:
     """Per-class and mean AP (VOC2007 11-point and area under the curve) and final recall, and
     the 11-point mean AP at IoU > 0.7 (localization); with ``analyze``, the kinds of each
-    class's top false positives (:mod:`rcnn.evaluation.false_positives`). ``detections[k]``
-    holds image indices into ``truth.ids``."""
+    class's top false positives (:mod:`rcnn.evaluation.false_positives`; similar classes by
+    ``groups``, VOC's by default). ``detections[k]`` holds image indices into ``truth.ids``."""
     per_class = {}
     for k, cls in enumerate(classes, start=1):
         images, scores, boxes = detections[k]
@@ -516,7 +538,9 @@ def evaluate_detections(
     if analyze:
         from rcnn.evaluation.false_positives import analyze_false_positives
 
-        found["false_positives"] = analyze_false_positives(detections, truth.classes, classes)
+        found["false_positives"] = analyze_false_positives(
+            detections, truth.classes, classes, groups=VOC_GROUPS if groups is None else groups
+        )
     return {
         **found,
         "classes": per_class,
@@ -547,17 +571,36 @@ def result_files(folder: Path, split: str, competition: str | None = None) -> di
 
 def evaluate_result_files(
     dets: str,
-    voc_root: str,
+    voc: Dataset,
     split: str,
     classes: list[str] | None,
     out: str | None,
     competition: str | None = None,
     analyze: bool = False,
 ) -> dict:
-    """``rcnn test --dets DIR``: scores existing devkit result files of a split."""
-    folder = Path(dets)
+    """``rcnn test --dets DIR`` (devkit result files) or ``--dets FILE.json`` (a COCO results
+    file): scores existing detections of a split by both metric families."""
+    path = Path(dets)
+    if path.is_file() and path.suffix.lower() == ".json":
+        if out is None:
+            raise ConfigError(f"--dets {path} is a COCO results file: pass --out for the metrics")
+        names, detections = _read_coco_results(path, voc, split, classes)
+    else:
+        names, detections = _read_result_folder(path, voc, split, classes, out, competition)
+    ids = voc.ids(split)
+    truth = load_ground_truth(voc, ids, names)
+    check_classes_present(truth, names, voc.describe(split))
+    target = output_dir(out) if out else path
+    metrics = evaluate_detections(detections, truth, names, analyze, voc.groups(split))
+    metrics["coco"] = coco_metrics(target, voc, split, ids, names, detections)
+    metrics.update(split=split, dets=str(path), images=len(ids))
+    finish(target, metrics)
+    return metrics
+
+
+def _read_result_folder(folder: Path, voc, split, classes, out, competition):
     if not folder.is_dir():
-        raise FileNotFoundError(f"--dets {folder}: folder not found")
+        raise FileNotFoundError(f"--dets {folder}: folder (or COCO results .json) not found")
     if out is None and (folder / "settings.json").is_file():
         raise ConfigError(
             f"--dets {folder} is the output of an `rcnn test` run, whose metrics.json (with the "
@@ -574,26 +617,75 @@ def evaluate_result_files(
         files = {c: files[c] for c in classes}
     if not files:
         raise RcnnError(f"--dets {folder}: no result file named like *_det_{split}_CLASS.txt")
-    voc = VOCDataset(voc_root)
-    ids = read_id_file(voc.split_path(split))
-    names = list(files)
-    truth = load_ground_truth(voc, ids, names)
-    check_classes_present(truth, names, f"split '{split}' of {voc.root}")
-    index = {image_id: i for i, image_id in enumerate(ids)}
+    index = {image_id: i for i, image_id in enumerate(voc.ids(split))}
     detections = {}
-    for k, cls in enumerate(names, start=1):
+    for k, cls in enumerate(files, start=1):
         images, scores, boxes = read_results(files[cls])
         unknown = sorted(set(images) - set(index))
         if unknown:
             raise RcnnError(
-                f"{files[cls]} names {len(unknown)} image(s) not in split '{split}' of "
-                f"{voc.root}, e.g. {unknown[0]}: results of another dataset or split?"
+                f"{files[cls]} names {len(unknown)} image(s) not in {voc.describe(split)}, "
+                f"e.g. {unknown[0]}: results of another dataset or split?"
             )
         detections[k] = (np.array([index[i] for i in images], np.int64), scores, boxes)
-    metrics = evaluate_detections(detections, truth, names, analyze)
-    metrics.update(split=split, dets=str(folder), images=len(ids))
-    finish(output_dir(out) if out else folder, metrics)
-    return metrics
+    return list(files), detections
+
+
+def _read_coco_results(path: Path, voc, split: str, classes: list[str] | None):
+    """The classes and detections of a COCO results file: a list of ``{image_id,
+    category_id, bbox: [x, y, w, h], score}``, ids of the dataset's file (of a VOC dataset:
+    its image ids, and category ``k`` the ``k``-th of ``--classes``, as `rcnn test` writes)."""
+    from rcnn.evaluation.coco_eval import ground_truth
+
+    try:
+        entries = json.loads(read_regular_file(path).decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFileError(f"--dets {path}: not a readable COCO results file ({err})") from None
+    if not isinstance(entries, list):
+        raise RcnnError(f"--dets {path}: a COCO results file is a JSON list of detections")
+    if classes is None:
+        if not isinstance(voc, COCODataset):
+            raise ConfigError(
+                f"--dets {path} on a VOC dataset needs --classes: category k is the k-th class"
+            )
+        named = voc.split(split).categories
+        used = {e.get("category_id") for e in entries if isinstance(e, dict)}
+        classes = [named[k] for k in named if k in used] or list(named.values())
+    truth = ground_truth(voc, split, voc.ids(split), classes)
+    image_index = {key: i for i, key in enumerate(truth.images)}
+    label_of = {key: k for k, key in enumerate(truth.categories, start=1)}
+    rows = []
+    for n, e in enumerate(entries):
+        try:
+            box = [float(v) for v in e["bbox"]]
+            row = (e["image_id"], e["category_id"], float(e["score"]), *box)
+            if len(box) != 4 or not np.isfinite(row[2:]).all():
+                raise ValueError("a score or box that is not 4 finite numbers")
+        except (KeyError, TypeError, ValueError) as err:
+            raise RcnnError(
+                f"--dets {path}: entry {n} is not {{image_id, category_id, bbox: [x, y, w, h], "
+                f"score}} ({err})"
+            ) from None
+        rows.append(row)
+    unknown = sorted({str(r[0]) for r in rows if r[0] not in image_index})
+    if unknown:
+        raise RcnnError(
+            f"--dets {path} names {len(unknown)} image id(s) not in {voc.describe(split)}, e.g. "
+            f"{unknown[0]}: results of another dataset or split?"
+        )
+    foreign = sorted({str(r[1]) for r in rows if r[1] not in label_of})
+    if foreign:
+        raise RcnnError(
+            f"--dets {path} names category id(s) {foreign} that are not among {classes} of "
+            f"{voc.describe(split)}: results of another dataset?"
+        )
+    images = np.array([image_index[r[0]] for r in rows], np.int64)
+    labels = np.array([label_of[r[1]] for r in rows], np.int64)
+    scores = np.array([r[2] for r in rows], float)
+    boxes = coco_to_boxes(np.array([r[3:] for r in rows], float))
+    detections = {k: (images[labels == k], scores[labels == k], boxes[labels == k])
+                  for k in range(1, len(classes) + 1)}  # fmt: skip
+    return list(classes), detections
 
 
 def finish(out: Path, metrics: dict) -> None:
@@ -634,6 +726,10 @@ def format_report(metrics: dict) -> str:
             f"proposal recall at IoU {PROPOSAL_IOU}: {metrics['proposal_recall']:.3f} "
             f"({metrics['objects_found_by_proposals']} of {metrics['objects']} objects)"
         )
+    if "coco" in metrics:
+        from rcnn.evaluation.coco_eval import format_coco
+
+        lines.append(format_coco(metrics["coco"]))
     if "false_positives" in metrics:
         from rcnn.evaluation.false_positives import format_analysis
 

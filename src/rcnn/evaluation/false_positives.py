@@ -11,15 +11,16 @@ is given the first kind that fits:
     oth   confusion with another class: IoU >= 0.1 with an object of any other class
     bg    a box on background
 
-The groups are Hoiem et al.'s for PASCAL VOC (:data:`VOC_GROUPS`); other classes have no
-similar class. Only the classes being evaluated are looked at: an object of a class the model
-does not know counts as background.
+The groups are Hoiem et al.'s for PASCAL VOC (:data:`~rcnn.data.voc.VOC_GROUPS`), or a COCO
+file's supercategories; other classes have no similar class. Only the classes being evaluated
+are looked at: an object of a class the model does not know counts as background.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from rcnn.data.voc import VOC_GROUPS
 from rcnn.evaluation.voc_eval import ClassTruth, match_flat
 from rcnn.ops.boxes import box_iou
 
@@ -31,11 +32,6 @@ NAMES = {
     "bg": "background",
 }
 CONFUSED_IOU = 0.1
-VOC_GROUPS = {
-    "animals": ("bird", "cat", "cow", "dog", "horse", "sheep"),
-    "vehicles": ("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
-    "furniture": ("chair", "diningtable", "sofa"),
-}
 
 
 def similar_classes(cls: str, groups=VOC_GROUPS) -> set[str]:
@@ -48,7 +44,11 @@ def _boxes_of(truth: ClassTruth, image: int) -> np.ndarray:
 
 
 def analyze_false_positives(
-    detections: dict, truth: dict[str, ClassTruth], classes: list[str], top: int | None = None
+    detections: dict,
+    truth: dict[str, ClassTruth],
+    classes: list[str],
+    top: int | None = None,
+    groups=VOC_GROUPS,
 ) -> dict:
     """``{class: {"top": N, "loc": n, "sim": n, "oth": n, "bg": n}}`` over each class's ``N``
     highest-scored false positives (``N`` = its objects, or ``top``).
@@ -56,6 +56,7 @@ def analyze_false_positives(
     Args:
         detections: ``{k: (image indices, scores, boxes)}`` for class ``classes[k - 1]``.
         truth: every class's boxes over the same images.
+        groups: ``{group: classes}`` of similar classes.
     """
     out = {}
     for k, cls in enumerate(classes, start=1):
@@ -66,7 +67,7 @@ def analyze_false_positives(
         _, fp = match_flat(images, scores, boxes, truth[cls])  # in score order, as ``order``
         wanted = truth[cls].positives if top is None else top
         false = order[np.flatnonzero(fp)][:wanted]
-        similar = similar_classes(cls) & set(classes)
+        similar = similar_classes(cls, groups) & set(classes)
         counts = dict.fromkeys(KINDS, 0)
         for i in false:
             counts[_kind(boxes[i], int(images[i]), cls, similar, truth)] += 1

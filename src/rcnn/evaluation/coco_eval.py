@@ -1,0 +1,153 @@
+"""COCO's detection metrics, by pycocotools' ``COCOeval``: AP averaged over IoU 0.50:0.05:0.95,
+AP at IoU 0.5 and 0.75, AP of small, medium and large objects (areas below 32², up to 96²,
+above), and the average recall at 100 detections an image.
+
+For a COCO dataset the ground truth is its file as read (:mod:`rcnn.data.coco`: crowd regions
+ignored by COCO's own rule, areas as the file gives them). A VOC dataset is converted in
+memory: image ids are VOC's, category ``k`` is the ``k``-th class, a box's area is its width
+times height, and a difficult object is a crowd region (COCO's way of an object that neither
+counts nor penalizes; unlike VOC, a crowd region may absorb several detections).
+
+As COCO's results files, each image keeps its 100 highest-scored detections over all classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from rcnn.data.coco import COCODataset
+from rcnn.data.voc import boxes_to_coco, class_key
+from rcnn.errors import RcnnError
+
+MAX_PER_IMAGE = 100  # COCO's limit for a results file, and the largest maxDets of COCOeval
+STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@dataclass
+class COCOTruth:
+    """Ground truth as pycocotools holds it, and how the project's indices map onto it.
+
+    Attributes:
+        coco: the ``pycocotools.coco.COCO`` index.
+        images: the COCO image id of each image of the split, in its order.
+        categories: the COCO category id of each class, in class order.
+    """
+
+    coco: object
+    images: list
+    categories: list
+
+
+def _quiet():
+    return contextlib.redirect_stdout(io.StringIO())  # pycocotools prints as it goes
+
+
+def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COCOTruth:
+    """The ground truth of ``ids`` for ``classes``: a COCO file's own, or a VOC dataset's
+    converted (see the module's notes)."""
+    from pycocotools.coco import COCO
+
+    if isinstance(dataset, COCODataset):
+        found = dataset.split(split)
+        by_name = {class_key(n): k for k, n in found.categories.items()}
+        missing = [c for c in classes if class_key(c) not in by_name]
+        if missing:
+            raise RcnnError(f"{found.path} has no category {missing}: is the model for it?")
+        images = [found.names[i] for i in ids]
+        return COCOTruth(found.coco, images, [by_name[class_key(c)] for c in classes])
+    wanted = {class_key(c): k for k, c in enumerate(classes, start=1)}
+    images, annotations = [], []
+    for image_id in ids:
+        ann = dataset.annotation(image_id)
+        images.append({"id": image_id, "width": ann.width, "height": ann.height})
+        for o in ann.select(classes, keep_difficult=True):
+            x, y, w, h = boxes_to_coco(np.array(o.box))[0].tolist()
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": wanted[class_key(o.name)],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(o.difficult),
+                }
+            )
+    categories = [{"id": k, "name": c} for k, c in enumerate(classes, start=1)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    with _quiet():
+        coco.createIndex()
+    return COCOTruth(coco, list(ids), list(range(1, len(classes) + 1)))
+
+
+def results_of(detections: dict, truth: COCOTruth, per_image: int = MAX_PER_IMAGE) -> list[dict]:
+    """COCO results entries (``image_id, category_id, bbox [x, y, w, h], score``) of
+    ``detections`` (``{k: (image indices, scores, boxes)}``), each image's ``per_image`` best."""
+    parts = [(np.asarray(i, np.int64), np.asarray(s, float), np.asarray(b, float).reshape(-1, 4),
+              np.full(len(s), k)) for k, (i, s, b) in detections.items()]  # fmt: skip
+    if not parts:
+        return []
+    images, scores, boxes, labels = (np.concatenate(a) for a in zip(*parts, strict=True))
+    order = np.lexsort((-scores, images))  # by image, best first
+    ranked = images[order]
+    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked, side="left")
+    keep = order[rank < per_image]  # by image, best first
+    xywh = boxes_to_coco(boxes[keep])
+    return [
+        {
+            "image_id": truth.images[i],
+            "category_id": truth.categories[k - 1],
+            "bbox": [round(v, 3) for v in box],
+            "score": float(score),
+        }
+        for i, k, box, score in zip(
+            images[keep].tolist(),
+            labels[keep].tolist(),
+            xywh.tolist(),
+            scores[keep].tolist(),
+            strict=True,
+        )  # fmt: skip
+    ]
+
+
+def evaluate_results(results: list[dict], truth: COCOTruth, classes: list[str]) -> dict:
+    """COCOeval's twelve numbers (:data:`STATS`; NaN where COCO prints -1, e.g. no large
+    object) and each class's AP@[.5:.95]."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with _quiet():
+        if results:
+            found = truth.coco.loadRes([dict(r) for r in results])
+        else:  # loadRes cannot take an empty list
+            found = COCO()
+            found.dataset = {"images": truth.coco.dataset["images"], "annotations": [],
+                             "categories": truth.coco.dataset["categories"]}  # fmt: skip
+            found.createIndex()
+        run = COCOeval(truth.coco, found, "bbox")
+        run.params.imgIds = list(truth.images)
+        run.params.catIds = list(truth.categories)
+        run.evaluate()
+        run.accumulate()
+        run.summarize()
+    stats = [float(v) if v >= 0 else float("nan") for v in run.stats]
+    # precision [IoU thresholds, recall points, classes, areas, maxDets]: area "all", 100 dets
+    precision = run.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, cls in enumerate(classes):
+        mine = precision[:, :, k]
+        per_class[cls] = float(mine[mine > -1].mean()) if (mine > -1).any() else float("nan")
+    return {**dict(zip(STATS, stats, strict=True)), "classes": per_class}
+
+
+def format_coco(metrics: dict) -> str:
+    """COCO's numbers on two lines."""
+    names = [("AP", "AP@[.5:.95]"), ("AP50", "AP50"), ("AP75", "AP75"), ("APs", "APs"),
+             ("APm", "APm"), ("APl", "APl"), ("AR100", "AR@100")]  # fmt: skip
+    head = "".join(f"{label:>12}" for _, label in names)
+    values = "".join(f"{metrics[key]:>12.3f}" for key, _ in names)
+    return f"COCO metrics (pycocotools):\n{head}\n{values}"
