@@ -10,6 +10,7 @@ from torchvision.ops import box_convert
 
 from rcnn.cli import main
 from rcnn.data.coco import COCODataset, COCOFormatError
+from rcnn.data.config import PrepareConfig
 from rcnn.data.datasets import open_dataset
 from rcnn.data.voc import boxes_to_coco, coco_to_box, coco_to_boxes, voc_to_box
 from rcnn.errors import ConfigError, RcnnError
@@ -88,6 +89,16 @@ def test_prepare_gives_the_same_regions_from_both_readers(both, tmp_path, capsys
             assert np.array_equal(array, b.truth.arrays()[name]), name
     summary = json.loads((tmp_path / "coco" / "summary.json").read_text())
     assert summary["coco"].endswith("instances_{split}.json") and "voc_root" not in summary
+    # STORE=SPLIT: a split stored under the name training reads (COCO's are train2017, ...).
+    main(["prepare", *coco_flags(both), "--split", "train=val", "--out", str(tmp_path / "as"),
+          *common])  # fmt: skip
+    stored = RegionSet.load(tmp_path / "as" / "train")
+    assert np.array_equal(stored.boxes, RegionSet.load(tmp_path / "voc" / "val").boxes)
+    assert not (tmp_path / "as" / "val").exists()
+    with pytest.raises(ConfigError, match="give NAME or STORE=NAME"):
+        PrepareConfig(str(both), "x", splits=["train=a=b"])
+    with pytest.raises(ConfigError, match="names a split twice"):
+        PrepareConfig(str(both), "x", splits=["train", "train=val"])
 
 
 def write_coco(path, images, annotations, categories=({"id": 1, "name": "car"},)):

@@ -114,8 +114,9 @@ def add_dataset_flags(p, split_default, split_help: str, splits: bool = False) -
         "dataset (a VOC folder, or a COCO file and its images)",
         "COCO: one instances file a split; {split} in --coco and --images is replaced by the "
         "split's name, e.g. --coco coco/annotations/instances_{split}.json --images "
-        "coco/{split} --split train2017 val2017. Crowd annotations count as VOC's difficult "
-        "objects; categories are matched to --classes by name.",
+        "coco/{split} --split train=train2017 val=val2017 (STORE=SPLIT: `rcnn prepare` stores "
+        "the split as train/ and val/, which training reads). Crowd annotations count as VOC's "
+        "difficult objects; categories are matched to --classes by name.",
     )
     data.add_argument(
         "--voc-root",

@@ -97,7 +97,9 @@ def add_prepare(sub) -> None:
         "Threshold flags override the preset.",
     )
     p.add_argument("--out", required=True, help="output folder for the region stores")
-    add_dataset_flags(p, default(PrepareConfig, "splits"), "splits to prepare", splits=True)
+    add_dataset_flags(
+        p, default(PrepareConfig, "splits"), "splits to prepare: NAME, or STORE=NAME", splits=True
+    )
     p.add_argument(
         "--classes",
         nargs="+",

@@ -69,7 +69,21 @@ class PrepareConfig:
         self.classes = resolve_classes(list(self.classes))
         if not self.splits:
             raise ConfigError("--split must name at least one split")
-        if len(set(self.splits)) != len(self.splits):
+        for entry in self.splits:
+            store, _, source = entry.partition("=")
+            if not store or "=" in source or (_ and not source) or "/" in entry:
+                raise ConfigError(
+                    f"--split {entry!r}: give NAME or STORE=NAME (e.g. train=train2017)"
+                )
+        stores = [store for store, _ in self.stores]
+        if len(set(stores)) != len(stores):
             raise ConfigError(f"--split names a split twice: {self.splits}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0 = all cores), got {self.workers}")
+
+    @property
+    def stores(self) -> list[tuple[str, str]]:
+        """``(store, split)`` pairs: ``OUT/{store}/`` is made of the dataset's ``split``
+        (``--split train=train2017`` stores COCO's train2017 as the train/ that training
+        reads; a plain ``train`` is both)."""
+        return [(e.partition("=")[0], e.partition("=")[2] or e) for e in self.splits]

@@ -247,10 +247,10 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
             rank_zero_first(world, claim)
             built, summaries, summary = {}, {}, {}
-            for split in cfg.splits:
+            for store, split in cfg.stores:
                 made = prepare_split(cfg, voc, split, world)
                 if made is not None:  # rank 0
-                    built[split], summaries[split] = made
+                    built[store], summaries[store] = made
 
             def publish() -> None:
                 generation = generation_of(built)
@@ -266,7 +266,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
                     splits=summaries,
                 )
                 atomic_write_json(staging[0] / "summary.json", summary)
-                _publish(staging[0], Path(cfg.out), cfg.splits)
+                _publish(staging[0], Path(cfg.out), list(built))
 
             rank_zero_first(world, publish)
         return broadcast(summary)
@@ -277,7 +277,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 def _open(cfg: PrepareConfig):
     dataset = open_dataset(cfg.voc_root, cfg.coco, cfg.images)
     if cfg.coco:
-        dataset.check_splits(cfg.splits)
+        dataset.check_splits([split for _, split in cfg.stores])
     return dataset
 
 
