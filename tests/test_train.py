@@ -10,6 +10,7 @@ from torchvision import models
 
 from rcnn.cli import main
 from rcnn.data.regions import RegionSet
+from rcnn.errors import ConfigError
 from rcnn.evaluation.evaluate import run_compare, run_evaluate
 from rcnn.modeling.checkpoint import CheckpointError, load_checkpoint
 from rcnn.modeling.model import build_model
@@ -332,3 +333,38 @@ def test_a_failed_checkpoint_write_is_reported():
     with pytest.raises(OSError, match="No space left"):
         saver.join()
     saver.join()  # reported once
+
+
+def test_tensorboard_logs_each_epoch_once_across_a_resume(prepared, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    run_train(tiny(prepared, run, epochs=1, tensorboard=True))
+    run_train(resume_config(run, epochs=2), resume=True)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    history = load_checkpoint(run / "last.pt")["history"]
+    for tag, key in (("loss/train", "train_loss"), ("accuracy/val", "val_acc"), ("lr", "lr")):
+        found = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in found] == [0, 1], tag  # one point an epoch, none twice
+        assert [v for _, v in found] == pytest.approx([r[key] for r in history], rel=1e-6), tag
+    # The PR curve's lowest threshold counts every validation region: as many true positives
+    # as object regions, and the rest false positives.
+    labels = RegionSet.load(prepared / "val").labels
+    (curve,) = [e for e in events.Tensors("pr/object") if e.step == 1]
+    table = tf_array(curve.tensor_proto)  # rows: TP, FP, TN, FN, precision, recall
+    assert table[0, 0] == np.count_nonzero(labels) and table[1, 0] == np.count_nonzero(labels == 0)
+
+
+def tf_array(proto) -> np.ndarray:
+    from tensorboard.util.tensor_util import make_ndarray
+
+    return make_ndarray(proto)
+
+
+def test_tensorboard_without_the_package_says_how_to_install(prepared, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'rcnn\[tensorboard\]'"):
+        run_train(tiny(prepared, tmp_path / "run", epochs=1, tensorboard=True))
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -143,6 +143,15 @@ def add_train(sub) -> None:
         "default: on an H200 training alone keeps the GPU busy and epochs took as long",
     )
     p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write TensorBoard event files to RUN/tensorboard each epoch: losses, "
+        "accuracies, APs, the lr and the validation precision-recall curves (needs the "
+        "tensorboard package: pip install 'rcnn[tensorboard]'; view them with tensorboard "
+        "--logdir RUN/tensorboard)",
+    )
+    p.add_argument(
         "--lr-scale",
         choices=["none", "linear"],
         help=described(

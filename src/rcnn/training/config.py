@@ -45,6 +45,7 @@ class TrainConfig:
     cuda_graphs: bool | None = None  # None: the training step as a CUDA graph where it can be
     overlap_val: bool | None = None  # validate epoch N while N+1 trains (None: off)
     lr_scale: str = "none"  # linear: lr x number of processes (for larger global batches)
+    tensorboard: bool = False  # event files in RUN/tensorboard (the tensorboard package)
     seed: int = 0
     progress: bool = True
 

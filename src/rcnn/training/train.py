@@ -22,7 +22,7 @@ from rcnn.data.batches import chunks, make_feeder
 from rcnn.data.regions import RegionSet, load_train_val
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.evaluation.predict import evaluate, metrics_of
+from rcnn.evaluation.predict import metrics_of, predict
 from rcnn.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -42,6 +42,7 @@ from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.config import CPU_BATCH, CUDA_BATCH
 from rcnn.runtime.device import amp_dtype, configure_device, default_amp, resolve_device
 from rcnn.runtime.distributed import World, all_sum, barrier, init_world, rank_zero_first, shutdown
+from rcnn.training.board import Board
 from rcnn.training.config import TrainConfig
 from rcnn.training.overlap import (
     PendingValidation,
@@ -253,13 +254,25 @@ def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float) -
 
 
 def run_epoch(
-    cfg, epoch, model, loaders, optimizer, class_names, world: World = SINGLE, step=None
+    cfg,
+    epoch,
+    model,
+    loaders,
+    optimizer,
+    class_names,
+    world: World = SINGLE,
+    step=None,
+    seen: list | None = None,
 ) -> dict:
-    """Trains one epoch, validates on the whole validation set, returns the history row."""
+    """Trains one epoch, validates on the whole validation set, returns the history row
+    (and appends the validation's probabilities and labels to ``seen``, when given)."""
     start = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     train = train_part(cfg, epoch, model, loaders, optimizer, world, step)
-    val = evaluate(model, loaders[1], class_names, cfg.amp, cfg.progress)
+    probs, labels, loss_sum = predict(model, loaders[1], cfg.amp, cfg.progress)
+    if seen is not None:
+        seen.append((probs, labels))
+    val = metrics_of(probs, labels, loss_sum, class_names)
     return history_row(epoch, lr, train, val, time.perf_counter() - start)
 
 
@@ -275,6 +288,7 @@ class Run:
     class_names: list[str]
     world: World
     step: EagerStep | None = None  # runs each training batch (eagerly or as a CUDA graph)
+    board: Board | None = None  # TensorBoard event files (rank 0, with --tensorboard)
     history: list = field(default_factory=list)
     best: dict | None = None
     first_epoch: int = 0
@@ -400,7 +414,10 @@ def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict
             )
         say(f"Resuming {cfg.out} after epoch {run.first_epoch - 1}")
     start = time.time()
-    with reuse_freed_memory(enabled=device.type == "cpu"):
+    with contextlib.ExitStack() as stack, reuse_freed_memory(enabled=device.type == "cpu"):
+        if cfg.tensorboard and world.is_main:
+            run.board = Board(cfg.out, run.class_names, run.first_epoch)
+            stack.callback(run.board.close)
         if cfg.overlap_val:
             train_overlapped(cfg, run)
         else:
@@ -426,10 +443,12 @@ def diverged(cfg: TrainConfig, epoch: int, err: TrainingDiverged) -> TrainingDiv
 
 def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:
     """One epoch of ``run``, then the scheduler step, the log line and the saved files."""
+    seen: list = []
     try:
         row = run_epoch(
-            cfg, epoch, run.net, run.feeders, run.optimizer, run.class_names, run.world, run.step
-        )
+            cfg, epoch, run.net, run.feeders, run.optimizer, run.class_names, run.world, run.step,
+            seen,
+        )  # fmt: skip
     except TrainingDiverged as err:
         raise diverged(cfg, epoch, err) from err
     run.scheduler.step()
@@ -437,6 +456,8 @@ def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:
     if run.world.is_main:
         print_epoch(epoch, cfg.epochs, row)
     save_epoch(cfg, run, row)
+    if run.board is not None:
+        run.board.write(row, *seen[0])
 
 
 @dataclass
@@ -463,8 +484,11 @@ def train_overlapped(cfg: TrainConfig, run: Run) -> None:
     saver, pending, finished = Saver(), None, False
 
     def publish(done: Pending, ended: float) -> None:
-        val = metrics_of(*done.validation.finish(), run.class_names)
+        probs, labels, loss_sum = done.validation.finish()
+        val = metrics_of(probs, labels, loss_sum, run.class_names)
         row = history_row(done.epoch, done.lr, done.train, val, ended - done.began)
+        if run.board is not None:
+            run.board.write(row, probs, labels)
         run.history.append(row)
         print_epoch(done.epoch, cfg.epochs, row)
         improved = mark_best(cfg, run, row)
