@@ -189,8 +189,18 @@ def test_classes_images_and_splits_are_checked(tmp_path, caplog, capsys):
     with pytest.raises(COCOFormatError, match="no image with a \\(non-crowd\\) object"):
         COCODataset(write_coco(tmp_path / "b.json", [image(1)], [ann(1, 1, [1, 1, 9, 9], crowd=1)]),
                     images).select_images("x", ["car"])  # fmt: skip
-    # An image listed but missing on disk: `rcnn test` names it.
+    # An image listed but missing on disk: `rcnn prepare` skips it, `rcnn test` stops; both
+    # name it.
     from rcnn.detection.evaluate_split import split_images
+
+    argv = ["prepare", "--coco", str(path), "--images", str(images), "--split", "train",
+            "--classes", "car", "bus", "--out", str(tmp_path / "r"), "--mode", "fast",
+            "--workers", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    (skipped,) = json.loads((tmp_path / "r" / "summary.json").read_text())["splits"]["train"][
+        "skipped"
+    ]
+    assert skipped["image"] == "im3" and "im3.jpg" in skipped["reason"]
 
     with pytest.raises(RcnnError, match=r"names 1 image\(s\) that are missing, e\.g\. .*im3\.jpg"):
         split_images(dataset, "x")

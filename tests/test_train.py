@@ -353,6 +353,9 @@ def test_tensorboard_logs_each_epoch_once_across_a_resume(prepared, tmp_path):
     (curve,) = [e for e in events.Tensors("pr/object") if e.step == 1]
     table = tf_array(curve.tensor_proto)  # rows: TP, FP, TN, FN, precision, recall
     assert table[0, 0] == np.count_nonzero(labels) and table[1, 0] == np.count_nonzero(labels == 0)
+    # --overwrite replaces the run and its curves.
+    run_train(tiny(prepared, run, epochs=1), overwrite=True)
+    assert not (run / "tensorboard").exists()
 
 
 def tf_array(proto) -> np.ndarray:

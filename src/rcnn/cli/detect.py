@@ -167,7 +167,7 @@ def add_test(sub) -> None:
         nargs="+",
         help="class names in training order; needed only for a plain state dict (model.pth)",
     )
-    p.add_argument("--out", help="output folder (default with --dets: the --dets folder)")
+    p.add_argument("--out", help="output folder (default with --dets DIR: that folder)")
     p.add_argument(
         "--dets",
         help="score the devkit result files in this folder, or this COCO results .json "

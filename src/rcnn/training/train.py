@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.config import CPU_BATCH, CUDA_BATCH
 from rcnn.runtime.device import amp_dtype, configure_device, default_amp, resolve_device
 from rcnn.runtime.distributed import World, all_sum, barrier, init_world, rank_zero_first, shutdown
+from rcnn.training.board import FOLDER as BOARD
 from rcnn.training.board import Board
 from rcnn.training.config import TrainConfig
 from rcnn.training.overlap import (
@@ -551,6 +553,7 @@ RESUMABLE = {
     "compile",
     "channels_last",
     "progress",
+    "tensorboard",
 }
 
 
@@ -586,6 +589,9 @@ def claim_run_folder(out: Path, overwrite: bool) -> None:
         )
     for name in found:
         (out / name).unlink()
+    if (out / BOARD).is_dir():  # the replaced run's curves would mix with the new ones
+        shutil.rmtree(out / BOARD)
+        found.append(BOARD + "/")
     logger.warning("--overwrite: deleted %s from %s", ", ".join(found), out)
 
 
