@@ -134,6 +134,11 @@ def test_bad_coco_files_are_named_or_left_out_with_a_warning(tmp_path, caplog):
     cats = [{"id": 1, "name": "car"}, {"id": 2, "name": " Car"}]
     with pytest.raises(COCOFormatError, match=r"named \['car'\] twice"):
         COCODataset(write_coco(path, [image(1)], [], cats), images).ids("x")
+    for name in ("/etc/hostname", "../x.jpg"):
+        with pytest.raises(COCOFormatError, match="which leaves --images"):
+            COCODataset(write_coco(path, [image(1, name)], []), images).ids("x")
+    with pytest.raises(COCOFormatError, match="not a readable file"):
+        COCODataset(images, images).ids("x")  # a folder
     path.write_text("{not json")
     with pytest.raises(COCOFormatError, match=f"--coco {path}: not JSON"):
         COCODataset(path, images).ids("x")

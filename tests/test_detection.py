@@ -206,8 +206,14 @@ def test_rcnn_test_scores_a_coco_file_as_its_voc_twin(trained, tmp_path, capsys)
                  "--out", str(tmp_path / "again")]) == 0  # fmt: skip
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert same(again["coco"], c["coco"]) and same(again["classes"], c["classes"])
-    # Results of another dataset (VOC ids) or split are refused.
+    # Results of another dataset (VOC ids) or split are refused, and entries that are not
+    # detections named.
     capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": [1], "category_id": 1, "bbox": [0, 0, 1, 1],
+                                "score": 1}]))  # fmt: skip
+    assert main(["test", "--dets", str(bad), *coco, "--out", str(tmp_path / "x")]) == 2
+    assert "entry 0 is not {image_id, category_id" in capsys.readouterr().err
     for results, split in (("v", "test"), ("c", "val")):
         argv = ["test", "--dets", str(tmp_path / results / "coco_results.json"), *coco,
                 "--split", split, "--out", str(tmp_path / "x")]  # fmt: skip

@@ -38,6 +38,7 @@ from rcnn.data.voc import (
     safe_name,
 )
 from rcnn.errors import ConfigError
+from rcnn.files import read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ def _image_names(images: dict, path: Path) -> dict[int | str, str]:
         name = image.get("file_name")
         if not isinstance(name, str) or not name:
             raise COCOFormatError(f"{path}: image {key!r} has no 'file_name'")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise COCOFormatError(
+                f"{path}: image {key!r} has file_name {name!r}, which leaves --images (file "
+                "names are relative to it)"
+            )
         stems[key] = Path(name).stem
     if len(set(stems.values())) == len(stems) and all(safe_name(s) for s in stems.values()):
         return stems
@@ -114,10 +120,11 @@ def _image_names(images: dict, path: Path) -> dict[int | str, str]:
 
 def _read(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
+        data = json.loads(read_regular_file(path).decode("utf-8-sig"))
     except FileNotFoundError:
         raise COCOFormatError(f"--coco {path}: file not found; {COCO_HINT}") from None
+    except OSError as err:  # a folder, a FIFO, a device
+        raise COCOFormatError(f"--coco {path}: not a readable file ({err})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise COCOFormatError(f"--coco {path}: not JSON ({err})") from None
     if not isinstance(data, dict) or not all(
@@ -209,7 +216,8 @@ def load_split(path: Path, images: Path) -> COCOSplit:
         file_name = image["file_name"]
         width, height = sizes[key]
         annotations[name] = VOCAnnotation(name, file_name, width, height, tuple(objects[key]))
-        record = [image, coco.imgToAnns.get(key, [])]
+        mine = coco.imgToAnns.get(key, [])
+        record = [image, mine, [categories[a["category_id"]] for a in mine]]  # names: classes
         records[name] = json.dumps(record, sort_keys=True, default=str)
         order[name] = key
     supers = {

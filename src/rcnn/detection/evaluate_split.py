@@ -661,6 +661,8 @@ def _read_coco_results(path: Path, voc, split: str, classes: list[str] | None):
             row = (e["image_id"], e["category_id"], float(e["score"]), *box)
             if len(box) != 4 or not np.isfinite(row[2:]).all():
                 raise ValueError("a score or box that is not 4 finite numbers")
+            if not all(isinstance(v, (int, str)) for v in row[:2]):
+                raise ValueError("ids are numbers or strings")
         except (KeyError, TypeError, ValueError) as err:
             raise RcnnError(
                 f"--dets {path}: entry {n} is not {{image_id, category_id, bbox: [x, y, w, h], "
