@@ -128,3 +128,17 @@ def prepared(tmp_path_factory):
     )
     run_prepare(cfg)
     return root / "regions"
+
+
+@pytest.fixture(scope="session")
+def one_epoch_model(prepared):
+    """A network trained one epoch on ``prepared`` (cars), built once per test session: for
+    tests that need some model, not a good one."""
+    from rcnn.training.config import TrainConfig
+    from rcnn.training.train import run_train
+
+    out = prepared.parent / "one-epoch-run"
+    run_train(TrainConfig(data=str(prepared), out=str(out), weights="none", epochs=1,
+                          input_size=64, num_pos=4, num_neg=12, workers=1, device="cpu",
+                          optimizer="adam", lr=1e-4, progress=False))  # fmt: skip
+    return out

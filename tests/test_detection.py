@@ -462,13 +462,12 @@ def test_a_model_of_other_classes_than_the_split_is_refused(trained, tmp_path, c
 
 
 @pytest.mark.precision
-def test_rcnn_test_never_mixes_precisions(trained, tmp_path, monkeypatch, capsys):
-    voc = tmp_path / "voc"
-    shutil.copytree(trained / "voc", voc)
-    ids = read_id_file(VOCDataset(voc).split_path("test"))[:2]
-    (voc / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i in ids))
-    argv = ["test", str(trained / "run"), "--voc-root", str(voc), "--out", str(tmp_path / "t"),
-            "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+def test_rcnn_test_never_mixes_precisions(one_epoch_model, prepared, tmp_path, monkeypatch, capsys):
+    # Any model will do: the session's one-epoch run, on the two images of its val split.
+    voc = prepared.parent / "voc"
+    assert len(read_id_file(VOCDataset(voc).split_path("val"))) <= 4
+    argv = ["test", str(one_epoch_model), "--voc-root", str(voc), "--split", "val", "--out",
+            str(tmp_path / "t"), "--cache-dir", str(tmp_path / "cache"), *FLAGS]  # fmt: skip
     assert main(argv) == 0  # automatic precision: as this machine (or RCNN_NATIVE_BF16) says
     amp = json.loads((tmp_path / "t" / "settings.json").read_text())["amp"]
     monkeypatch.setenv("RCNN_NATIVE_BF16", "0" if amp else "1")  # another machine's default

@@ -3,8 +3,7 @@ the feature store they read."""
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,22 +109,21 @@ def test_negative_cache_adds_new_hard_ones_and_drops_easy_ones():
 
 
 @pytest.fixture(scope="module")
-def heads_run(prepared, tmp_path_factory):
-    """A one-epoch run on the paper-preset regions (ground-truth boxes included)."""
+def heads_run(prepared, one_epoch_model, tmp_path_factory):
+    """The one-epoch run (as ``run``) and the paper-preset regions (ground-truth boxes
+    included, as ``regions``)."""
     from rcnn.data.config import PrepareConfig, ProposalConfig
     from rcnn.data.labels import PRESETS
     from rcnn.data.prepare import run_prepare
-    from rcnn.training.config import TrainConfig
-    from rcnn.training.train import run_train
 
     root = tmp_path_factory.mktemp("heads")
     voc, cache = prepared.parent / "voc", prepared.parent / "cache"
     run_prepare(PrepareConfig(str(voc), str(root / "regions"), labels=PRESETS["paper"],
                               proposals=ProposalConfig("fast"), cache_dir=str(cache), workers=1,
                               progress=False))  # fmt: skip
-    run_train(TrainConfig(data=str(prepared), out=str(root / "run"), weights="none", epochs=1,
-                          input_size=64, num_pos=4, num_neg=12, workers=1, device="cpu",
-                          optimizer="adam", lr=1e-4, progress=False))  # fmt: skip
+    # Tests here write into the run folder: a copy of it, its files hard links (a file is
+    # replaced by renaming, never written in place).
+    shutil.copytree(one_epoch_model, root / "run", copy_function=os.link)
     return root
 
 
@@ -507,12 +505,14 @@ def _same_outputs(a: Path, b: Path, names) -> None:
 
 
 def _one_process(*args: str) -> None:
-    """``rcnn ARGS`` in one process with one thread, as each of torchrun's two: the same sums
+    """``rcnn ARGS`` in this process with one thread, as each of torchrun's two: the same sums
     in the same order."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "rcnn", *args], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(list(args)) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_torchrun_features_and_heads_write_the_files_of_one_process(heads_run, prepared, tmp_path):

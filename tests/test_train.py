@@ -24,6 +24,7 @@ from rcnn.training.train import (
     CSV_COLUMNS,
     SINGLE,
     TrainingDiverged,
+    claim_run_folder,
     compile_mode,
     config_from_checkpoint,
     for_device,
@@ -101,7 +102,7 @@ def test_evaluate_matches_training_validation(one_epoch_run, prepared):
 
 def test_resume_gives_identical_weights(prepared, tmp_path):
     run_train(tiny(prepared, tmp_path / "straight", epochs=2))
-    run_train(tiny(prepared, tmp_path / "resumed", epochs=1))
+    run_train(tiny(prepared, tmp_path / "resumed", epochs=1, tensorboard=True))
     run_train(resume_config(tmp_path / "resumed", epochs=2), resume=True)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
@@ -111,6 +112,27 @@ def test_resume_gives_identical_weights(prepared, tmp_path):
     assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
     rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
+    check_tensorboard(tmp_path / "resumed", b["history"], RegionSet.load(prepared / "val").labels)
+
+
+def check_tensorboard(run, history: list[dict], labels: np.ndarray) -> None:
+    """The run's TensorBoard events (--tensorboard, then a resume): each epoch once, the
+    numbers of its history, and a PR curve of the validation labels."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    for tag, key in (("loss/train", "train_loss"), ("accuracy/val", "val_acc"), ("lr", "lr")):
+        found = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in found] == [0, 1], tag  # one point an epoch, none twice
+        assert [v for _, v in found] == pytest.approx([r[key] for r in history], rel=1e-6), tag
+    # The curve's lowest threshold counts every validation region: as many true positives as
+    # object regions, and the rest false positives.
+    (curve,) = [e for e in events.Tensors("pr/object") if e.step == 1]
+    table = tf_array(curve.tensor_proto)  # rows: TP, FP, TN, FN, precision, recall
+    assert table[0, 0] == np.count_nonzero(labels) and table[1, 0] == np.count_nonzero(labels == 0)
+    # --overwrite deletes the curves with the run.
+    claim_run_folder(run, overwrite=True)
+    assert not (run / "tensorboard").exists()
 
 
 def test_resume_steps_the_way_this_run_chooses(one_epoch_run, tmp_path):
@@ -333,29 +355,6 @@ def test_a_failed_checkpoint_write_is_reported():
     with pytest.raises(OSError, match="No space left"):
         saver.join()
     saver.join()  # reported once
-
-
-def test_tensorboard_logs_each_epoch_once_across_a_resume(prepared, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run = tmp_path / "run"
-    run_train(tiny(prepared, run, epochs=1, tensorboard=True))
-    run_train(resume_config(run, epochs=2), resume=True)
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
-    history = load_checkpoint(run / "last.pt")["history"]
-    for tag, key in (("loss/train", "train_loss"), ("accuracy/val", "val_acc"), ("lr", "lr")):
-        found = [(e.step, e.value) for e in events.Scalars(tag)]
-        assert [s for s, _ in found] == [0, 1], tag  # one point an epoch, none twice
-        assert [v for _, v in found] == pytest.approx([r[key] for r in history], rel=1e-6), tag
-    # The PR curve's lowest threshold counts every validation region: as many true positives
-    # as object regions, and the rest false positives.
-    labels = RegionSet.load(prepared / "val").labels
-    (curve,) = [e for e in events.Tensors("pr/object") if e.step == 1]
-    table = tf_array(curve.tensor_proto)  # rows: TP, FP, TN, FN, precision, recall
-    assert table[0, 0] == np.count_nonzero(labels) and table[1, 0] == np.count_nonzero(labels == 0)
-    # --overwrite replaces the run and its curves.
-    run_train(tiny(prepared, run, epochs=1), overwrite=True)
-    assert not (run / "tensorboard").exists()
 
 
 def tf_array(proto) -> np.ndarray:
