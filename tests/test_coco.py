@@ -219,19 +219,27 @@ def test_classes_images_and_splits_are_checked(tmp_path, caplog, capsys):
     ]:
         assert main(["prepare", "--out", str(tmp_path / "out"), *flags]) == 2
         assert message in capsys.readouterr().err
-    # File names sharing a stem: images are named by their COCO ids.
+    # File names sharing a stem, or with spaces (result files separate fields by them): images
+    # are named by their COCO ids.
     path = write_coco(tmp_path / "c.json", [image(4, "a/x.jpg"), image(5, "b/x.jpg")], [])
     assert COCODataset(path, images).ids("x") == ["4", "5"]
+    path = write_coco(tmp_path / "d.json", [image(6, "my photo.jpg"), image(7)], [])
+    assert COCODataset(path, images).ids("x") == ["6", "7"]
 
 
 def test_an_image_in_two_split_files_must_agree(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
     write_coco(tmp_path / "train.json", [image(1)], [ann(1, 1, [1, 1, 9, 9])])
     write_coco(tmp_path / "val.json", [image(1)], [ann(1, 1, [2, 2, 9, 9])])
-    dataset = COCODataset(tmp_path / "{split}.json", images)
+    dataset = COCODataset(tmp_path / "{split}.json", tmp_path / "train")
     dataset.ids("train")
     with pytest.raises(COCOFormatError, match="im1 is in .*train.json and .*val.json with other"):
+        dataset.ids("val")
+    # One name for two files (each split its own folder): said, never one taken for the other.
+    dataset = COCODataset(tmp_path / "{split}.json", tmp_path / "{split}")
+    dataset.ids("train")
+    with pytest.raises(COCOFormatError, match=r"image name im1 stands for .*train/im1\.jpg in"):
         dataset.ids("val")
 
 
@@ -294,6 +302,24 @@ def test_coco_metrics_match_a_hand_computed_case_on_coco_and_voc_ground_truth(tm
     truth = ground_truth(coco, "x", ids, ["car"])
     first = evaluate_results(results_of(hand_detections(0.95), truth), truth, ["car"])
     assert first["AP50"] < 0.7
+
+
+def test_per_class_ap_follows_the_classes_whatever_the_category_ids(tmp_path):
+    # Categories numbered against the classes' order, annotation ids 0 and a string (both
+    # legal in a file; pycocotools' matching takes 0 for "no match" and needs numbers).
+    images = tmp_path / "images"
+    images.mkdir()
+    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
+    anns = [ann(0, 1, [10, 10, 40, 40], 3), ann("p", 2, [20, 20, 30, 60], 1)]
+    sized = [image(1, size=(200, 200)), image(2, size=(200, 200))]
+    coco = COCODataset(write_coco(tmp_path / "a.json", sized, anns, cats), images)
+    truth = ground_truth(coco, "x", coco.ids("x"), ["car", "person"])
+    assert truth.categories == [3, 1]
+    found = {1: (np.array([0]), np.array([0.9]), np.array([[10.0, 10.0, 50.0, 50.0]])),
+             2: (np.zeros(0, int), np.zeros(0), np.zeros((0, 4)))}  # fmt: skip
+    metrics = evaluate_results(results_of(found, truth), truth, ["car", "person"])
+    assert metrics["classes"] == pytest.approx({"car": 1.0, "person": 0.0})
+    assert metrics["AP50"] == pytest.approx(0.5)
 
 
 def test_each_image_keeps_its_100_best_detections():

@@ -367,6 +367,10 @@ def test_tensorboard_without_the_package_says_how_to_install(prepared, tmp_path,
     import sys
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch\n0\n")  # a run that --overwrite would replace
     with pytest.raises(ConfigError, match=r"pip install 'rcnn\[tensorboard\]'"):
-        run_train(tiny(prepared, tmp_path / "run", epochs=1, tensorboard=True))
-    assert not (tmp_path / "run" / "last.pt").exists()
+        run_train(tiny(prepared, run, epochs=1, tensorboard=True), overwrite=True)
+    assert (run / "metrics.csv").read_text() == "epoch\n0\n", "said before anything is touched"
+    assert not (run / "last.pt").exists()

@@ -37,7 +37,7 @@ from rcnn.data.voc import (
     coco_to_box,
     safe_name,
 )
-from rcnn.errors import ConfigError
+from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import read_regular_file
 
 logger = logging.getLogger(__name__)
@@ -108,14 +108,21 @@ def _image_names(images: dict, path: Path) -> dict[int | str, str]:
                 "names are relative to it)"
             )
         stems[key] = Path(name).stem
-    if len(set(stems.values())) == len(stems) and all(safe_name(s) for s in stems.values()):
+    if len(set(stems.values())) == len(stems) and all(_usable(s) for s in stems.values()):
         return stems
-    logger.info("%s: image file names share stems; images are named by their COCO ids", path)
+    logger.info("%s: image file names share stems or hold spaces; images are named by their "
+                "COCO ids", path)  # fmt: skip
     names = {key: str(key) for key in images}
-    bad = [n for n in names.values() if not safe_name(n)]
+    bad = [n for n in names.values() if not _usable(n)]
     if bad:
         raise COCOFormatError(f"{path}: image id {bad[0]!r} cannot name a file")
     return names
+
+
+def _usable(name: str) -> bool:
+    """Whether ``name`` can name an image: a file name's part (:func:`safe_name`) without
+    spaces, which the devkit's result files separate fields by."""
+    return safe_name(name) and not any(c.isspace() for c in name)
 
 
 def _read(path: Path) -> dict:
@@ -192,7 +199,9 @@ def load_split(path: Path, images: Path) -> COCOSplit:
             continue
         crowd = bool(ann.get("iscrowd", 0))
         x1, y1, x2, y2 = box
-        ann = {**ann, "iscrowd": int(crowd)}
+        # Numbered 1..N for pycocotools: COCOeval takes a match to annotation id 0 for none,
+        # and cannot hold string ids. The file's ids stay in the messages above.
+        ann = {**ann, "id": len(kept) + 1, "iscrowd": int(crowd)}
         ann.setdefault("area", float((x2 - x1) * (y2 - y1)))
         kept.append(ann)
         objects[ann["image_id"]].append(VOCObject(categories[ann["category_id"]], box, crowd))
@@ -217,7 +226,8 @@ def load_split(path: Path, images: Path) -> COCOSplit:
         width, height = sizes[key]
         annotations[name] = VOCAnnotation(name, file_name, width, height, tuple(objects[key]))
         mine = coco.imgToAnns.get(key, [])
-        record = [image, mine, [categories[a["category_id"]] for a in mine]]  # names: classes
+        cats = [category_table[a["category_id"]] for a in mine]  # names and groups count
+        record = [image, mine, [(c["name"], c.get("supercategory")) for c in cats]]
         records[name] = json.dumps(record, sort_keys=True, default=str)
         order[name] = key
     supers = {
@@ -265,10 +275,20 @@ class COCODataset:
             found = load_split(path, images)
             for name, record in found.records.items():
                 other = self._owner.get(name)
-                if other is not None and record != self._splits[other].records[name]:
+                if other is None:
+                    continue
+                theirs = self._splits[other]
+                here = (images / found.annotations[name].filename).resolve()
+                there = (theirs.images / theirs.annotations[name].filename).resolve()
+                if here != there:
                     raise COCOFormatError(
-                        f"image {name} is in {self.files(other)[0]} and {path} with other "
-                        "annotations: an image must be annotated once"
+                        f"image name {name} stands for {there} in {theirs.path} and for {here} "
+                        f"in {path}: read the splits in separate runs, or rename one"
+                    )
+                if record != theirs.records[name]:
+                    raise COCOFormatError(
+                        f"image {name} is in {theirs.path} and {path} with other annotations: "
+                        "an image must be annotated once"
                     )
             self._splits[split] = found
             for name in found.records:
@@ -309,6 +329,18 @@ class COCODataset:
             "coco": str(Path(self.annotations_arg).resolve()),
             "images": str(Path(self.images_arg).resolve()),
         }
+
+    def category_ids(self, split: str, classes: list[str]) -> list:
+        """The category id of each class, or an error naming those the file lacks."""
+        found = self.split(split)
+        by_name = {class_key(n): k for k, n in found.categories.items()}
+        missing = [c for c in classes if class_key(c) not in by_name]
+        if missing:
+            raise RcnnError(
+                f"{found.path} has no category {missing} (it has "
+                f"{_listed(sorted(found.categories.values()), 12)}): are the classes for it?"
+            )
+        return [by_name[class_key(c)] for c in classes]
 
     def groups(self, split: str) -> dict[str, tuple[str, ...]]:
         """Classes of one supercategory are similar (the false-positive analysis)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from rcnn.data.datasets import check_source
 from rcnn.data.labels import LabelConfig
-from rcnn.data.voc import resolve_classes
+from rcnn.data.voc import resolve_classes, safe_name
 from rcnn.errors import ConfigError
 
 MODES = ("quality", "fast")  # Selective Search strategies
@@ -71,7 +71,7 @@ class PrepareConfig:
             raise ConfigError("--split must name at least one split")
         for entry in self.splits:
             store, _, source = entry.partition("=")
-            if not store or "=" in source or (_ and not source) or "/" in entry:
+            if not safe_name(store) or "=" in source or (_ and not source) or "/" in entry:
                 raise ConfigError(
                     f"--split {entry!r}: give NAME or STORE=NAME (e.g. train=train2017)"
                 )

@@ -149,6 +149,8 @@ def run_test(cfg: VOCTestConfig) -> dict:
     loaded = load_model(cfg.model, cfg.classes)
     truth = load_ground_truth(voc, ids, loaded.classes)
     check_classes_present(truth, loaded.classes, voc.describe(cfg.split))
+    if isinstance(voc, COCODataset):  # COCO's metrics need a category for each class
+        voc.category_ids(cfg.split, loaded.classes)
     out = Path(cfg.out)
     world, device = init_world(cfg.detector.inference.device)
     variants = list(cfg.variants or [cfg.detector.variant])
@@ -584,6 +586,11 @@ def evaluate_result_files(
     if path.is_file() and path.suffix.lower() == ".json":
         if out is None:
             raise ConfigError(f"--dets {path} is a COCO results file: pass --out for the metrics")
+        if (Path(out) / "settings.json").is_file() or (Path(out) / COCO_RESULTS).resolve() == path.resolve():
+            raise ConfigError(
+                f"--out {out} holds an `rcnn test` run or the results file itself, which the "
+                "new metrics would replace: choose another --out"
+            )
         names, detections = _read_coco_results(path, voc, split, classes)
     else:
         names, detections = _read_result_folder(path, voc, split, classes, out, competition)
@@ -651,6 +658,8 @@ def _read_coco_results(path: Path, voc, split: str, classes: list[str] | None):
         named = voc.split(split).categories
         used = {e.get("category_id") for e in entries if isinstance(e, dict)}
         classes = [named[k] for k in named if k in used] or list(named.values())
+        logger.info("--dets %s: evaluating the categories it detects, %s (--classes chooses)",
+                    path, classes)  # fmt: skip
     truth = ground_truth(voc, split, voc.ids(split), classes)
     image_index = {key: i for i, key in enumerate(truth.images)}
     label_of = {key: k for k, key in enumerate(truth.categories, start=1)}

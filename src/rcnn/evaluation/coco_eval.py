@@ -21,7 +21,6 @@ import numpy as np
 
 from rcnn.data.coco import COCODataset
 from rcnn.data.voc import boxes_to_coco, class_key
-from rcnn.errors import RcnnError
 
 MAX_PER_IMAGE = 100  # COCO's limit for a results file, and the largest maxDets of COCOeval
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -53,12 +52,8 @@ def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COC
 
     if isinstance(dataset, COCODataset):
         found = dataset.split(split)
-        by_name = {class_key(n): k for k, n in found.categories.items()}
-        missing = [c for c in classes if class_key(c) not in by_name]
-        if missing:
-            raise RcnnError(f"{found.path} has no category {missing}: is the model for it?")
         images = [found.names[i] for i in ids]
-        return COCOTruth(found.coco, images, [by_name[class_key(c)] for c in classes])
+        return COCOTruth(found.coco, images, dataset.category_ids(split, classes))
     wanted = {class_key(c): k for k, c in enumerate(classes, start=1)}
     images, annotations = [], []
     for image_id in ids:
@@ -135,11 +130,13 @@ def evaluate_results(results: list[dict], truth: COCOTruth, classes: list[str]) 
         run.accumulate()
         run.summarize()
     stats = [float(v) if v >= 0 else float("nan") for v in run.stats]
-    # precision [IoU thresholds, recall points, classes, areas, maxDets]: area "all", 100 dets
+    # precision [IoU thresholds, recall points, categories, areas, maxDets]: area "all", 100
+    # detections; the categories in COCOeval's order (sorted ids), not the classes'.
     precision = run.eval["precision"][:, :, :, 0, -1]
+    order = [int(c) if isinstance(c, np.integer) else c for c in run.params.catIds]
     per_class = {}
-    for k, cls in enumerate(classes):
-        mine = precision[:, :, k]
+    for cls, category in zip(classes, truth.categories, strict=True):
+        mine = precision[:, :, order.index(category)]
         per_class[cls] = float(mine[mine > -1].mean()) if (mine > -1).any() else float("nan")
     return {**dict(zip(STATS, stats, strict=True)), "classes": per_class}
 

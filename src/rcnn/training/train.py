@@ -44,7 +44,7 @@ from rcnn.runtime.config import CPU_BATCH, CUDA_BATCH
 from rcnn.runtime.device import amp_dtype, configure_device, default_amp, resolve_device
 from rcnn.runtime.distributed import World, all_sum, barrier, init_world, rank_zero_first, shutdown
 from rcnn.training.board import FOLDER as BOARD
-from rcnn.training.board import Board
+from rcnn.training.board import Board, summary_writer
 from rcnn.training.config import TrainConfig
 from rcnn.training.overlap import (
     PendingValidation,
@@ -384,6 +384,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
     that run's files first). Under torchrun every process calls this; rank 0 alone prints
     and writes files.
     """
+    if cfg.tensorboard:
+        summary_writer()  # missing: said before any file is touched, on every rank
     world, device_name = init_world(cfg.device)
     device = resolve_device(device_name)
     configure_device(device)
