@@ -586,7 +586,8 @@ def evaluate_result_files(
     if path.is_file() and path.suffix.lower() == ".json":
         if out is None:
             raise ConfigError(f"--dets {path} is a COCO results file: pass --out for the metrics")
-        if (Path(out) / "settings.json").is_file() or (Path(out) / COCO_RESULTS).resolve() == path.resolve():
+        own = (Path(out) / COCO_RESULTS).resolve() == path.resolve()
+        if own or (Path(out) / "settings.json").is_file():
             raise ConfigError(
                 f"--out {out} holds an `rcnn test` run or the results file itself, which the "
                 "new metrics would replace: choose another --out"
