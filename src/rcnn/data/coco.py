@@ -54,6 +54,11 @@ class COCOFormatError(VOCFormatError):
     """A COCO file is missing, malformed or inconsistent; the message names the file."""
 
 
+def quiet():
+    """Silences pycocotools, which prints its progress to stdout."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
 def _listed(items: list, most: int = 5) -> str:
     shown = ", ".join(str(i) for i in items[:most])
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
@@ -217,7 +222,7 @@ def load_split(path: Path, images: Path) -> COCOSplit:
 
     coco = COCO()
     coco.dataset = {**data, "annotations": kept}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+    with quiet():
         coco.createIndex()
     annotations, records, order = {}, {}, {}
     for key, image in image_table.items():
@@ -244,11 +249,6 @@ class COCODataset:
         self.annotations_arg, self.images_arg = str(annotations), str(images)
         self._splits: dict[str, COCOSplit] = {}
         self._owner: dict[str, str] = {}  # image name -> split it was read from
-
-    @property
-    def root(self) -> Path:
-        """Where the dataset lives, for messages: the folder of its images."""
-        return Path(self.images_arg.replace(SPLIT, "*"))
 
     def check_splits(self, splits: list[str]) -> None:
         """Several splits need ``{split}`` in ``--coco`` (one file holds one split)."""

@@ -27,6 +27,7 @@ from rcnn.data.datasets import Dataset, check_source, open_dataset
 from rcnn.data.voc import VOC_GROUPS, boxes_to_voc, coco_to_boxes, voc_to_boxes
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import ConfigError, RcnnError
+from rcnn.evaluation.coco_eval import ground_truth
 from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth, evaluate_flat
 from rcnn.files import (
     DamagedFileError,
@@ -336,7 +337,8 @@ def _evaluate_folder(folder: Path, cfg, voc, truth: SplitTruth, loaded, saved: d
     write_results(folder, cfg.split, loaded.classes, detections, truth.ids)
     groups = voc.groups(cfg.split)
     metrics = evaluate_detections(detections, truth, loaded.classes, cfg.analyze, groups)
-    metrics["coco"] = coco_metrics(folder, voc, cfg.split, truth.ids, loaded.classes, detections)
+    coco_truth = ground_truth(voc, cfg.split, truth.ids, loaded.classes)
+    metrics["coco"] = coco_metrics(folder, coco_truth, loaded.classes, detections)
     metrics.update(extra)
     metrics.update(split=cfg.split, model=loaded.source, images=len(truth.ids))
     finish(folder, metrics)
@@ -502,11 +504,11 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 COCO_RESULTS = "coco_results.json"
 
 
-def coco_metrics(out: Path, voc, split: str, ids: list[str], classes: list[str], detections):
-    """Writes ``out/coco_results.json`` and returns COCO's metrics of it."""
-    from rcnn.evaluation.coco_eval import evaluate_results, ground_truth, results_of
+def coco_metrics(out: Path, truth, classes: list[str], detections) -> dict:
+    """Writes ``out/coco_results.json`` of ``detections`` against ``truth`` (a
+    :class:`~rcnn.evaluation.coco_eval.COCOTruth`) and returns COCO's metrics of it."""
+    from rcnn.evaluation.coco_eval import evaluate_results, results_of
 
-    truth = ground_truth(voc, split, ids, classes)
     results = results_of(detections, truth)
     atomic_write_bytes(out / COCO_RESULTS, json.dumps(results).encode())
     return evaluate_results(results, truth, classes)
@@ -592,15 +594,16 @@ def evaluate_result_files(
                 f"--out {out} holds an `rcnn test` run or the results file itself, which the "
                 "new metrics would replace: choose another --out"
             )
-        names, detections = _read_coco_results(path, voc, split, classes)
+        names, detections, coco_truth = _read_coco_results(path, voc, split, classes)
     else:
         names, detections = _read_result_folder(path, voc, split, classes, out, competition)
+        coco_truth = ground_truth(voc, split, voc.ids(split), names)
     ids = voc.ids(split)
     truth = load_ground_truth(voc, ids, names)
     check_classes_present(truth, names, voc.describe(split))
     target = output_dir(out) if out else path
     metrics = evaluate_detections(detections, truth, names, analyze, voc.groups(split))
-    metrics["coco"] = coco_metrics(target, voc, split, ids, names, detections)
+    metrics["coco"] = coco_metrics(target, coco_truth, names, detections)
     metrics.update(split=split, dets=str(path), images=len(ids))
     finish(target, metrics)
     return metrics
@@ -640,11 +643,9 @@ def _read_result_folder(folder: Path, voc, split, classes, out, competition):
 
 
 def _read_coco_results(path: Path, voc, split: str, classes: list[str] | None):
-    """The classes and detections of a COCO results file: a list of ``{image_id,
+    """The classes, detections and COCO ground truth of a COCO results file: a list of ``{image_id,
     category_id, bbox: [x, y, w, h], score}``, ids of the dataset's file (of a VOC dataset:
     its image ids, and category ``k`` the ``k``-th of ``--classes``, as `rcnn test` writes)."""
-    from rcnn.evaluation.coco_eval import ground_truth
-
     try:
         entries = json.loads(read_regular_file(path).decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -697,7 +698,7 @@ def _read_coco_results(path: Path, voc, split: str, classes: list[str] | None):
     boxes = coco_to_boxes(np.array([r[3:] for r in rows], float))
     detections = {k: (images[labels == k], scores[labels == k], boxes[labels == k])
                   for k in range(1, len(classes) + 1)}  # fmt: skip
-    return list(classes), detections
+    return list(classes), detections, truth
 
 
 def finish(out: Path, metrics: dict) -> None:

@@ -13,13 +13,11 @@ As COCO's results files, each image keeps its 100 highest-scored detections over
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
 
-from rcnn.data.coco import COCODataset
+from rcnn.data.coco import COCODataset, quiet
 from rcnn.data.voc import boxes_to_coco, class_key
 
 MAX_PER_IMAGE = 100  # COCO's limit for a results file, and the largest maxDets of COCOeval
@@ -39,10 +37,6 @@ class COCOTruth:
     coco: object
     images: list
     categories: list
-
-
-def _quiet():
-    return contextlib.redirect_stdout(io.StringIO())  # pycocotools prints as it goes
 
 
 def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COCOTruth:
@@ -74,7 +68,7 @@ def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COC
     categories = [{"id": k, "name": c} for k, c in enumerate(classes, start=1)]
     coco = COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
-    with _quiet():
+    with quiet():
         coco.createIndex()
     return COCOTruth(coco, list(ids), list(range(1, len(classes) + 1)))
 
@@ -115,7 +109,7 @@ def evaluate_results(results: list[dict], truth: COCOTruth, classes: list[str]) 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    with _quiet():
+    with quiet():
         if results:
             found = truth.coco.loadRes([dict(r) for r in results])
         else:  # loadRes cannot take an empty list
