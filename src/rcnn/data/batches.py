@@ -291,7 +291,7 @@ def _warn_no_use_count() -> None:
 
 
 class DeviceImages:
-    """Every image of a store on ``device``, normalized, zero-padded to the largest size.
+    """Every image of a store on ``device``, normalized, zero-padded past the largest size.
 
     Args:
         store: decoded RGB images.
@@ -301,7 +301,11 @@ class DeviceImages:
     """
 
     def __init__(self, store: ImageStore, device, mean, std, dtype=torch.float32):
-        height, width = (int(v) for v in store.shapes.max(axis=0))
+        # One row and column of padding past the largest image: roi_align clamps a sample
+        # beyond the tensor's last pixel to that pixel, so without it a region at the border
+        # of the largest image would read its edge where others read the (zero) padding, and
+        # its warp would depend on which images share the tensor.
+        height, width = (int(v) + 1 for v in store.shapes.max(axis=0))
         self.tensor = torch.zeros(len(store), 3, height, width, dtype=dtype, device=device)
         for i in range(len(store)):
             image = torch.from_numpy(store.image(i)).to(device).permute(2, 0, 1).unsqueeze(0)
@@ -405,3 +409,18 @@ class DeviceFeeder:
 def chunks(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Fixed, ordered batches for validation."""
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def image_batches(counts, batch_size: int) -> list[np.ndarray]:
+    """Ordered batches of the regions of consecutive images (``counts[i]`` regions of image
+    ``i``), none holding two images' regions: an image's batches are then the same whatever
+    images are scored with it (alone, in a chunk, or on another torchrun process), and so
+    are its scores, bit for bit. A CPU's kernels may round a row differently in a batch of
+    another size or composition."""
+    stops = np.cumsum(counts, dtype=np.int64)
+    starts = stops - np.asarray(counts, dtype=np.int64)
+    return [
+        np.arange(s, min(s + batch_size, stop))
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+        for s in range(start, stop, batch_size)
+    ]

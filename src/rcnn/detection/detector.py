@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from rcnn.data.batches import chunks, make_feeder
+from rcnn.data.batches import image_batches, make_feeder
 from rcnn.data.config import ProposalConfig
 from rcnn.data.dataset import ImageStore
 from rcnn.data.proposals import ProposalPool, ProposalResult
@@ -94,10 +94,9 @@ class Detector:
         regions = RegionSet(paths, index, flat, zeros, zeros, self.classes, list(sizes))
         threads = self.inference.threads
         store = ImageStore.of(regions, threads)
-        order = chunks(np.arange(len(regions)), self.inference.batch)
+        order = image_batches(counts, self.inference.batch)
         feeder = make_feeder(regions, order, self.warp, self.device, workers=threads, store=store)
         parts: dict[str, list] = {"probs": [], **{name: [] for name in self.layers}}
-        # No torchrun gathering here: each process scores its own images.
         amp = functools.partial(autocast, self.device, self.inference.amp)
         for probs, features in forward_features(self.model, feeder, self.layers, amp):
             parts["probs"].append(probs)
