@@ -32,7 +32,8 @@ from rcnn.training.config import (
 # Training flags default to None, so that a preset (or a resumed run) supplies what the user
 # did not set; their help shows TrainConfig's own default.
 _TRAIN_FLAGS = [
-    ("--backbone", str, "torchvision classifier: alexnet, vgg16, resnet50, mobilenet_v3_large"),
+    ("--backbone", str, "torchvision classifier: alexnet, vgg16, resnet50, mobilenet_v3_large; "
+     "or alexnet_tiny, AlexNet's shape at ~0.1M parameters (no pretrained weights)"),
     ("--weights", str, "imagenet (downloaded once by torchvision), none (random init), or a "
      "path to a state dict"),
     ("--epochs", int, "epochs"),

@@ -13,6 +13,7 @@ from torchvision import models
 
 from rcnn.data.batches import Warp
 from rcnn.errors import ConfigError, RcnnError
+from rcnn.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD, OWN
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +41,25 @@ def _replace_head(model: nn.Module, num_classes: int) -> str:
 
 def weights_enum(backbone: str):
     """The default ImageNet weights of a torchvision classifier (metadata only, no download)."""
+    if backbone in OWN:
+        raise ConfigError(
+            f"--backbone {backbone} has no pretrained weights: pass --weights none (or a "
+            "file of its own)"
+        )
     classifiers = models.list_models(module=models)  # not detection or segmentation models
     if backbone not in classifiers:
         raise ConfigError(
             f"--backbone {backbone!r} is not a torchvision ImageNet classifier "
-            f"(e.g. {', '.join(classifiers[:12])}, ...)"
+            f"(e.g. {', '.join(classifiers[:12])}, ...) nor one of {', '.join(OWN)}"
         )
     return models.get_model_weights(backbone).DEFAULT
 
 
 def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std the backbone's pretrained weights expect, from their metadata."""
+    """Mean and std the backbone's pretrained weights expect, from their metadata
+    (ImageNet's for a backbone of this project's own)."""
+    if backbone in OWN:
+        return IMAGENET_MEAN, IMAGENET_STD
     preset = weights_enum(backbone).transforms()
     return tuple(preset.mean), tuple(preset.std)
 
@@ -95,6 +104,8 @@ class ModelSpec:
 
 def imagenet_weights_cached(backbone: str) -> bool:
     """Whether the ImageNet weights file is already in the torch hub cache (no download)."""
+    if backbone in OWN:
+        return False
     url = weights_enum(backbone).url
     return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
 
@@ -118,7 +129,8 @@ def build_model(backbone: str = "alexnet", num_classes: int = 2, weights: str = 
     """A torchvision classifier whose last linear layer has ``num_classes`` outputs.
 
     Args:
-        backbone: any torchvision classification model name (alexnet, vgg16, resnet50, ...).
+        backbone: any torchvision classification model name (alexnet, vgg16, resnet50, ...),
+            or ``alexnet_tiny`` (:mod:`rcnn.modeling.backbones`, random initialisation).
         num_classes: outputs of the new head (K classes + background).
         weights: ``imagenet`` (torchvision's weights API: downloaded once, then cached),
             ``none`` (random initialisation), or a path to a state dict: either the ImageNet
@@ -129,9 +141,13 @@ def build_model(backbone: str = "alexnet", num_classes: int = 2, weights: str = 
     """
     if num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (classes + background), got {num_classes}")
-    enum = weights_enum(backbone)
-    model = models.get_model(backbone, weights=None)
+    if backbone in OWN:
+        model = OWN[backbone]()
+    else:
+        weights_enum(backbone)  # an unknown name is refused by name
+        model = models.get_model(backbone, weights=None)
     if weights == "imagenet":
+        enum = weights_enum(backbone)  # refuses a backbone without pretrained weights
         try:
             state = enum.get_state_dict(progress=False, check_hash=True)
         except Exception as err:  # no network, proxy, SSL, disk full...
