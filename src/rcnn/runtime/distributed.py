@@ -62,8 +62,16 @@ def init_world(device_name: str) -> tuple[World, str]:
     elif device_name == "auto":
         device_name = "cpu"
     if not dist.is_initialized():
+        global _owned
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
+        _owned = True
     return world, device_name
+
+
+# Whether init_world started the process group, which shutdown() then ends. A group started
+# by the caller (a script running several stages in one launch) is left for it to end:
+# starting a group again in the same processes is not reliable.
+_owned = False
 
 
 TIMEOUT_ENV = "RCNN_DIST_TIMEOUT"
@@ -213,6 +221,9 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Ends the process group that :func:`init_world` started (not one the caller did)."""
+    global _owned
     dist = _group()
-    if dist is not None:
+    if dist is not None and _owned:
         dist.destroy_process_group()
+        _owned = False
