@@ -17,12 +17,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# Tests marked `precision` use the automatic precision: they run with native bfloat16 forced
-# off and on (RCNN_NATIVE_BF16), so that both paths are tried whatever this CPU has.
+# One session; the tests of the automatic precision run with native bfloat16 forced off and
+# on (RCNN_NATIVE_BF16) whatever this CPU has. The slowest 10 are named at the end.
 test: lint
-	$(VENV)/bin/pytest -m "not precision"
-	RCNN_NATIVE_BF16=0 $(VENV)/bin/pytest -m precision
-	RCNN_NATIVE_BF16=1 $(VENV)/bin/pytest -m precision
+	$(VENV)/bin/pytest --durations=10
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks

@@ -1,64 +1,34 @@
-"""Shared fixtures: tiny VOC trees written on the fly, never downloaded."""
+"""Shared fixtures: tiny VOC trees and runs built on the fly, never downloaded."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
-OUTSIDE_PRECISION = os.environ.get("RCNN_NATIVE_BF16")  # as `make test` sets it, or unset
+from tests.helpers import draw_scene, tiny_config, write_xml
 
 
 @pytest.fixture(autouse=True, scope="session")
-def float32_by_default():
-    """The automatic precision is float32 everywhere in the tests (as on a CPU without native
-    bfloat16), whatever this machine has, so that no test depends on it..."""
+def isolated_environment(tmp_path_factory):
+    """Every test runs with float32 as the automatic precision (as on a CPU without native
+    bfloat16), whatever this machine has, so that no test depends on it, and with a proposal
+    cache of its own session, so that a test that forgets --cache-dir never writes to the
+    user's cache. Processes the tests start inherit both."""
     patch = pytest.MonkeyPatch()
     patch.setenv("RCNN_NATIVE_BF16", "0")
+    patch.setenv("RCNN_CACHE_DIR", str(tmp_path_factory.mktemp("rcnn-cache")))
     yield
     patch.undo()
 
 
-@pytest.fixture(autouse=True)
-def outside_precision_when_marked(request, monkeypatch):
-    """...but in the tests marked ``precision``, which take RCNN_NATIVE_BF16 from outside:
-    `make test` runs them with 0 and with 1."""
-    if request.node.get_closest_marker("precision") is None:
-        return
-    if OUTSIDE_PRECISION is None:
-        monkeypatch.delenv("RCNN_NATIVE_BF16")
-    else:
-        monkeypatch.setenv("RCNN_NATIVE_BF16", OUTSIDE_PRECISION)
-
-
-def write_xml(path: Path, filename: str, size, objects) -> None:
-    """Writes a VOC XML; ``objects`` holds (name, (xmin, ymin, xmax, ymax) 1-based, difficult)."""
-    parts = [
-        "<annotation>",
-        f"<filename>{filename}</filename>",
-        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>",
-    ]
-    for name, (xmin, ymin, xmax, ymax), difficult in objects:
-        parts.append(
-            f"<object><name>{name}</name><truncated>0</truncated>"
-            f"<difficult>{int(difficult)}</difficult><bndbox><xmin>{xmin}</xmin>"
-            f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-        )
-    parts.append("</annotation>")
-    path.write_text("\n".join(parts))
-
-
-def draw_scene(seed: int, size=(96, 72), boxes=()) -> np.ndarray:
-    """A BGR image with a noisy background and a solid block per box (0-based, exclusive)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    image = rng.integers(60, 120, size=(height, width, 3), dtype=np.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        image[y1:y2, x1:x2] = (40 + 60 * i, 200, 240 - 50 * i)
-    return image
+@pytest.fixture(params=["0", "1"], ids=["native-bf16-off", "native-bf16-on"])
+def native_bf16(request, monkeypatch) -> bool:
+    """For the tests of the automatic precision: run once as on a CPU without native bfloat16
+    and once as on one with it (RCNN_NATIVE_BF16, read on every call), whatever this CPU is."""
+    monkeypatch.setenv("RCNN_NATIVE_BF16", request.param)
+    return request.param == "1"
 
 
 @pytest.fixture
@@ -132,13 +102,32 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def one_epoch_model(prepared):
-    """A network trained one epoch on ``prepared`` (cars), built once per test session: for
-    tests that need some model, not a good one."""
-    from rcnn.training.config import TrainConfig
+    """A tiny network trained one epoch on ``prepared`` (cars), built once per test session:
+    for the tests that need some model, not a good one. Tests that write into a run folder
+    take a copy (``tests.helpers.copy_run``)."""
     from rcnn.training.train import run_train
 
     out = prepared.parent / "one-epoch-run"
-    run_train(TrainConfig(data=str(prepared), out=str(out), weights="none", epochs=1,
-                          input_size=64, num_pos=4, num_neg=12, workers=1, device="cpu",
-                          optimizer="adam", lr=1e-4, progress=False))  # fmt: skip
+    run_train(tiny_config(prepared, out, epochs=1, workers=1, lr=1e-4))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A synthetic VOC set (also as COCO files) with a test split, its proposal cache, and a
+    tiny network fine-tuned on it for a few epochs: a model that finds the cars."""
+    from rcnn.data.config import PrepareConfig, ProposalConfig
+    from rcnn.data.prepare import run_prepare
+    from rcnn.data.synth import make_synthetic_voc
+    from rcnn.training.train import run_train
+
+    root = tmp_path_factory.mktemp("detection")
+    make_synthetic_voc(
+        root / "voc", 30, 3, (256, 192), val_fraction=0.2, test_fraction=0.2, coco=True
+    )
+    cache = str(root / "cache")
+    run_prepare(PrepareConfig(str(root / "voc"), str(root / "regions"), workers=1,
+                              proposals=ProposalConfig("fast"), cache_dir=cache,
+                              progress=False))  # fmt: skip
+    run_train(tiny_config(root / "regions", root / "run", epochs=3, workers=2))
+    return root

@@ -85,7 +85,26 @@ def test_device_feeder_batches_and_labels(val_set):
     labels = torch.cat([y for _, y in got])
     assert torch.equal(labels, torch.from_numpy(regions.labels.astype(np.int64)))
     assert got[0][0].dtype == torch.float32 and got[0][0].shape == (64, 3, 32, 32)
-    assert images.nbytes == len(regions.image_paths) * 3 * 4 * int(np.prod(store.shapes.max(0)))
+    padded = int(np.prod(store.shapes.max(0) + 1))  # a row and column past the largest
+    assert images.nbytes == len(regions.image_paths) * 3 * 4 * padded
+
+
+def test_device_warp_of_an_image_is_the_same_whatever_images_share_the_tensor(tmp_path):
+    # A region at the border of the largest image reads the padding, as one of a smaller image
+    # does: its warp is the same when a larger image joins the tensor.
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("a.png", (30, 40)), ("b.png", (50, 60))):
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    boxes = torch.tensor([[25, 15, 40, 30], [0, 0, 40, 30]])
+    alone = DeviceImages(ImageStore([str(tmp_path / "a.png")]), "cpu", MEAN, STD)
+    shared = DeviceImages(
+        ImageStore([str(tmp_path / "a.png"), str(tmp_path / "b.png")]), "cpu", MEAN, STD
+    )
+    index = torch.tensor([0, 0])
+    for pad in (0, 4):
+        a = warp_regions(alone, index, boxes, 24, pad)
+        b = warp_regions(shared, index, boxes, 24, pad)
+        assert torch.equal(a, b), pad
 
 
 def test_make_feeder_paths_agree(val_set):

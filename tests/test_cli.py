@@ -8,16 +8,8 @@ import torch
 from torchvision import models
 
 from rcnn.cli import main
-
-TINY = ["--weights", "none", "--input-size", "64", "--num-pos", "4", "--num-neg", "12",
-        "--workers", "0", "--optimizer", "adam", "--lr", "1e-4", "--device", "cpu",
-        "--no-progress"]  # fmt: skip
-
-
-def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+from tests.helpers import TINY_FLAGS as TINY
+from tests.helpers import copy_run, run_python
 
 
 def test_help_does_not_import_torch():
@@ -53,11 +45,10 @@ def test_redirected_training_log_has_the_recipe_lines(prepared, tmp_path):
     assert any(line.startswith("val Loss: ") for line in lines)
 
 
-@pytest.fixture(scope="module")
-def run_folder(prepared, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--data", str(prepared), "--out", str(out), "--epochs", "1", *TINY]) == 0
-    return out
+@pytest.fixture
+def run_folder(one_epoch_model):
+    """The session's one-epoch run, trained with the flags of TINY (read-only here)."""
+    return one_epoch_model
 
 
 def bad_invocations(prepared, run, tmp_path):
@@ -106,7 +97,8 @@ def test_offline_imagenet_weights_are_one_line(prepared, tmp_path, monkeypatch, 
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     flags = [f for f in TINY if f not in ("--weights", "none")]
-    argv = ["train", "--data", str(prepared), "--out", str(tmp_path / "r"), *flags]
+    argv = ["train", "--data", str(prepared), "--out", str(tmp_path / "r"), *flags,
+            "--backbone", "alexnet"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Offline?" in err and len(err.splitlines()) == 1, err
@@ -120,10 +112,7 @@ def test_verbose_shows_the_traceback(prepared, tmp_path, capsys):
 
 
 def test_overwrite_replaces_a_run(prepared, run_folder, tmp_path):
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_folder, copy)
+    copy = copy_run(run_folder, tmp_path / "run")
     argv = ["train", "--data", str(prepared), "--out", str(copy), "--epochs", "1", *TINY]
     assert main([*argv, "--overwrite", "--seed", "3"]) == 0
     assert (copy / "last.pt").read_bytes() != (run_folder / "last.pt").read_bytes()

@@ -15,7 +15,7 @@ from rcnn.data.datasets import open_dataset
 from rcnn.data.voc import boxes_to_coco, coco_to_box, coco_to_boxes, voc_to_box
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.coco_eval import evaluate_results, ground_truth, results_of
-from tests.conftest import draw_scene
+from tests.helpers import draw_scene
 
 CLASSES = ["car", "bus"]
 

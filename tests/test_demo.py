@@ -1,3 +1,7 @@
+import torch
+from torch import nn
+from torchvision import models
+
 from rcnn.demo import DemoConfig, run_demo
 
 
@@ -20,3 +24,7 @@ def test_demo_runs_end_to_end_and_says_where_things_are(tmp_path, capsys):
                  "detections.png", "ablation.md", "ablation.png"):  # fmt: skip
         assert (test / name).is_file(), name
     assert 0 <= metrics["test"]["map_07"] <= 1
+    # The demo fine-tunes AlexNet: its model.pth loads into torchvision's own AlexNet.
+    reference = models.alexnet()
+    reference.classifier[6] = nn.Linear(4096, 3)  # background, car, bus
+    reference.load_state_dict(torch.load(run / "model.pth", weights_only=True), strict=True)

@@ -15,42 +15,12 @@ from rcnn.detection.config import DetectorConfig, eval_detector_config
 from rcnn.detection.detector import Detector, select_detections
 from rcnn.detection.evaluate_split import VOCTestConfig, read_results, run_test, write_results
 from rcnn.errors import RcnnError
+from rcnn.files import output_dir
 from rcnn.modeling.checkpoint import load_model
 from rcnn.runtime.config import InferenceConfig
+from tests.helpers import one_process, same_files, torchrun_steps
 
 FLAGS = ["--device", "cpu", "--workers", "1", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A synthetic VOC set with a test split and a model fine-tuned on it for a few epochs."""
-    from rcnn.data.config import PrepareConfig, ProposalConfig
-    from rcnn.data.prepare import run_prepare
-    from rcnn.data.synth import make_synthetic_voc
-    from rcnn.training.config import TrainConfig
-    from rcnn.training.train import run_train
-
-    root = tmp_path_factory.mktemp("detection")
-    make_synthetic_voc(
-        root / "voc", 30, 3, (256, 192), val_fraction=0.2, test_fraction=0.2, coco=True
-    )
-    cache = root / "cache"
-    run_prepare(
-        PrepareConfig(
-            str(root / "voc"),
-            str(root / "regions"),
-            proposals=ProposalConfig("fast"),
-            cache_dir=str(cache),
-            workers=1,
-            progress=False,
-        )
-    )
-    cfg = TrainConfig(
-        data=str(root / "regions"), out=str(root / "run"), weights="none", epochs=3,
-        optimizer="adam", lr=1e-4, input_size=64, workers=2, device="cpu", progress=False,
-    )  # fmt: skip
-    run_train(cfg)
-    return root
 
 
 CPU = InferenceConfig(device="cpu")
@@ -271,39 +241,35 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
 
 
 def test_scores_come_in_one_pass_per_chunk(trained):
-    # Two images scored together give what each gives alone.
+    # Two images scored together give what each gives alone, whatever the batch size.
     detector = Detector(load_model(trained / "run"), detector_config(trained))
     paths = [str(trained / "voc" / "JPEGImages" / f"00000{i}.jpg") for i in (1, 2)]
     boxes = [np.array([[0, 0, 40, 40], [10, 10, 90, 70]]), np.array([[5, 5, 60, 50]])]
     sizes = [(256, 192), (256, 192)]
     together = detector.score(paths, boxes, sizes)
     alone = [detector.score([p], [b], [s])[0] for p, b, s in zip(paths, boxes, sizes, strict=True)]
-    for a, b in zip(together, alone, strict=True):
-        assert np.allclose(a, b, atol=1e-5)
+    for a, b in zip(together, alone, strict=True):  # the same bytes: batches never mix images
+        np.testing.assert_array_equal(a, b)
 
 
 def test_torchrun_shares_images_and_gives_the_same_results(trained, tmp_path):
-    import subprocess
-    import sys
+    from rcnn.files import output_lock
 
     common = [str(trained / "run"), "--voc-root", str(trained / "voc"),
               "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
-    assert main(["test", *common, "--out", str(tmp_path / "one")]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "rcnn", "test", *common, "--out", str(tmp_path / "two")]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    name = "comp4_det_test_car.txt"
-    assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    one_process("test", *common, "--out", str(tmp_path / "one"))
+    steps = [{"name": name, "argv": ["test", *common, "--out", str(tmp_path / name)]}
+             for name in ("two", "locked")]  # fmt: skip
     # A folder another process is writing: every rank stops with the message, none hangs or
     # ends in a communication traceback.
-    from rcnn.files import output_lock
-
-    with output_lock(tmp_path / "two", "rcnn test"):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    assert done.stderr.count("is being written by rcnn test") == 2, done.stderr[-2000:]
-    assert "gloo" not in done.stderr.lower() and "Connection" not in done.stderr, done.stderr
+    with output_lock(output_dir(tmp_path / "locked"), "rcnn test"):
+        ranks = torchrun_steps(steps, tmp_path / "launch")
+    assert [r["two"]["rc"] for r in ranks] == [0, 0]
+    same_files(tmp_path / "one", tmp_path / "two", ["comp4_det_test_car.txt"])
+    for rank in ranks:
+        err = rank["locked"]["err"]
+        assert rank["locked"]["rc"] == 2 and "is being written by rcnn test" in err, err
+        assert "gloo" not in err.lower() and "Connection" not in err, err
 
 
 def test_close_scores_keep_their_order_in_result_files(tmp_path):
@@ -462,14 +428,17 @@ def test_a_model_of_other_classes_than_the_split_is_refused(trained, tmp_path, c
 
 
 @pytest.mark.precision
-def test_rcnn_test_never_mixes_precisions(one_epoch_model, prepared, tmp_path, monkeypatch, capsys):
+def test_rcnn_test_never_mixes_precisions(
+    one_epoch_model, prepared, tmp_path, monkeypatch, capsys, native_bf16
+):
     # Any model will do: the session's one-epoch run, on the two images of its val split.
     voc = prepared.parent / "voc"
     assert len(read_id_file(VOCDataset(voc).split_path("val"))) <= 4
     argv = ["test", str(one_epoch_model), "--voc-root", str(voc), "--split", "val", "--out",
             str(tmp_path / "t"), "--cache-dir", str(tmp_path / "cache"), *FLAGS]  # fmt: skip
-    assert main(argv) == 0  # automatic precision: as this machine (or RCNN_NATIVE_BF16) says
+    assert main(argv) == 0  # automatic precision: as RCNN_NATIVE_BF16 says
     amp = json.loads((tmp_path / "t" / "settings.json").read_text())["amp"]
+    assert amp is native_bf16
     monkeypatch.setenv("RCNN_NATIVE_BF16", "0" if amp else "1")  # another machine's default
     assert main(argv) == 2
     assert "other settings (amp)" in capsys.readouterr().err

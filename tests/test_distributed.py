@@ -1,35 +1,48 @@
-"""Two-process DDP training on the CPU (gloo), through torchrun, as a user would launch it."""
+"""Two-process training and `rcnn prepare` on the CPU (gloo), through torchrun as a user would
+launch them: one launch runs every step below, one after the other."""
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from rcnn.cli import main
 from rcnn.data.regions import RegionSet
 from rcnn.evaluation.evaluate import run_evaluate
 from rcnn.runtime.config import InferenceConfig
+from tests.helpers import TINY_FLAGS, torchrun_steps
 
-CPU = InferenceConfig(device="cpu", threads=1)
-
-PROBE = Path(__file__).with_name("ddp_probe.py")
-
-
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *args]  # fmt: skip
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+PREPARE = ["--split", "train", "val", "--classes", "car", "--workers", "1", "--no-progress"]
 
 
-def test_ranks_train_disjoint_shards_and_stay_identical(prepared, tmp_path):
-    torchrun(str(PROBE), str(prepared), str(tmp_path), cwd=tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+@pytest.fixture(scope="module")
+def launched(prepared, tmp_path_factory):
+    """The folder of one torchrun launch and what each rank's steps returned."""
+    root = tmp_path_factory.mktemp("torchrun")
+    voc = prepared.parent / "voc"
+    (root / "elsewhere").mkdir()
+    prepare = ["prepare", "--voc-root", str(voc), *PREPARE]
+    # The same command, but rank 1 runs where `voc` (a relative path) is not there.
+    unseen = ["prepare", "--voc-root", "voc", "--out", str(root / "refused"), "--workers", "1",
+              "--cache-dir", str(root / "c3"), "--no-progress"]  # fmt: skip
+    steps = [
+        {"name": "epoch", "epoch": [str(prepared), str(root / "probe")]},
+        {"name": "train", "argv": ["train", "--data", str(prepared), "--out", str(root / "run"),
+                                   "--epochs", "1", "--lr", "1e-4", *TINY_FLAGS]},
+        {"name": "prepare", "argv": [*prepare, "--out", str(root / "two"), "--cache-dir",
+                                     str(root / "c2")]},
+        {"name": "unseen", "argv": unseen,
+         "chdir": {"0": str(prepared.parent), "1": str(root / "elsewhere")}},
+        {"name": "other", "argv": unseen, "rank_argv": {"1": [*unseen[:2], "voc1", *unseen[3:]]},
+         "chdir": {"0": str(prepared.parent), "1": str(prepared.parent)}},
+    ]  # fmt: skip
+    ranks = torchrun_steps(steps, root, env={"RCNN_DIST_TIMEOUT": "60"})
+    return root, ranks
+
+
+def test_ranks_train_disjoint_shards_and_stay_identical(prepared, launched):
+    root, _ = launched
+    ranks = [torch.load(root / "probe" / f"rank{r}.pt", weights_only=False) for r in range(2)]
     labels = RegionSet.load(prepared / "train").labels
     assert ranks[0]["world"] == 2 and ranks[0]["batches"] == ranks[1]["batches"] > 0
     negatives = [{i for i in r["seen"] if labels[i] == 0} for r in ranks]
@@ -46,13 +59,12 @@ def test_ranks_train_disjoint_shards_and_stay_identical(prepared, tmp_path):
     assert ranks[0]["row"]["val_metrics"]["count"] == len(RegionSet.load(prepared / "val"))
 
 
-def test_torchrun_cli_metrics_equal_single_process_evaluation(prepared, tmp_path):
-    out = tmp_path / "run"
-    result = torchrun("-m", "rcnn", "train", "--data", str(prepared), "--out", str(out),
-                      "--weights", "none", "--input-size", "64", "--num-pos", "4", "--num-neg",
-                      "12", "--workers", "0", "--epochs", "1", "--optimizer", "adam", "--lr",
-                      "1e-4", "--device", "cpu", "--no-progress", cwd=tmp_path)  # fmt: skip
-    assert result.stdout.count("Epoch 0/0") == 1, "only rank 0 prints"
+def test_torchrun_cli_metrics_equal_single_process_evaluation(prepared, launched):
+    root, ranks = launched
+    assert [r["train"]["rc"] for r in ranks] == [0, 0]
+    assert ranks[0]["train"]["out"].count("Epoch 0/0") == 1, "rank 0 prints"
+    assert "Epoch" not in ranks[1]["train"]["out"], "only rank 0 prints"
+    out = root / "run"
     (row,) = list(csv.DictReader((out / "metrics.csv").open()))
     metrics = run_evaluate(
         str(out), str(prepared), inference=InferenceConfig(device="cpu", threads=1), progress=False
@@ -62,7 +74,7 @@ def test_torchrun_cli_metrics_equal_single_process_evaluation(prepared, tmp_path
     assert metrics["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)
 
 
-def _files(folder: Path) -> dict[str, bytes]:
+def _files(folder) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes()
         for p in sorted(folder.rglob("*"))
@@ -70,46 +82,31 @@ def _files(folder: Path) -> dict[str, bytes]:
     }
 
 
-def test_torchrun_prepare_writes_the_stores_of_one_process(prepared, tmp_path):
+def test_torchrun_prepare_writes_the_stores_of_one_process(prepared, launched, tmp_path):
+    root, ranks = launched
+    assert [r["prepare"]["rc"] for r in ranks] == [0, 0]
+    assert "positives" in ranks[0]["prepare"]["out"], "rank 0 reports"
+    assert "positives" not in ranks[1]["prepare"]["out"], "only rank 0 reports"
+    one = tmp_path / "one"
     voc = prepared.parent / "voc"
-    args = ["--voc-root", str(voc), "--split", "train", "val", "--classes", "car",
-            "--workers", "1", "--no-progress"]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    from rcnn.cli import main
-
-    assert main(["prepare", *args, "--out", str(one), "--cache-dir", str(tmp_path / "c1")]) == 0
-    result = torchrun("-m", "rcnn", "prepare", *args, "--out", str(two), "--cache-dir",
-                      str(tmp_path / "c2"), cwd=tmp_path)  # fmt: skip
-    assert result.stdout.count("positives") == 1, "only rank 0 reports"
-    files = _files(two)
+    argv = ["prepare", "--voc-root", str(voc), *PREPARE, "--out", str(one)]
+    assert main([*argv, "--cache-dir", str(tmp_path / "c1")]) == 0
+    files = _files(root / "two")
     assert files == _files(one) and "train/meta.json" in files
     # Each process searched its own share: the two caches together hold every image once.
-    cached = sorted(p.name for p in (tmp_path / "c2").rglob("*") if p.is_file())
+    cached = sorted(p.name for p in (root / "c2").rglob("*") if p.is_file())
     assert len(cached) == len(sorted(p.name for p in (tmp_path / "c1").rglob("*") if p.is_file()))
 
 
-def test_torchrun_prepare_names_the_rank_that_cannot_see_the_dataset(prepared, tmp_path):
-    # The same command on both ranks, but rank 1 runs where `voc` is not there.
-    (tmp_path / "elsewhere").mkdir()
-    script = tmp_path / "probe.py"
-    script.write_text(
-        "import os, sys\n"
-        "from rcnn.cli import main\n"
-        "os.chdir(sys.argv[1] if os.environ['RANK'] == '0' else sys.argv[2])\n"
-        "root = 'voc' if sys.argv[5] == 'same' else f'voc{os.environ[\"RANK\"]}'\n"
-        "sys.exit(main(['prepare', '--voc-root', root, '--out', sys.argv[3], '--workers', '1',"
-        " '--cache-dir', sys.argv[4], '--no-progress']))\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RCNN_DIST_TIMEOUT": "60"}
-    for case, said in (
-        ("same", "--voc-root voc failed on 1 of 2 processes: rank 1: "),
+@pytest.mark.parametrize(
+    ("step", "said"),
+    [
+        ("unseen", "--voc-root voc failed on 1 of 2 processes: rank 1: "),
         ("other", "rank 1 started with other arguments than rank 0"),
-    ):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(script), str(prepared.parent), str(tmp_path / "elsewhere"),
-               str(tmp_path / "out"), str(tmp_path / "cache"), case]  # fmt: skip
-        result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
-        assert result.returncode != 0, case
-        assert said in result.stderr, result.stderr[-2000:]
-        assert not (tmp_path / "out" / "train").exists()
+    ],
+)
+def test_torchrun_prepare_names_the_rank_that_cannot_see_the_dataset(launched, step, said):
+    root, ranks = launched
+    for rank in ranks:  # every rank stops with the one message
+        assert rank[step]["rc"] == 2 and said in rank[step]["err"], rank[step]
+    assert not (root / "refused" / "train").exists()

@@ -2,9 +2,7 @@
 the feature store they read."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from rcnn.modeling.features import feature_dims
 from rcnn.modeling.svm import NegativeCache, fit_svm, svm_objective
 from rcnn.ops.boxes import decode_boxes, encode_boxes
 from rcnn.runtime.config import InferenceConfig
+from tests.helpers import copy_run, one_process, same_files, torchrun_steps
 
 
 def random_boxes(rng, n):
@@ -121,9 +120,7 @@ def heads_run(prepared, one_epoch_model, tmp_path_factory):
     run_prepare(PrepareConfig(str(voc), str(root / "regions"), labels=PRESETS["paper"],
                               proposals=ProposalConfig("fast"), cache_dir=str(cache), workers=1,
                               progress=False))  # fmt: skip
-    # Tests here write into the run folder: a copy of it, its files hard links (a file is
-    # replaced by renaming, never written in place).
-    shutil.copytree(one_epoch_model, root / "run", copy_function=os.link)
+    copy_run(one_epoch_model, root / "run")  # tests here write into the run folder
     return root
 
 
@@ -156,13 +153,13 @@ def test_features_equal_the_networks_activations(heads_run, prepared):
         expected_fc7 = model.classifier[:6](flat)
     np.testing.assert_allclose(pool5.rows(rows), flat.numpy(), rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(fc7.rows(rows), expected_fc7.numpy(), rtol=2e-3, atol=2e-3)
-    assert feature_dims(model) == {"fc7": 4096, "pool5": 9216}
+    assert feature_dims(model) == {"fc7": 128, "pool5": 288}  # the tiny backbone's
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["layers"] == {"fc7": 4096, "pool5": 9216}
+    assert meta["layers"] == {"fc7": 128, "pool5": 288}
 
 
 @pytest.mark.precision
-def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path):
+def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path, native_bf16):
     from rcnn.modeling.config import FeaturesConfig
     from rcnn.modeling.extract import run_features
 
@@ -176,6 +173,7 @@ def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path):
     assert len(chunks) >= 2
     first = {p.name: p.read_bytes() for p in chunks}
     made_in = json.loads((out / "meta.json").read_text())["precision"]
+    assert made_in == ("bfloat16" if native_bf16 else "float32")
     # Killed part-way: the last chunks never written, a temporary file left behind.
     for p in chunks[1:]:
         p.unlink()
@@ -206,7 +204,7 @@ def test_train_svm_and_bbox_then_detect_with_them(heads_run, capsys):
     from rcnn.modeling.svm import SVMModel
 
     svm = SVMModel.load(run / "svm")
-    assert svm.weights.shape == (1, 4096) and svm.scale > 0
+    assert svm.weights.shape == (1, 128) and svm.scale > 0
     rows = json.loads((run / "svm" / "svm.json").read_text())
     assert rows["config"]["C"] == 0.001 and rows["config"]["pos_weight"] == 2.0
     from rcnn.data.regions import RegionSet
@@ -225,7 +223,6 @@ def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
     run = heads_run / "run"
     # Features of another model: the same store, but a retrained model file.
     other = tmp_path / "other"
-    import shutil
 
     shutil.copytree(
         run, other, ignore=shutil.ignore_patterns("svm", "bbox", "features", "*.pth", "last.pt")
@@ -270,7 +267,6 @@ def test_svm_of_other_classes_is_refused(heads_run, tmp_path):
 
 
 def test_heads_of_another_network_are_refused_and_of_a_copy_accepted(heads_run, tmp_path):
-    import shutil
 
     from rcnn.detection.config import DetectorConfig
     from rcnn.detection.detector import Detector
@@ -291,7 +287,6 @@ def test_heads_of_another_network_are_refused_and_of_a_copy_accepted(heads_run, 
 
 
 def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_path, capsys):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(
@@ -375,7 +370,6 @@ def test_svms_need_the_ground_truth_positives_of_the_paper_preset(heads_run, pre
 
 
 def test_messages_name_what_to_do(heads_run, tmp_path, capsys):
-    import shutil
 
     feats = tmp_path / "feats"
     shutil.copytree(heads_run / "feats", feats)
@@ -493,57 +487,62 @@ def test_streamed_heads_equal_the_stored_ones(heads_run, layer):
     assert stream.computed <= 3 * len(regions)
 
 
-def _same_outputs(a: Path, b: Path, names) -> None:
-    for name in names:
-        if name.endswith(".npz"):
-            x, y = np.load(a / name), np.load(b / name)
-            assert sorted(x.files) == sorted(y.files), name
-            for key in x.files:
-                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}:{key}")
-        else:
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+@pytest.fixture(scope="module")
+def torchrun_heads(heads_run, prepared, tmp_path_factory):
+    """Features, SVMs, box regressors, `rcnn test` and the ablation made in one process (with
+    one thread, as each of torchrun's) and by a 2-process torchrun (one launch, stage after
+    stage): the folder ``ROOT/{kind}{1,2}`` of each."""
+    root = tmp_path_factory.mktemp("torchrun-heads")
+    run, data = heads_run / "run", heads_run / "regions"
+    common = ["--device", "cpu", "--no-progress", "--batch", "16", "--threads", "1"]
+    heads = ["--data", str(data), "--split", "train", "--no-amp", *common]
+    detect = [str(run), "--voc-root", str(prepared.parent / "voc"), "--split", "val",
+              "--svm", str(root / "svm1"), "--bbox-reg", str(root / "bbox1"),
+              "--cache-dir", str(root / "cache"), "--workers", "1", *common]  # fmt: skip
+    stages = {
+        "svm": ["train-svm", str(run), *heads],
+        "bbox": ["train-bbox", str(run), *heads],
+        "feats": ["features", str(run), *heads, "--pool5"],
+        # The images shared out by `rcnn test` and `rcnn ablate`, in both precisions.
+        "ablate": ["ablate", *detect, "--no-amp"],
+        "ablate-bf16": ["ablate", *detect, "--amp"],
+        "test-bf16": ["test", *detect, "--amp", "--scorer", "svm"],
+    }
+    steps = []
+    for kind, argv in stages.items():
+        one_process(*argv, "--out", str(root / f"{kind}1"))
+        steps.append({"name": kind, "argv": [*argv, "--out", str(root / f"{kind}2")]})
+    ranks = torchrun_steps(steps, root / "launch")
+    assert all(rank[kind]["rc"] == 0 for rank in ranks for kind in stages), ranks
+    return root
 
 
-def _one_process(*args: str) -> None:
-    """``rcnn ARGS`` in this process with one thread, as each of torchrun's two: the same sums
-    in the same order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(list(args)) == 0
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_torchrun_features_and_heads_write_the_files_of_one_process(heads_run, prepared, tmp_path):
+def test_torchrun_features_and_heads_write_the_files_of_one_process(torchrun_heads):
     # Two processes share out the batches (each computes every other group of batches); rank 0
     # trains and writes: the same SVMs, box regressors and feature chunks, bit for bit.
-    from tests.test_distributed import torchrun
-
-    run, data = heads_run / "run", heads_run / "regions"
-    common = ["--data", str(data), "--device", "cpu", "--no-progress", "--no-amp", "--batch",
-              "16", "--threads", "1"]  # fmt: skip
-    for kind, command, extra, names in (
-        ("svm", "train-svm", ["--split", "train"], ["svm.npz", "svm_log.csv"]),
-        ("bbox", "train-bbox", ["--split", "train"], ["bbox.npz", "bbox_log.csv"]),
-        ("feats", "features", ["--split", "train", "--pool5"],
-         ["train/fc7/000000.npy", "train/pool5/000000.npy"]),
-    ):  # fmt: skip
-        one, two = tmp_path / f"{kind}1", tmp_path / f"{kind}2"
-        _one_process(command, str(run), *common, *extra, "--out", str(one))
-        torchrun("-m", "rcnn", command, str(run), *common, *extra, "--out", str(two),
-                 cwd=tmp_path)  # fmt: skip
-        _same_outputs(one, two, names)
+    root = torchrun_heads
+    for kind, names in (
+        ("svm", ["svm.npz", "svm_log.csv"]),
+        ("bbox", ["bbox.npz", "bbox_log.csv"]),
+        ("feats", ["train/fc7/000000.npy", "train/pool5/000000.npy"]),
+    ):
+        one, two = root / f"{kind}1", root / f"{kind}2"
+        same_files(one, two, names)
         if kind != "feats":
             a, b = (json.loads((f / f"{kind}.json").read_text()) for f in (one, two))
             assert a["classes"] == b["classes"] and a["scale"] == b["scale"]
             assert a["model"] == b["model"] and a["features"] == "computed on the fly"
-    # The ablation, from the heads just trained: the images shared out as by `rcnn test`.
-    ablate = [str(run), "--voc-root", str(prepared.parent / "voc"), "--split", "val",
-              "--svm", str(tmp_path / "svm1"), "--bbox-reg", str(tmp_path / "bbox1"),
-              "--cache-dir", str(tmp_path / "cache"), "--workers", "1", *common[2:]]  # fmt: skip
-    _one_process("ablate", *ablate, "--out", str(tmp_path / "ablate1"))
-    torchrun("-m", "rcnn", "ablate", *ablate, "--out", str(tmp_path / "ablate2"), cwd=tmp_path)
-    names = ["ablation.md", "ablation.json"]
-    names += [f"{v}/comp4_det_val_car.txt" for v in ("softmax", "svm", "svm-bbox")]
-    _same_outputs(tmp_path / "ablate1", tmp_path / "ablate2", names)
+
+
+@pytest.mark.parametrize("kind", ["ablate", "ablate-bf16", "test-bf16"])
+def test_torchrun_test_and_ablate_write_the_files_of_one_process(torchrun_heads, kind):
+    # The images are shared out: each image's regions are scored in batches of their own,
+    # so its detections are the same bytes whichever process scores it, in either precision.
+    one, two = torchrun_heads / f"{kind}1", torchrun_heads / f"{kind}2"
+    if kind == "test-bf16":
+        names = ["comp4_det_val_car.txt", "coco_results.json"]
+        assert json.loads((one / "settings.json").read_text())["amp"] is True
+    else:
+        names = ["ablation.md", "ablation.json"]
+        names += [f"{v}/comp4_det_val_car.txt" for v in ("softmax", "svm", "svm-bbox")]
+    same_files(one, two, names)

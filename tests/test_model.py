@@ -16,6 +16,7 @@ from rcnn.modeling.model import (
     ("backbone", "head", "in_features"),
     [
         ("alexnet", "classifier.6", 4096),
+        ("alexnet_tiny", "classifier.6", 128),
         ("resnet18", "fc", 512),
         ("mobilenet_v3_small", "classifier.3", 1024),
     ],
@@ -101,3 +102,25 @@ def test_parameter_groups_head_multiplier():
 
 def test_normalization_from_weights_metadata():
     assert normalization("alexnet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_feature_taps_of_alexnet_and_of_its_tiny_twin():
+    from rcnn.modeling.features import feature_dims
+
+    assert feature_dims(build_model("alexnet", 2, "none")) == {"fc7": 4096, "pool5": 9216}
+    tiny = build_model("alexnet_tiny", 2, "none")
+    assert feature_dims(tiny) == {"fc7": 128, "pool5": 288}
+    # The same layout as AlexNet: fc7 is what the first six classifier layers give.
+    alexnet = build_model("alexnet", 2, "none")
+    assert [type(m) for m in tiny.classifier] == [type(m) for m in alexnet.classifier]
+    assert sum(p.numel() for p in build_model("alexnet_tiny", 1000, "none").parameters()) < 2e5
+
+
+def test_the_tiny_backbone_has_no_pretrained_weights(tmp_path):
+    with pytest.raises(ValueError, match="--backbone alexnet_tiny has no pretrained weights"):
+        build_model("alexnet_tiny", 2, "imagenet")
+    assert normalization("alexnet_tiny") == normalization("alexnet")
+    trained = build_model("alexnet_tiny", 3, "none")
+    torch.save(trained.state_dict(), tmp_path / "tiny.pth")
+    loaded = build_model("alexnet_tiny", 3, str(tmp_path / "tiny.pth"))
+    torch.testing.assert_close(loaded.classifier[6].weight, trained.classifier[6].weight)

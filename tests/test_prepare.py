@@ -17,8 +17,7 @@ from rcnn.data.proposals import ProposalCache
 from rcnn.data.regions import RegionSet
 from rcnn.data.voc import VOCFormatError
 from rcnn.ops.boxes import box_iou
-
-from .conftest import write_xml
+from tests.helpers import write_xml
 
 
 def config(voc, out, cache, **kw):

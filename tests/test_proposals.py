@@ -6,8 +6,7 @@ import pytest
 
 from rcnn.data.config import ProposalConfig
 from rcnn.data.proposals import ProposalCache, compute_proposals, selective_search
-
-from .conftest import draw_scene
+from tests.helpers import draw_scene
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from rcnn.data.voc import (
     voc_to_box,
 )
 from rcnn.errors import ConfigError
-
-from .conftest import write_xml
+from tests.helpers import write_xml
 
 
 def test_voc_to_box_is_zero_based_exclusive():
