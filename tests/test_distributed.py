@@ -10,13 +10,13 @@ from rcnn.cli import main
 from rcnn.data.regions import RegionSet
 from rcnn.evaluation.evaluate import run_evaluate
 from rcnn.runtime.config import InferenceConfig
-from tests.helpers import TINY_FLAGS, torchrun_steps
+from tests.helpers import TINY_FLAGS, copy_run, torchrun_steps
 
 PREPARE = ["--split", "train", "val", "--classes", "car", "--workers", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def launched(prepared, tmp_path_factory):
+def launched(prepared, one_epoch_model, trained, tmp_path_factory):
     """The folder of one torchrun launch and what each rank's steps returned."""
     root = tmp_path_factory.mktemp("torchrun")
     voc = prepared.parent / "voc"
@@ -36,8 +36,59 @@ def launched(prepared, tmp_path_factory):
         {"name": "other", "argv": unseen, "rank_argv": {"1": [*unseen[:2], "voc1", *unseen[3:]]},
          "chdir": {"0": str(prepared.parent), "1": str(prepared.parent)}},
     ]  # fmt: skip
+    steps += disagreeing_steps(root, prepared, one_epoch_model, trained)
     ranks = torchrun_steps(steps, root, env={"RCNN_DIST_TIMEOUT": "60"})
     return root, ranks
+
+
+STAGES = ("train", "features", "train-svm", "train-bbox", "test", "ablate")
+
+
+def disagreeing_steps(root, prepared, run, trained) -> list[dict]:
+    """Steps whose ranks were given other arguments, other files, or only one of them the
+    data; and one that writes its output on rank 0's disk alone."""
+    for folder in ("a", "b"):
+        copy_run(run, root / folder / "run")  # `run` (relative): another model on rank 1
+    state = torch.load(run / "best.pt", weights_only=True)
+    state["model"]["classifier.6.bias"] += 1e-3
+    (root / "b" / "run" / "best.pt").unlink()
+    torch.save(state, root / "b" / "run" / "best.pt")
+    inference = ["--device", "cpu", "--no-progress", "--workers", "1"]
+    detect = [str(trained / "run"), "--voc-root", str(trained / "voc"), "--cache-dir",
+              str(trained / "cache"), *inference]  # fmt: skip
+    argv = {
+        "train": ["train", "--data", str(prepared), "--epochs", "1", *TINY_FLAGS],
+        "features": ["features", str(run), "--data", str(prepared), *inference[:-2]],
+        "train-svm": ["train-svm", str(run), "--data", str(prepared), *inference[:-2]],
+        "train-bbox": ["train-bbox", str(run), "--data", str(prepared), *inference[:-2]],
+        "test": ["test", *detect],
+        "ablate": ["ablate", *detect, "--svm", str(root / "no-svm"), "--bbox-reg",
+                   str(root / "no-bbox")],
+    }  # fmt: skip
+    other = {"train": ["--lr", "0.5"]}
+    steps = [
+        {"name": f"args-{stage}", "argv": [*a, "--out", str(root / "args" / stage)],
+         "rank_argv": {"1": [*a, "--out", str(root / "args" / stage),
+                             *other.get(stage, ["--batch", "32"])]}}
+        for stage, a in argv.items()
+    ]  # fmt: skip
+    both = {"0": str(root / "a"), "1": str(root / "b")}
+    steps.append({"name": "other-model", "chdir": both, "argv": [
+        "features", "run", "--data", str(prepared), "--out", str(root / "other-model"),
+        *inference[:-2]]})  # fmt: skip
+    steps.append({"name": "local-out", "chdir": both, "argv": ["test", *detect, "--out", "out"]})
+    coco = ["--coco", "coco/instances_{split}.json", "--images", "JPEGImages"]
+    seen = {"0": str(trained / "voc"), "1": str(root / "elsewhere")}
+    steps += [
+        {"name": "unseen-coco-prepare", "chdir": seen, "argv": [
+            "prepare", *coco, "--out", str(root / "unseen"), "--workers", "1", "--no-progress"]},
+        {"name": "unseen-coco-test", "chdir": seen, "argv": [
+            "test", str(trained / "run"), *coco, "--out", str(root / "unseen"), *inference]},
+        {"name": "unseen-voc-test", "chdir": {"0": str(trained), "1": str(root / "elsewhere")},
+         "argv": ["test", str(trained / "run"), "--voc-root", "voc", "--out",
+                  str(root / "unseen"), *inference]},
+    ]  # fmt: skip
+    return steps
 
 
 def test_ranks_train_disjoint_shards_and_stay_identical(prepared, launched):
@@ -110,3 +161,68 @@ def test_torchrun_prepare_names_the_rank_that_cannot_see_the_dataset(launched, s
     for rank in ranks:  # every rank stops with the one message
         assert rank[step]["rc"] == 2 and said in rank[step]["err"], rank[step]
     assert not (root / "refused" / "train").exists()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_refuses_ranks_started_with_other_arguments(launched, stage):
+    root, ranks = launched
+    for rank in ranks:  # both stop, before any work, with the one message naming rank 1
+        found = rank[f"args-{stage}"]
+        assert found["rc"] == 2, found
+        assert f"rcnn {stage}: rank 1 started with other arguments than rank 0" in found["err"]
+    written = [p.name for p in (root / "args" / stage).glob("*") if p.name != ".lock"]
+    assert written == [], written
+
+
+def test_ranks_that_read_another_model_are_refused(launched):
+    root, ranks = launched
+    for rank in ranks:
+        found = rank["other-model"]
+        assert found["rc"] == 2, found
+        assert "the weights of run: rank 1 reads other files than rank 0" in found["err"]
+    assert not (root / "other-model" / "meta.json").exists()
+
+
+def test_rcnn_test_under_torchrun_writes_on_rank_0_alone(launched, trained):
+    # `--out out` is another folder for each process (as on two machines' own disks): rank 0
+    # receives every image's detections and writes them all; rank 1 writes nothing.
+    root, ranks = launched
+    assert [r["local-out"]["rc"] for r in ranks] == [0, 0], ranks[0]["local-out"]["err"]
+    ids = (trained / "voc" / "ImageSets" / "Main" / "test.txt").read_text().split()
+    written = sorted(p.stem for p in (root / "a" / "out" / "detections").glob("*.npz"))
+    assert written == sorted(ids)
+    assert (root / "a" / "out" / "metrics.json").is_file()
+    assert not (root / "b" / "out").exists()
+    assert "mean" in ranks[0]["local-out"]["out"] and ranks[1]["local-out"]["out"] == ""
+
+
+@pytest.mark.parametrize("step", ["unseen-coco-prepare", "unseen-coco-test", "unseen-voc-test"])
+def test_a_rank_that_cannot_see_the_dataset_is_named(launched, step):
+    root, ranks = launched
+    for rank in ranks:
+        found = rank[step]
+        assert found["rc"] == 2 and "failed on 1 of 2 processes: rank 1: " in found["err"], found
+        assert len(found["err"].strip().splitlines()) == 1, found["err"]
+    assert not (root / "unseen" / "metrics.json").exists()
+
+
+def test_a_process_that_hangs_ends_the_others_with_a_message(prepared, one_epoch_model, tmp_path):
+    argv = ["features", str(one_epoch_model), "--data", str(prepared), "--out",
+            str(tmp_path / "f"), "--device", "cpu", "--no-progress"]  # fmt: skip
+    steps = [{"name": "hang", "argv": argv, "sleep": {"1": 8}}]
+    ranks = torchrun_steps(steps, tmp_path / "launch", env={"RCNN_DIST_TIMEOUT": "3"})
+    found = ranks[0]["hang"]
+    assert found["rc"] == 2 and "another process stopped answering" in found["err"], found
+    assert "RCNN_DIST_TIMEOUT" in found["err"] and "Traceback" not in found["err"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e20", "-5", "0", "soon"])
+def test_a_timeout_that_is_not_a_number_of_seconds_is_named(value, monkeypatch):
+    from rcnn.errors import ConfigError
+    from rcnn.runtime.distributed import collective_timeout
+
+    monkeypatch.setenv("RCNN_DIST_TIMEOUT", value)
+    with pytest.raises(ConfigError, match=f"RCNN_DIST_TIMEOUT='{value}': must be a number"):
+        collective_timeout()
+    monkeypatch.setenv("RCNN_DIST_TIMEOUT", "90")
+    assert collective_timeout().total_seconds() == 90

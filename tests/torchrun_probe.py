@@ -6,11 +6,12 @@ The plan is a JSON list of steps, each one of:
 
 * ``{"name", "argv"}``: ``rcnn ARGV``; ``"rank_argv": {"1": [...]}`` gives a rank other
   arguments, ``"chdir": {"0": DIR, "1": DIR}`` runs a rank in another folder;
+* ``"sleep": {"1": SECONDS}`` in a step: that rank sleeps instead (a process that hangs);
 * ``{"name", "epoch": [DATA, OUT]}``: one epoch of the library's own distributed training
   (TINY settings); the rank saves the regions it trained on and its weights to OUT.
 
 Each rank writes ``rank{R}.json`` beside the plan: per step, its exit status and what it
-printed on stdout and stderr.
+printed on stdout and stderr. The group waits ``RCNN_DIST_TIMEOUT`` seconds at a collective.
 """
 
 import contextlib
@@ -18,12 +19,14 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from rcnn.cli import main
+from rcnn.runtime.distributed import collective_timeout
 from tests.helpers import tiny_config
 
 
@@ -46,6 +49,9 @@ def train_one_epoch(data: str, out: Path) -> None:
 
 
 def run_step(step: dict, rank: str) -> dict:
+    if rank in step.get("sleep", {}):  # this rank does nothing for a while
+        time.sleep(step["sleep"][rank])
+        return {"rc": 0, "out": "", "err": ""}
     if "epoch" in step:
         train_one_epoch(step["epoch"][0], Path(step["epoch"][1]))
         return {"rc": 0, "out": "", "err": ""}
@@ -64,12 +70,14 @@ def run_step(step: dict, rank: str) -> dict:
 
 plan = Path(sys.argv[1]).resolve()
 rank = os.environ["RANK"]
-dist.init_process_group("gloo")
+dist.init_process_group("gloo", timeout=collective_timeout())
 done = {}
-try:
-    for step in json.loads(plan.read_text()):
-        done[step["name"]] = run_step(step, rank)
-        dist.barrier()  # the next step starts together
-finally:
+for step in json.loads(plan.read_text()):
+    done[step["name"]] = run_step(step, rank)
     (plan.parent / f"rank{rank}.json").write_text(json.dumps(done))
-    dist.destroy_process_group()
+    try:
+        dist.barrier()  # the next step starts together
+    except RuntimeError:  # a step that broke the group (a timeout) ends the plan
+        sys.stdout.flush()
+        os._exit(0)
+dist.destroy_process_group()

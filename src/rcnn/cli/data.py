@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from rcnn.cli.common import (
     add_cache_dir,
     add_dataset_flags,
@@ -167,7 +165,7 @@ def cmd_prepare(args) -> None:
         progress=not args.no_progress,
     )
     summary = run_prepare(cfg)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+    if summary is not None:  # None on torchrun's other processes: rank 0 reports
         print(format_prepare_summary(summary, args.out))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -10,7 +9,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +20,19 @@ from rcnn.data.proposals import compute_proposals, default_cache_dir
 from rcnn.data.regions import RegionSet, RegionTruth
 from rcnn.data.voc import VOCAnnotation, VOCFormatError
 from rcnn.errors import RcnnError
-from rcnn.files import atomic_write_json, output_dir, output_lock, remove_temporaries
+from rcnn.files import atomic_write_json
 from rcnn.ops.boxes import clip_boxes, nonempty
 from rcnn.runtime.distributed import (
+    FILES,
+    SINGLE,
     World,
     agree,
-    broadcast,
     everywhere,
     gather_to_main,
-    init_world,
     local_processes,
     rank_zero_first,
-    shutdown,
 )
-
-SINGLE = World()
+from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +112,8 @@ def prepare_split(
     annotations = _load_annotations(voc, ids, skipped)
     kept_ids = list(annotations)
     paths = [str(voc.image_path(i)) for i in kept_ids]
-    agree(world, hashlib.sha256("\n".join(paths).encode()).hexdigest(), f"split {split}'s images")
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    agree(world, digest, f"rcnn prepare: split {split}'s images", FILES)
     results = split_proposals(cfg, paths, world)
     made: list = []
     # Rank 0 labels the split; an error there (no usable image) reaches every rank.
@@ -216,8 +213,9 @@ def label_split(cfg, voc, split, kept_ids, annotations, results, skipped):
     return regions, summary
 
 
-def run_prepare(cfg: PrepareConfig) -> dict:
-    """Prepares every split and replaces ``OUT/{split}/`` and ``OUT/summary.json`` together.
+def run_prepare(cfg: PrepareConfig) -> dict | None:
+    """Prepares every split and replaces ``OUT/{split}/`` and ``OUT/summary.json`` together;
+    returns the summary (``None`` on torchrun's other ranks).
 
     Every split is built in a staging folder inside ``OUT`` first; the previous stores are
     replaced only once all splits succeeded, so a failed or interrupted run leaves them as
@@ -228,50 +226,45 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     (:func:`split_proposals`); rank 0 alone labels, writes and publishes, and the stores are
     those of one process.
     """
-    world, _ = init_world("cpu")
-    try:
-        agree(world, settings_digest(cfg), "rcnn prepare")
-        voc = everywhere(world, lambda: _open(cfg), _source(cfg))
-        with contextlib.ExitStack() as stack:
-            staging: list[Path] = []
+    with run_stage("rcnn prepare", "cpu", cfg) as stage:
+        world = stage.world
+        voc = stage.everywhere(lambda: _open(cfg), _source(cfg))
+        staging: list[Path] = []
 
-            def claim() -> None:  # rank 0 holds OUT while the run lasts
-                out = output_dir(cfg.out)
-                stack.enter_context(output_lock(out, "rcnn prepare"))
-                remove_temporaries(out)
-                for stale in out.glob(".prepare-*"):  # left by a killed run: we hold the lock
-                    _restore(stale / ".previous", out)
-                    shutil.rmtree(stale, ignore_errors=True)
-                staging.append(Path(tempfile.mkdtemp(prefix=".prepare-", dir=out)))
-                stack.callback(shutil.rmtree, staging[0], ignore_errors=True)
+        def check(out: Path) -> None:
+            for stale in out.glob(".prepare-*"):  # left by a killed run: we hold the lock
+                _restore(stale / ".previous", out)
+                shutil.rmtree(stale, ignore_errors=True)
+            staging.append(Path(tempfile.mkdtemp(prefix=".prepare-", dir=out)))
+            stage.stack.callback(shutil.rmtree, staging[0], ignore_errors=True)
 
-            rank_zero_first(world, claim)
-            built, summaries, summary = {}, {}, {}
-            for store, split in cfg.stores:
-                made = prepare_split(cfg, voc, split, world)
-                if made is not None:  # rank 0
-                    built[store], summaries[store] = made
+        stage.claim(cfg.out, check)
+        # Every rank reads the split files now, so that one that cannot is named.
+        stage.everywhere(lambda: [voc.ids(split) for _, split in cfg.stores], _source(cfg))
+        built, summaries, summary = {}, {}, {}
+        for store, split in cfg.stores:
+            made = prepare_split(cfg, voc, split, world)
+            if made is not None:  # rank 0
+                built[store], summaries[store] = made
 
-            def publish() -> None:
-                generation = generation_of(built)
-                for split, regions in built.items():
-                    regions.info["generation"] = generation
-                    regions.save(staging[0] / split)
-                summary.update(
-                    **voc.settings(),
-                    classes=cfg.classes,
-                    labels=cfg.labels.to_dict(),
-                    proposals={"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
-                    generation=generation,
-                    splits=summaries,
-                )
-                atomic_write_json(staging[0] / "summary.json", summary)
-                _publish(staging[0], Path(cfg.out), list(built))
+        def publish() -> None:
+            generation = generation_of(built)
+            for split, regions in built.items():
+                regions.info["generation"] = generation
+                regions.save(staging[0] / split)
+            summary.update(
+                **voc.settings(),
+                classes=cfg.classes,
+                labels=cfg.labels.to_dict(),
+                proposals={"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
+                generation=generation,
+                splits=summaries,
+            )
+            atomic_write_json(staging[0] / "summary.json", summary)
+            _publish(staging[0], Path(cfg.out), list(built))
 
-            rank_zero_first(world, publish)
-        return broadcast(summary)
-    finally:
-        shutdown()
+        rank_zero_first(world, publish)
+        return summary if world.is_main else None
 
 
 def _open(cfg: PrepareConfig):
@@ -283,12 +276,6 @@ def _open(cfg: PrepareConfig):
 
 def _source(cfg: PrepareConfig) -> str:
     return f"--coco {cfg.coco}" if cfg.coco else f"--voc-root {cfg.voc_root}"
-
-
-def settings_digest(cfg: PrepareConfig) -> str:
-    """What a ``prepare`` run was asked to do, as a digest every rank can compare."""
-    fields = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "workers")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def generation_of(splits: dict[str, RegionSet]) -> str:

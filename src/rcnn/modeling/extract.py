@@ -23,9 +23,11 @@ from rcnn.data.feature_store import (
     write_chunk,
     write_meta,
 )
-from rcnn.files import output_dir, output_lock, remove_temporaries
+from rcnn.files import remove_temporaries
 from rcnn.modeling.config import FeaturesConfig
 from rcnn.progress import progress_bar
+from rcnn.runtime.config import InferenceConfig
+from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -50,112 +52,114 @@ def run_features(cfg: FeaturesConfig) -> dict | None:
     torchrun every process computes a share of the batches (:mod:`rcnn.runtime.shared`) and
     rank 0 alone writes (the others return ``None``); the store is that of one process.
     """
-    from rcnn.runtime.distributed import init_world, shutdown
-
-    world, device = init_world(cfg.inference.device)
-    cfg = replace(cfg, inference=replace(cfg.inference, device=device))
-    try:
-        return _run_features(cfg, world)
-    finally:
-        shutdown()
-
-
-def _run_features(cfg: FeaturesConfig, world) -> dict | None:
-    import contextlib
-
-    import torch
-
-    from rcnn.data.batches import make_feeder
-    from rcnn.data.regions import load_split
-    from rcnn.modeling.checkpoint import load_model
-    from rcnn.modeling.features import feature_dims, forward_features
-    from rcnn.runtime.device import autocast, precision_name
-    from rcnn.runtime.distributed import broadcast, everywhere, rank_zero_first
     from rcnn.runtime.shared import SharedWork, run_on_main
 
-    def load():
-        return load_model(cfg.model), {split: load_split(cfg.data, split) for split in cfg.splits}
+    with run_stage("rcnn features", cfg.inference.device, cfg) as stage:
+        loaded, splits = stage.everywhere(lambda: _load(cfg))
+        stage.agree(loaded.digest, f"the weights of {cfg.model}")
+        stage.agree({s: r.info.get("generation") for s, r in splits.items()}, "region stores")
+        inference = _claim_store(stage, cfg)
+        extractor = Extractor(loaded, splits, cfg.layers, inference)
+        shared = SharedWork(stage.world, extractor.compute)
+        extractor.shared = shared if stage.world.enabled else None
+        return run_on_main(shared, lambda: _extract(cfg, loaded, splits, extractor))
 
-    loaded, splits = everywhere(world, load, "rcnn features")
-    root = Path(cfg.out)
-    with contextlib.ExitStack() as stack:
-        decided: dict = {}
 
-        def claim() -> None:  # rank 0 holds the store while the run lasts
-            output_dir(root)
-            stack.enter_context(output_lock(root, "rcnn features"))
-            previous = None if cfg.overwrite else read_meta(root)
-            inference = cfg.inference
-            if inference.amp is None and previous is not None:  # automatic: the store's own
-                inference = replace(inference, amp=previous["precision"] != "float32")
-            decided["inference"] = inference
+def _load(cfg: FeaturesConfig):
+    from rcnn.data.regions import load_split
+    from rcnn.modeling.checkpoint import load_model
 
-        rank_zero_first(world, claim)
-        inference = broadcast(decided.get("inference"))
-        inference = replace(inference, device=cfg.inference.device)  # this process's own
-        device, inference, model = loaded.for_inference(inference)
-        dims = {name: feature_dims(model)[name] for name in cfg.layers}
-        made = {"precision": precision_name(device, inference.amp), "device": device.type}
-        images: dict[str, ImageStore] = {}
+    return load_model(cfg.model), {split: load_split(cfg.data, split) for split in cfg.splits}
 
-        def feeder(split: str, batches: list[np.ndarray]):
-            regions = splits[split]
-            if split not in images:  # decoded once, at the first batch of the split
-                images[split] = ImageStore.of(regions, inference.threads)
-            store = images[split]
-            batches = make_feeder(regions, batches, loaded.spec.warp(), device,
-                                  workers=inference.threads, store=store)  # fmt: skip
-            return forward_features(
-                model, batches, cfg.layers, lambda: autocast(device, inference.amp)
-            )
 
-        def compute(split: str, batches: list[np.ndarray]) -> list[dict]:  # a process's share
-            return [
-                {name: value.cpu().numpy() for name, value in features.items()}
-                for _, features in feeder(split, batches)
-            ]
+def _claim_store(stage, cfg: FeaturesConfig) -> InferenceConfig:
+    """Rank 0 takes the store; every rank gets the inference settings, with an automatic
+    precision decided as the store's own."""
+    from rcnn.runtime.distributed import broadcast
 
-        shared = SharedWork(world, compute)
+    decided: dict = {}
 
-        def stage() -> dict:
-            meta = _claim(root, cfg, loaded, made, dims, splits)
-            summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}, **made}
-            for split, regions in splits.items():
-                size = summary["bytes_per_region"] * len(regions)
-                logger.info(
-                    "%s: %d regions x %d bytes (float16 %s) = %.1f MB",
-                    split,
-                    len(regions),
-                    summary["bytes_per_region"],
-                    " + ".join(f"{n} {d}" for n, d in dims.items()),
-                    size / 1e6,
-                )
-                for name in cfg.layers:
-                    remove_temporaries(root / split / name)
-                todo = [
-                    c
-                    for c in range(num_chunks(len(regions), meta["chunk"]))
-                    if not all(chunk_path(root, split, n, c).is_file() for n in cfg.layers)
-                ]
-                batches = _batches(todo, len(regions), meta["chunk"], inference.batch)
-                if batches:
-                    if world.enabled:
-                        outputs = (
-                            (None, {n: torch.from_numpy(v) for n, v in found.items()})
-                            for found in shared.map(split, batches)
-                        )
-                    else:
-                        outputs = feeder(split, batches)
-                    _write_chunks(root, split, cfg.layers, todo, len(regions), meta["chunk"],
-                                  outputs, progress_bar(total=sum(len(b) for b in batches),
-                                                        enabled=cfg.progress,
-                                                        desc=f"features {split}",
-                                                        unit="region"))  # fmt: skip
-                summary["splits"][split] = {"regions": len(regions), "chunks_computed": len(todo)}
-            summary.update(out=str(root), layers=dims)
-            return summary
+    def check(out: Path) -> None:
+        previous = None if cfg.overwrite else read_meta(out)
+        inference = cfg.inference
+        if inference.amp is None and previous is not None:
+            inference = replace(inference, amp=previous["precision"] != "float32")
+        decided["inference"] = inference
 
-        return run_on_main(shared, stage)
+    stage.claim(cfg.out, check)
+    inference = broadcast(decided.get("inference"))
+    return replace(inference, device=stage.device)  # this process's own
+
+
+class Extractor:
+    """The features of batches of a split's regions, on this process's device; under
+    torchrun (:attr:`shared` set) every process computes its share of each request."""
+
+    def __init__(self, loaded, splits: dict, layers: list[str], inference: InferenceConfig):
+        from rcnn.modeling.features import feature_dims
+        from rcnn.runtime.device import precision_name
+
+        self.loaded, self.splits, self.layers = loaded, splits, layers
+        self.device, self.inference, self.model = loaded.for_inference(inference)
+        self.dims = {name: feature_dims(self.model)[name] for name in layers}
+        self.made = {"precision": precision_name(self.device, self.inference.amp),
+                     "device": self.device.type}  # fmt: skip
+        self.images: dict[str, ImageStore] = {}  # decoded once, at a split's first batch
+        self.shared = None
+
+    def compute(self, split: str, batches: list[np.ndarray]) -> list[dict]:
+        """Per batch, ``{layer: float16 [B, D]}`` on the CPU (a process's share)."""
+        return list(self._forward(split, batches))
+
+    def outputs(self, split: str, batches: list[np.ndarray]):
+        """The features of every batch, in order (every process computing under torchrun)."""
+        if self.shared is not None:
+            return self.shared.map(split, batches)
+        return self._forward(split, batches)
+
+    def _forward(self, split: str, batches: list[np.ndarray]):
+        from rcnn.data.batches import make_feeder
+        from rcnn.modeling.features import forward_features
+
+        regions = self.splits[split]
+        if split not in self.images:
+            self.images[split] = ImageStore.of(regions, self.inference.threads)
+        feeder = make_feeder(regions, batches, self.loaded.spec.warp(), self.device,
+                             workers=self.inference.threads, store=self.images[split])  # fmt: skip
+        for _, features in forward_features(self.model, feeder, self.layers, self._autocast):
+            yield {name: value.cpu().numpy() for name, value in features.items()}
+
+    def _autocast(self):
+        from rcnn.runtime.device import autocast
+
+        return autocast(self.device, self.inference.amp)
+
+
+def _extract(cfg: FeaturesConfig, loaded, splits: dict, extractor: Extractor) -> dict:
+    """Rank 0's part: the store's ``meta.json``, then the missing chunks of every split."""
+    root, dims = Path(cfg.out), extractor.dims
+    meta = _claim(root, cfg, loaded, extractor.made, dims, splits)
+    summary = {"bytes_per_region": 2 * sum(dims.values()), "splits": {}, **extractor.made}
+    for split, regions in splits.items():
+        logger.info("%s: %d regions x %d bytes (float16 %s) = %.1f MB", split, len(regions),
+                    summary["bytes_per_region"], " + ".join(f"{n} {d}" for n, d in dims.items()),
+                    summary["bytes_per_region"] * len(regions) / 1e6)  # fmt: skip
+        for name in cfg.layers:
+            remove_temporaries(root / split / name)
+        todo = [
+            c
+            for c in range(num_chunks(len(regions), meta["chunk"]))
+            if not all(chunk_path(root, split, n, c).is_file() for n in cfg.layers)
+        ]
+        batches = _batches(todo, len(regions), meta["chunk"], extractor.inference.batch)
+        if batches:
+            bar = progress_bar(total=sum(len(b) for b in batches), enabled=cfg.progress,
+                               desc=f"features {split}", unit="region")  # fmt: skip
+            outputs = extractor.outputs(split, batches)
+            _write_chunks(root, split, cfg.layers, todo, len(regions), meta["chunk"], outputs, bar)
+        summary["splits"][split] = {"regions": len(regions), "chunks_computed": len(todo)}
+    summary.update(out=str(root), layers=dims)
+    return summary
 
 
 def _claim(root: Path, cfg: FeaturesConfig, loaded, made: dict, dims, splits) -> dict:
@@ -210,9 +214,9 @@ def _write_chunks(root, split, layers, todo, num_regions, chunk, outputs, bar) -
             parts: dict[str, list] = {name: [] for name in layers}
             got = 0
             while got < need:
-                _, features = next(outputs)
+                features = next(outputs)
                 for name in layers:
-                    parts[name].append(features[name].cpu().numpy())
+                    parts[name].append(features[name])
                 got += len(parts[layers[0]][-1])
                 bar.update(len(parts[layers[0]][-1]))
             for name in layers:

@@ -11,7 +11,6 @@ is written then: disk use is that of the outputs. Both write their model to ``RU
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -20,13 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
+from rcnn.data.voc import class_key
 from rcnn.errors import RcnnError
-from rcnn.files import atomic_write_bytes, output_dir, output_lock, remove_temporaries
+from rcnn.files import atomic_write_bytes
 from rcnn.modeling.bbox_regression import train_bbox
 from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
 from rcnn.modeling.extract import StoreClash, run_features
 from rcnn.modeling.stream import FeatureStream
 from rcnn.modeling.svm import train_svms
+from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ def feature_source(cfg: HeadConfig, layer: str, world=None) -> tuple:
     loaded = load_model(cfg.model)
     regions = load_split(cfg.data, cfg.split)
     regions.require_truth(f"train-{'svm' if layer == 'fc7' else 'bbox'}")
+    if [class_key(c) for c in regions.classes] != [class_key(c) for c in loaded.classes]:
+        raise RcnnError(
+            f"--data {cfg.data}: its regions are of classes {regions.classes}, but "
+            f"{cfg.model} was trained for {loaded.classes}: its SVMs and box regressors are "
+            f"trained on regions of its own classes (`rcnn prepare --classes "
+            f"{' '.join(loaded.classes)}`)"
+        )
     if cfg.features:
         return loaded, regions, _store(cfg, layer, loaded, regions, Path(cfg.features), world)
     root = run_folder(cfg.model) / "features"
@@ -120,30 +128,21 @@ def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> 
     """The frame of ``train-svm`` and ``train-bbox``: under torchrun every process computes its
     share of the features on the fly (:mod:`rcnn.runtime.shared`) while rank 0 trains, writes
     and returns ``stage(out, loaded, regions, features)``; the other ranks return ``None``."""
-    from rcnn.runtime.distributed import everywhere, init_world, rank_zero_first, shutdown
     from rcnn.runtime.shared import SharedWork, run_on_main
 
-    world, device = init_world(cfg.inference.device)
-    cfg = replace(cfg, inference=replace(cfg.inference, device=device))
     out = Path(cfg.out or run_folder(cfg.model) / folder)
-    try:
-        with contextlib.ExitStack() as stack:
-
-            def claim() -> None:
-                output_dir(out)
-                stack.enter_context(output_lock(out, command))
-                remove_temporaries(out)
-
-            rank_zero_first(world, claim)
-            loaded, regions, features = everywhere(
-                world, lambda: feature_source(cfg, layer, world), command
-            )
-            shared = SharedWork(world, getattr(features, "compute", None))
-            if isinstance(features, FeatureStream) and world.enabled:
-                features.shared = shared
-            return run_on_main(shared, lambda: stage(out, loaded, regions, features))
-    finally:
-        shutdown()
+    with run_stage(command, cfg.inference.device, cfg) as frame:
+        cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
+        frame.claim(out)
+        loaded, regions, features = frame.everywhere(
+            lambda: feature_source(cfg, layer, frame.world)
+        )
+        frame.agree(loaded.digest, f"the weights of {cfg.model}")
+        frame.agree(regions.info.get("generation"), f"the region store of split {cfg.split}")
+        shared = SharedWork(frame.world, getattr(features, "compute", None))
+        if isinstance(features, FeatureStream) and frame.world.enabled:
+            features.shared = shared
+        return run_on_main(shared, lambda: stage(out, loaded, regions, features))
 
 
 def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict | None:

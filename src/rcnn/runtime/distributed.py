@@ -9,6 +9,7 @@ predictions for the ranking metrics. NCCL on GPUs, gloo on CPUs. Only rank 0 wri
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class World:
         return self.rank == 0
 
 
+SINGLE = World()  # one process, no torchrun
+
+
 def init_world(device_name: str) -> tuple[World, str]:
     """Joins the process group when launched by torchrun; returns the world and the device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -75,6 +79,7 @@ _owned = False
 
 
 TIMEOUT_ENV = "RCNN_DIST_TIMEOUT"
+MAX_TIMEOUT = 1e6  # seconds (11.6 days): larger ones overflow the communication library
 
 
 def collective_timeout() -> timedelta:
@@ -85,11 +90,13 @@ def collective_timeout() -> timedelta:
     try:
         seconds = float(raw)
     except ValueError:
-        seconds = -1
-    if seconds <= 0:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN too
         from rcnn.errors import ConfigError
 
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a number of seconds > 0")
+        raise ConfigError(
+            f"{TIMEOUT_ENV}={raw!r}: must be a number of seconds in (0, {MAX_TIMEOUT:.0f}]"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -119,9 +126,14 @@ def gather_to_main(value) -> list | None:
     return values
 
 
-def agree(world: World, value, what: str) -> None:
+ARGUMENTS = "started with other arguments than rank 0; start every process with the same command"
+FILES = "reads other files than rank 0; every process must see the same files at the same paths"
+
+
+def agree(world: World, value, what: str, how: str = ARGUMENTS) -> None:
     """Refuses to go on, on every rank, unless every rank holds the same ``value`` (the
-    digest of its settings): ranks started with other arguments would write mixed results."""
+    digest of its settings, or of what it read): ranks started with other arguments, or
+    reading other files, would write mixed results. ``how`` says what differs."""
     if not world.enabled:
         return
     values = all_gather(value)
@@ -129,11 +141,7 @@ def agree(world: World, value, what: str) -> None:
     if differ:
         from rcnn.errors import ConfigError
 
-        ranks = ", ".join(map(str, differ))
-        raise ConfigError(
-            f"{what}: rank {ranks} started with other arguments than rank 0; start every "
-            "process with the same command"
-        )
+        raise ConfigError(f"{what}: rank {', '.join(map(str, differ))} {how}")
 
 
 def everywhere(world: World, fn, what: str):

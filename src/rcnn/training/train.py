@@ -27,9 +27,6 @@ from rcnn.evaluation.predict import metrics_of, predict
 from rcnn.files import (
     atomic_write_bytes,
     atomic_write_json,
-    output_dir,
-    output_lock,
-    remove_temporaries,
 )
 from rcnn.modeling.checkpoint import (
     check_classes,
@@ -42,7 +39,8 @@ from rcnn.progress import minutes_seconds, progress_bar
 from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.config import CPU_BATCH, CUDA_BATCH
 from rcnn.runtime.device import amp_dtype, configure_device, default_amp, resolve_device
-from rcnn.runtime.distributed import World, all_sum, barrier, init_world, rank_zero_first, shutdown
+from rcnn.runtime.distributed import FILES, SINGLE, World, agree, all_sum, barrier
+from rcnn.runtime.stage import run_stage
 from rcnn.training.board import FOLDER as BOARD
 from rcnn.training.board import Board, summary_writer
 from rcnn.training.config import TrainConfig
@@ -56,8 +54,6 @@ from rcnn.training.overlap import (
 from rcnn.training.steps import EagerStep, GraphedStep
 
 logger = logging.getLogger(__name__)
-
-SINGLE = World()  # one process, no torchrun
 
 
 class TrainingDiverged(RcnnError):
@@ -303,6 +299,8 @@ def setup_run(cfg: TrainConfig, resume: bool, world: World, device: torch.device
     """Data, model, optimizer and (when resuming) the state of ``cfg.out/last.pt``."""
     out = Path(cfg.out)
     train_rs, val_rs = load_train_val(cfg.data)
+    generations = [regions.info.get("generation") for regions in (train_rs, val_rs)]
+    agree(world, generations, f"rcnn train: the region stores of --data {cfg.data}", FILES)
     class_names = ["background", *train_rs.classes]
     ckpt = load_checkpoint(out / "last.pt") if resume else None
     torch.manual_seed(cfg.seed)  # the new head's (or a random model's) initial weights
@@ -377,33 +375,26 @@ def write_epoch(cfg, run: Run, row, improved, state: dict, history: list, best: 
     write_history(out, history)
 
 
-def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict | None:
     """Trains (or resumes) a run in ``cfg.out``; returns the best epoch's history row.
 
     A new run refuses a folder that holds a run already, unless ``overwrite`` (which deletes
-    that run's files first). Under torchrun every process calls this; rank 0 alone prints
-    and writes files.
+    that run's files first). Under torchrun every process calls this; rank 0 alone prints,
+    writes files and returns the row (the others ``None``).
     """
     if cfg.tensorboard:
         summary_writer()  # missing: said before any file is touched, on every rank
-    world, device_name = init_world(cfg.device)
-    device = resolve_device(device_name)
-    configure_device(device)
     requested = asdict(cfg)
-    cfg = for_device(cfg, device, world)
-    if not world.is_main:
-        cfg = replace(cfg, progress=False)
-    with contextlib.ExitStack() as stack:
-
-        def claim() -> None:  # rank 0 holds the run folder while the run lasts
-            out = output_dir(cfg.out)
-            stack.enter_context(output_lock(out, "rcnn train"))
-            remove_temporaries(out)
-            if not resume:
-                claim_run_folder(out, overwrite)
-
-        rank_zero_first(world, claim)
-        return _train(cfg, resume, world, device, requested)
+    settings = {**requested, "resume": resume, "overwrite": overwrite}
+    with run_stage("rcnn train", cfg.device, settings) as stage:
+        device = resolve_device(stage.device)
+        configure_device(device)
+        cfg = for_device(cfg, device, stage.world)
+        if not stage.world.is_main:
+            cfg = replace(cfg, progress=False)
+        stage.claim(cfg.out, None if resume else lambda out: claim_run_folder(out, overwrite))
+        best = _train(cfg, resume, stage.world, device, requested)
+        return best if stage.world.is_main else None
 
 
 def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict) -> dict:
@@ -428,7 +419,6 @@ def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict
             for epoch in range(run.first_epoch, cfg.epochs):
                 train_epoch(cfg, run, epoch)
     barrier()
-    shutdown()
     elapsed = time.time() - start
     best = run.best
     say(f"Training complete in {minutes_seconds(elapsed)}")
