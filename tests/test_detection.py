@@ -1,6 +1,8 @@
 """The detector, `rcnn detect` and `rcnn test` on a small synthetic VOC set with a trained model."""
 
 import json
+import logging
+import os
 import shutil
 
 import cv2
@@ -136,7 +138,8 @@ def test_rcnn_test_reports_ap_and_resumes_identically(trained, tmp_path, capsys)
     assert main(["test", "--dets", str(out), "--voc-root", str(trained / "voc"),
                  "--out", str(tmp_path / "rescored")]) == 0  # fmt: skip
     rescored = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
-    assert rescored["classes"]["car"]["ap"] == pytest.approx(metrics["classes"]["car"]["ap"])
+    for key in ("ap", "ap_07", "ap_07_strict", "recall"):  # the files hold the boxes scored
+        assert rescored["classes"]["car"][key] == metrics["classes"]["car"][key], key
     # Other settings on the same folder are refused, then accepted with --overwrite.
     assert main([*argv, "--nms", "0.5"]) == 2
     assert "other settings (nms)" in capsys.readouterr().err
@@ -454,3 +457,69 @@ def test_class_names_from_a_checkpoint_never_become_paths(trained, tmp_path, cap
     assert main(argv) == 2
     assert "not a usable class name" in capsys.readouterr().err
     assert not (tmp_path / "notes").exists() and not out.exists()
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_finished_run_stands_only_with_its_own_metrics(trained, tmp_path, capsys, caplog):
+    out = tmp_path / "t"
+    argv = ["test", str(trained / "run"), "--voc-root", str(trained / "voc"), "--out", str(out),
+            "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+    assert main(argv) == 0
+    text = (out / "metrics.json").read_text()
+    metrics = _strict(text)  # strict JSON: an undefined metric is null
+    assert metrics["coco"]["APs"] is None, "no small object in these scenes"
+    # Scoring another folder's result files into this run's folder is refused, as is scoring
+    # the run's own files into itself: either would replace its metrics.
+    voc = ["--voc-root", str(trained / "voc")]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(out / "comp4_det_test_car.txt", other)
+    for dets in (other, out):
+        assert main(["test", "--dets", str(dets), *voc, "--out", str(out)]) == 2
+        assert "holds an `rcnn test` run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == text
+    # metrics.json replaced since the run finished (same size, time restored): not served.
+    stat = (out / "metrics.json").stat()
+    edited = text.replace('"map": 0.', '"map": 1.', 1)
+    assert edited != text and len(edited) == len(text)
+    (out / "metrics.json").write_text(edited)
+    os.utime(out / "metrics.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    assert main(argv) == 0
+    assert "nothing changed" not in caplog.text
+    assert (out / "metrics.json").read_text() == text
+    assert main(argv) == 0  # and now it stands
+    assert "nothing changed since its run finished" in caplog.text
+    assert _strict((out / "metrics.json").read_text()) == metrics
+
+
+def test_split_names_never_become_paths(trained, one_epoch_model, prepared, tmp_path, capsys):
+    hostile = "x/../../../../PWNED"
+    out = tmp_path / "esc" / "a" / "b" / "out"
+    voc = ["--voc-root", str(trained / "voc")]
+    run = str(trained / "run")
+    cases = [
+        ["test", run, *voc, "--split", hostile, "--out", str(out), *FLAGS],
+        ["ablate", run, *voc, "--split", hostile, "--out", str(out), *FLAGS],
+        ["test", "--dets", str(tmp_path / "r.json"), *voc, "--classes", "car", "--split", hostile,
+         "--out", str(out)],
+        ["features", str(one_epoch_model), "--data", str(prepared), "--split", hostile, "--out",
+         str(out)],
+        ["train-svm", run, "--data", str(prepared), "--split", hostile, "--out", str(out)],
+        ["train-bbox", run, "--data", str(prepared), "--split", hostile, "--out", str(out)],
+        ["evaluate", run, "--data", str(prepared), "--split", hostile, "--out", str(out)],
+        ["test", run, *voc, "--split", "test split", "--out", str(out), *FLAGS],
+    ]  # fmt: skip
+    (tmp_path / "r.json").write_text("[]")
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "is not a split name" in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "esc").exists() and not list(tmp_path.rglob("*PWNED*"))

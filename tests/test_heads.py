@@ -546,3 +546,24 @@ def test_torchrun_test_and_ablate_write_the_files_of_one_process(torchrun_heads,
         names = ["ablation.md", "ablation.json"]
         names += [f"{v}/comp4_det_val_car.txt" for v in ("softmax", "svm", "svm-bbox")]
     same_files(one, two, names)
+
+
+def test_heads_refuse_regions_of_other_classes_before_any_work(heads_run, tmp_path, capsys):
+    regions = tmp_path / "regions"
+    shutil.copytree(heads_run / "regions", regions)
+    for split in ("train", "val"):
+        meta = json.loads((regions / split / "meta.json").read_text())
+        meta["classes"] = ["bus"]
+        (regions / split / "meta.json").write_text(json.dumps(meta))
+    run = copy_run(heads_run / "run", tmp_path / "run")
+    for folder in ("svm", "bbox"):  # hard links: replaced, never written in place
+        shutil.rmtree(run / folder, ignore_errors=True)
+    (run / "svm").mkdir()
+    (run / "svm" / "svm.npz").write_bytes(b"a good model")
+    for command in ("train-svm", "train-bbox"):
+        argv = [command, str(run), "--data", str(regions), *FLAGS]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "regions are of classes ['bus']" in err and "trained for ['car']" in err, err
+    assert (run / "svm" / "svm.npz").read_bytes() == b"a good model"
+    assert not (run / "bbox" / "bbox.npz").exists()

@@ -256,6 +256,18 @@ def safe_name(name: str) -> bool:
     return bool(name) and not name.startswith(".") and not _UNSAFE.search(name)
 
 
+def check_split_name(split, flag: str = "--split") -> str:
+    """``split``, or a :class:`~rcnn.errors.ConfigError` naming ``flag`` when it cannot be
+    part of a file name as it is (``comp4_det_{split}_car.txt``, ``eval-{split}/``, a store's
+    folder): no '/', '\\', control character, space or leading '.'."""
+    if not isinstance(split, str) or not safe_name(split) or any(c.isspace() for c in split):
+        raise ConfigError(
+            f"{flag} {split!r} is not a split name (split names become parts of file names: "
+            "no '/', '\\', spaces, control characters or leading '.')"
+        )
+    return split
+
+
 def check_class_names(names, source: str) -> list[str]:
     """``names`` as a list, or a :class:`~rcnn.errors.ConfigError` naming ``source`` (a flag or
     a file) when one of them is not a usable class name (see :func:`safe_name`)."""

@@ -11,7 +11,6 @@ torchrun the images are shared out among the processes and rank 0 writes the res
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +23,13 @@ import numpy as np
 
 from rcnn.data.coco import COCODataset
 from rcnn.data.datasets import Dataset, check_source, open_dataset
-from rcnn.data.voc import VOC_GROUPS, boxes_to_voc, coco_to_boxes, voc_to_boxes
+from rcnn.data.voc import (
+    VOC_GROUPS,
+    boxes_to_voc,
+    check_split_name,
+    coco_to_boxes,
+    voc_to_boxes,
+)
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.coco_eval import ground_truth
@@ -33,15 +38,16 @@ from rcnn.files import (
     DamagedFileError,
     atomic_write_bytes,
     atomic_write_json,
+    file_digest,
     load_npz,
     npz_bytes,
     output_dir,
-    output_lock,
     read_json,
     read_regular_file,
     remove_temporaries,
 )
 from rcnn.ops.boxes import box_iou
+from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ class VOCTestConfig:
 
     def __post_init__(self):
         check_source(self.voc_root, self.coco, self.images)
+        check_split_name(self.split)
 
     def dataset(self):
         return open_dataset(self.voc_root, self.coco, self.images)
@@ -137,13 +144,45 @@ def check_classes_present(truth: SplitTruth, classes: list[str], where: str) -> 
         )
 
 
-def run_test(cfg: VOCTestConfig) -> dict:
+def run_test(cfg: VOCTestConfig) -> dict | None:
     """Detects on every image of the split (or the images still missing after a kill) and
     evaluates; returns the metrics, or with several ``cfg.variants`` the metrics of each
-    (each variant in its own subfolder of ``cfg.out``, all from one forward pass)."""
+    (each variant in its own subfolder of ``cfg.out``, all from one forward pass).
+
+    Under torchrun the images are shared out; each process sends its images' detections to
+    rank 0, which alone writes (only its ``--out`` is used) and returns the metrics (the
+    others return ``None``)."""
+    variants = list(cfg.variants or [cfg.detector.variant])
+    command = "rcnn ablate" if cfg.variants else "rcnn test"
+    with run_stage(command, cfg.detector.inference.device, cfg) as stage:
+        opened = stage.everywhere(lambda: _open_split(cfg, stage.device, variants), _source(cfg))
+        voc, truth, loaded, detector = opened
+        settings = {v.name: _settings(cfg, voc, loaded, v, detector) for v in variants}
+        stage.agree(settings, "the model, heads and dataset")
+        stage.agree(_annotations_digest(voc, truth.ids), f"the annotations of split {cfg.split}")
+        out = Path(cfg.out)
+        folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
+
+        def check(_out: Path) -> None:
+            for name, folder in folders.items():
+                claim_test_folder(folder, settings[name], cfg.overwrite)
+                remove_temporaries(folder)
+
+        stage.claim(out, check)
+        results = _run_claimed(cfg, voc, truth, loaded, stage, detector, folders)
+        if results is None:
+            return None
+        return results[variants[0].name] if len(variants) == 1 else results
+
+
+def _source(cfg: VOCTestConfig) -> str:
+    return f"--coco {cfg.coco}" if cfg.coco else f"--voc-root {cfg.voc_root}"
+
+
+def _open_split(cfg: VOCTestConfig, device: str, variants):
+    """The dataset, the split's ground truth, the model and the detector (on every rank)."""
     from rcnn.detection.detector import Detector
     from rcnn.modeling.checkpoint import load_model
-    from rcnn.runtime.distributed import init_world, rank_zero_first, shutdown
 
     voc = cfg.dataset()
     ids = split_images(voc, cfg.split)
@@ -152,74 +191,102 @@ def run_test(cfg: VOCTestConfig) -> dict:
     check_classes_present(truth, loaded.classes, voc.describe(cfg.split))
     if isinstance(voc, COCODataset):  # COCO's metrics need a category for each class
         voc.category_ids(cfg.split, loaded.classes)
-    out = Path(cfg.out)
-    world, device = init_world(cfg.detector.inference.device)
-    variants = list(cfg.variants or [cfg.detector.variant])
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutdown)
-        inference = replace(cfg.detector.inference, device=device)  # a process's own GPU
-        detector = Detector(loaded, replace(cfg.detector, inference=inference), variants)
-        folders = {v.name: out / v.name if len(variants) > 1 else out for v in variants}
-
-        def claim() -> None:  # rank 0 holds the folder for the whole run
-            stack.enter_context(output_lock(output_dir(out), "rcnn test"))
-            for v in variants:
-                settings = _settings(cfg, voc, loaded, v, detector)
-                claim_test_folder(folders[v.name], settings, cfg.overwrite)
-                remove_temporaries(folders[v.name])
-
-        rank_zero_first(world, claim)
-        return _run_locked(cfg, voc, truth, loaded, world, detector, variants, folders)
+    inference = replace(cfg.detector.inference, device=device)  # a process's own GPU
+    detector = Detector(loaded, replace(cfg.detector, inference=inference), variants)
+    return voc, truth, loaded, detector
 
 
-def _run_locked(cfg, voc, truth: SplitTruth, loaded, world, detector, variants, folders) -> dict:
-    from rcnn.runtime.distributed import barrier, broadcast
+def _annotations_digest(voc: Dataset, ids: list[str]) -> str:
+    text = "".join(f"{i}:{voc.annotation_digest(i)}\n" for i in ids)
+    return hashlib.sha256(text.encode()).hexdigest()
 
-    mine = truth.ids[world.rank :: world.size]
-    inputs = {i: input_digest(voc, i) for i in (truth.ids if world.is_main else mine)}
-    # Nothing changed since a finished run of the same settings: its metrics stand.
-    finished = None
+
+def _run_claimed(cfg, voc, truth: SplitTruth, loaded, stage, detector, folders) -> dict | None:
+    """The detection of the images still to do, shared out, then the metrics (rank 0)."""
+    from rcnn.runtime.distributed import broadcast
+
+    world = stage.world
+    inputs, finished, todo = {}, None, None
     if world.is_main:
+        inputs = {i: input_digest(voc, i) for i in truth.ids}
         found = {name: _finished(f, _inputs_digest(inputs), loaded.classes, cfg.split, truth.ids,
                                  cfg.analyze)
                  for name, f in folders.items()}  # fmt: skip
         finished = found if all(found.values()) else None
-    finished = broadcast(finished)
-    if finished is not None:
+    if broadcast(finished is not None):
         logger.info("%s: nothing changed since its run finished; its metrics stand", cfg.out)
-        return (
-            {}
-            if not world.is_main
-            else (finished[variants[0].name] if len(variants) == 1 else finished)
-        )
-    done: dict[str, dict] = {name: {} for name in folders}
-    for name, folder in folders.items():
-        done[name] = _scan(folder / "detections", mine, inputs)
-    todo = [i for i in mine if not all(i in done[name] for name in folders)]
-    if len(todo) < len(mine):
-        logger.info("%d of %d images already done in %s", len(mine) - len(todo), len(mine),
-                    cfg.out)  # fmt: skip
-    paths = [str(voc.image_path(i)) for i in todo]
-    by_path = dict(zip(paths, todo, strict=True))
-    for result, found in detector.run_variants(paths, cfg.progress and world.is_main):
-        image_id = by_path[result.path]
+        return finished
+    done: dict[str, dict] = {}
+    if world.is_main:
+        done = {name: _scan(folder / "detections", truth.ids, inputs)
+                for name, folder in folders.items()}  # fmt: skip
+        todo = [i for i in truth.ids if not all(i in d for d in done.values())]
+        if len(todo) < len(truth.ids):
+            logger.info("%d of %d images already done in %s", len(truth.ids) - len(todo),
+                        len(truth.ids), cfg.out)  # fmt: skip
+    todo = broadcast(todo)
+    expected = broadcast({i: inputs[i] for i in todo} if world.is_main else None)
+    for image_id, result, found in detect_shared(detector, voc, todo, expected, stage,
+                                                 cfg.progress):  # fmt: skip
         if not result.error:
             _check_size(image_id, result.size, truth.sizes[image_id])
-        for v in variants:
-            dets = None if found is None else found[v.name]
-            path = _npz_path(folders[v.name], image_id)
-            done[v.name][image_id] = save_image_detections(
-                path, result, dets, truth.objects[image_id], inputs[image_id]
+        for name, folder in folders.items():
+            dets = None if found is None else found[name]
+            done[name][image_id] = save_image_detections(
+                _npz_path(folder, image_id), result, dets, truth.objects[image_id], inputs[image_id]
             )
-    barrier()
     if not world.is_main:
-        return {}
+        return None
     results = {}
     for name, folder in folders.items():
         results[name] = _evaluate_folder(folder, cfg, voc, truth, loaded, done[name])
-        record = {"inputs": _inputs_digest(inputs), "detections": _files_digest(folder, truth.ids)}
+        record = {"inputs": _inputs_digest(inputs), "detections": _files_digest(folder, truth.ids),
+                  "metrics": file_digest(folder / "metrics.json")}  # fmt: skip
         atomic_write_json(folder / DONE, record)
-    return results[variants[0].name] if len(variants) == 1 else results
+    return results
+
+
+ROUND = 8  # images a process detects between two sends of its results to rank 0
+
+
+def detect_shared(detector, voc: Dataset, ids: list[str], expected: dict, stage, progress):
+    """``(image id, proposals result, {variant: Detections} or None)`` of every image of
+    ``ids``, on rank 0 (nothing on the others). Under torchrun process ``r`` detects images
+    ``r, r + G, ...``, checking first that it reads the bytes and annotations rank 0 read
+    (``expected``), and sends its results to rank 0 every :data:`ROUND` images."""
+    import itertools
+    import math
+
+    from rcnn.progress import progress_bar
+    from rcnn.runtime.distributed import gather_to_main
+
+    world = stage.world
+    mine = ids[world.rank :: world.size]
+
+    def check() -> None:
+        for image_id in mine:
+            if input_digest(voc, image_id) != expected[image_id]:
+                raise RcnnError(
+                    f"{voc.image_path(image_id)}: this process reads other bytes or another "
+                    "annotation than rank 0; every process must see the same dataset"
+                )
+
+    if world.enabled:
+        stage.everywhere(check, "the images")
+    by_path = {str(voc.image_path(i)): i for i in mine}
+    found = iter(detector.run_variants(list(by_path), progress=False))
+    rounds = math.ceil(math.ceil(len(ids) / world.size) / ROUND)
+    bar = progress_bar(total=len(ids), enabled=progress and world.is_main, desc="detect",
+                       unit="img")  # fmt: skip
+    with bar:
+        for _ in range(rounds):
+            part = stage.everywhere(
+                lambda: [(by_path[r.path], r, d) for r, d in itertools.islice(found, ROUND)],
+                "detection",
+            )
+            for sent in gather_to_main(part) or []:
+                bar.update(len(sent))
+                yield from sent
 
 
 DONE = "done.json"  # written when a run's metrics are complete: the digest of its inputs
@@ -267,6 +334,9 @@ def _finished(
         return None
     if done.get("detections") is None or done["detections"] != _files_digest(folder, ids):
         return None
+    if done.get("metrics") != file_digest(folder / "metrics.json"):  # replaced since
+        return None
+    metrics = nan_from_null(metrics)
     if analyze and "false_positives" not in metrics:  # asked for now, not then
         return None
     if "coco" not in metrics:
@@ -407,8 +477,8 @@ def save_image_detections(path: Path, result, dets, objects: np.ndarray, inputs:
         logger.warning("skipped %s", result.error)
     if dets is None:
         boxes, scores, labels = np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, np.int64)
-    else:
-        boxes, scores, labels = dets.boxes, dets.scores, dets.labels
+    else:  # to 0.1 pixel, as the result files hold them: both are scored alike
+        boxes, scores, labels = np.round(dets.boxes, 1), dets.scores, dets.labels
     table = np.concatenate([boxes, scores[:, None], labels[:, None]], axis=1, dtype=np.float32)
     about = {"objects": len(objects), "found": found, "error": result.error or "",
              "inputs": inputs}  # fmt: skip
@@ -584,6 +654,7 @@ def evaluate_result_files(
 ) -> dict:
     """``rcnn test --dets DIR`` (devkit result files) or ``--dets FILE.json`` (a COCO results
     file): scores existing detections of a split by both metric families."""
+    check_split_name(split)
     path = Path(dets)
     if path.is_file() and path.suffix.lower() == ".json":
         if out is None:
@@ -596,6 +667,11 @@ def evaluate_result_files(
             )
         names, detections, coco_truth = _read_coco_results(path, voc, split, classes)
     else:
+        if out is not None and (Path(out) / "settings.json").is_file():
+            raise ConfigError(
+                f"--out {out} holds an `rcnn test` run, whose metrics the new ones would "
+                "replace: choose another --out"
+            )
         names, detections = _read_result_folder(path, voc, split, classes, out, competition)
         coco_truth = ground_truth(voc, split, voc.ids(split), names)
     ids = voc.ids(split)
@@ -720,9 +796,31 @@ def finish(out: Path, metrics: dict) -> None:
             out / "false_positives.png",
             f"Top false positives by kind, {metrics['split']} split",
         )
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", null_from_nan(metrics))
     metrics["report"] = format_report(metrics)
     metrics["out"] = str(out)
+
+
+def null_from_nan(value):
+    """``value`` with every NaN or infinite float as ``None``: ``metrics.json`` is strict JSON
+    (an undefined AP is ``null``), which every parser reads."""
+    if isinstance(value, dict):
+        return {k: null_from_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [null_from_nan(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def nan_from_null(value):
+    """The metrics of a ``metrics.json`` as they were computed: ``null`` back to NaN (no
+    metric is ever ``None``)."""
+    if isinstance(value, dict):
+        return {k: nan_from_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_from_null(v) for v in value]
+    return float("nan") if value is None else value
 
 
 def format_report(metrics: dict) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from rcnn.data.batches import chunks, make_feeder
 from rcnn.data.dataset import ImageStore, RegionDataset, mean_fill
 from rcnn.data.regions import load_split
+from rcnn.data.voc import check_split_name
 from rcnn.evaluation.metrics import classification_metrics, format_metrics, pr_curves
 from rcnn.evaluation.plots import figure_format, plot_compare, plot_pr, plot_predictions
 from rcnn.evaluation.predict import predict
@@ -35,6 +36,7 @@ def run_evaluate(
     """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png.
     Precision and batch are this machine's choice (``inference``), not the training one's;
     ``classes`` are needed for a plain state dict (model.pth)."""
+    check_split_name(split)
     path = checkpoint_path(checkpoint, default="best.pt")
     loaded = load_model(path, classes)
     out_dir = output_dir(out if out else path.parent / f"eval-{split}")  # before the work

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rcnn.data.feature_store import CHUNK
+from rcnn.data.voc import check_split_name
 from rcnn.errors import ConfigError
 from rcnn.runtime.config import InferenceConfig
 
@@ -33,6 +34,8 @@ class FeaturesConfig:
     progress: bool = True
 
     def __post_init__(self):
+        for split in self.splits:
+            check_split_name(split)
         unknown = [name for name in self.layers if name not in LAYERS]
         _check([
             (bool(self.layers) and not unknown, f"--layers must name some of {LAYERS}, got "
@@ -52,6 +55,9 @@ class HeadConfig:
     split: str = "train"
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     progress: bool = True
+
+    def __post_init__(self):
+        check_split_name(self.split)
 
 
 @dataclass
