@@ -54,9 +54,10 @@ from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.evaluation.predict import predict
 from rcnn.modeling.model import build_model, normalization
 from rcnn.runtime.device import autocast, configure_device
+from rcnn.runtime.distributed import SINGLE
 from rcnn.training.config import TrainConfig
+from rcnn.training.run import compile_mode, make_optimizer
 from rcnn.training.steps import EagerStep, GraphedStep
-from rcnn.training.train import SINGLE, compile_mode, make_optimizer
 
 RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
 REPORT: dict = {}

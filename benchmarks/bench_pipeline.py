@@ -30,7 +30,7 @@ from rcnn.bench import bench_loader, bench_train, make_scale_regions, peak_rss_m
 from rcnn.data.regions import RegionSet
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.modeling.model import build_model
-from rcnn.training.train import TrainConfig
+from rcnn.training.config import TrainConfig
 
 
 class NaiveRegionDataset(Dataset):

@@ -25,7 +25,7 @@ from rcnn.modeling.model import ModelSpec, build_model
 from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.device import autocast, configure_device, resolve_device
 from rcnn.training.config import TrainConfig
-from rcnn.training.train import for_device
+from rcnn.training.run import for_device
 
 RECIPE_TRAIN_REGIONS, RECIPE_VAL_REGIONS, RECIPE_EPOCHS = 530_000, 480_000, 25
 

@@ -15,23 +15,20 @@ from rcnn.modeling.model import build_model
 from rcnn.progress import minutes_seconds
 from rcnn.runtime.config import InferenceConfig
 from rcnn.runtime.device import default_amp
-from rcnn.runtime.distributed import World
+from rcnn.runtime.distributed import SINGLE, World
 from rcnn.training.config import TrainConfig, train_config
+from rcnn.training.epoch import CSV_COLUMNS, TrainingDiverged, train_one_epoch
 from rcnn.training.overlap import Saver
-from rcnn.training.train import (
-    CSV_COLUMNS,
-    SINGLE,
-    TrainingDiverged,
+from rcnn.training.run import (
     claim_run_folder,
     compile_mode,
     config_from_checkpoint,
     for_device,
     resume_config,
-    run_train,
     setup_run,
-    train_one_epoch,
     val_indices,
 )
+from rcnn.training.train import run_train
 from tests.helpers import tiny_config
 
 CPU = InferenceConfig(device="cpu", threads=1)

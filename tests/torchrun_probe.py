@@ -33,7 +33,8 @@ from tests.helpers import tiny_config
 def train_one_epoch(data: str, out: Path) -> None:
     from rcnn.runtime.device import resolve_device
     from rcnn.runtime.distributed import init_world
-    from rcnn.training.train import run_epoch, setup_run
+    from rcnn.training.epoch import history_row, seeded_pass, validate
+    from rcnn.training.run import setup_run
 
     cfg = tiny_config(data, out / "run", epochs=1, lr=1e-4)
     world, device_name = init_world(cfg.device)
@@ -41,7 +42,8 @@ def train_one_epoch(data: str, out: Path) -> None:
     sampler = run.feeders[2]
     sampler.set_epoch(0)
     seen = [i for batch in sampler for i in batch]
-    row = run_epoch(cfg, 0, run.net, run.feeders, run.optimizer, run.class_names, world)
+    train = seeded_pass(cfg, run, 0)
+    row = history_row(0, cfg.lr, train, validate(cfg, run)[0], 0.0)
     state = {"seen": seen, "model": run.model.state_dict(), "row": row, "world": world.size,
              "batches": len(sampler)}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from rcnn.modeling.model import ModelSpec, build_model
 from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.device import autocast, configure_device, resolve_device
 from rcnn.training.config import TrainConfig
-from rcnn.training.train import for_device, make_optimizer
+from rcnn.training.run import for_device, make_optimizer
 
 logger = logging.getLogger(__name__)
 

@@ -163,7 +163,8 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> None:
-    from rcnn.training.train import resume_config, run_train
+    from rcnn.training.run import resume_config
+    from rcnn.training.train import run_train
 
     # Every TrainConfig field with a flag of the same name; unset flags are None.
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")]

@@ -36,6 +36,18 @@ class CheckpointError(RcnnError):
     """A checkpoint is missing, damaged, or does not fit the data."""
 
 
+def checkpoint_record(
+    epoch: int, config: dict, classes: list[str], state: dict, history: list, best: dict | None
+) -> dict:
+    """What ``last.pt`` and ``best.pt`` hold (the schema :func:`load_checkpoint` reads):
+    ``epoch`` epochs trained with ``config``, the ``classes`` (background first), ``state``
+    (the model's, optimizer's and scheduler's state dicts), the history rows and best epoch."""
+    record = {"format": FORMAT, "epoch": epoch, "config": config, "classes": classes,
+              **state, "history": history, "best": best}  # fmt: skip
+    assert set(record) == {"format", *KEYS}, sorted(record)
+    return record
+
+
 def save_checkpoint(path: Path, obj: dict) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)

@@ -13,12 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import threading
+import time
+from dataclasses import dataclass
 
 import torch
 
-from rcnn.evaluation.predict import Predictions
+from rcnn.evaluation.predict import Predictions, metrics_of
+from rcnn.training.config import TrainConfig
+from rcnn.training.epoch import (
+    TrainingDiverged,
+    diverged,
+    history_row,
+    record_epoch,
+    seeded_pass,
+)
+from rcnn.training.run import Run
+
+logger = logging.getLogger(__name__)
 
 
 def map_tensors(obj, fn):
@@ -153,3 +167,72 @@ class Saver:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+
+
+@dataclass
+class Pending:
+    """An epoch trained, its validation under way."""
+
+    epoch: int
+    lr: float
+    train: dict
+    began: float  # time.perf_counter() when its training began
+    validation: PendingValidation
+
+
+def train_overlapped(cfg: TrainConfig, run: Run) -> None:
+    """The epochs of ``run`` (one process), each validated while the next one trains.
+
+    Epoch N's row, log and checkpoint come when epoch N+1's training ends; they hold what the
+    plain order gives. Its ``seconds`` are the wall time from its training's start to the
+    next one's (to the end of its validation for the last epoch)."""
+    device = next(run.model.parameters()).device
+    train_stream, val_stream = new_stream(device, True), new_stream(device, False)
+    save_stream = new_stream(device, False)
+    snapshots = [Snapshot(run.model), Snapshot(run.model)]
+    saver, pending, finished = Saver(), None, False
+
+    def publish(done: Pending, ended: float) -> None:
+        probs, labels, loss_sum = done.validation.finish()
+        val = metrics_of(probs, labels, loss_sum, run.class_names)
+        row = history_row(done.epoch, done.lr, done.train, val, ended - done.began)
+        snapshot = done.validation.snapshot
+        record_epoch(cfg, run, row, probs, labels, lambda: snapshot.state(save_stream),
+                     saver.submit)  # fmt: skip
+
+    if train_stream is not None:
+        train_stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with stream_context(train_stream):
+            for epoch in range(run.first_epoch, cfg.epochs):
+                began = time.perf_counter()
+                lr = run.optimizer.param_groups[0]["lr"]
+                alongside = pending.validation.advance if pending else None
+                try:
+                    train = seeded_pass(cfg, run, epoch, alongside)
+                except TrainingDiverged as err:
+                    if pending:  # the epoch before was good: its files are written first
+                        publish(pending, began)
+                        saver.join()
+                    raise diverged(cfg, epoch, err) from err
+                if pending:
+                    publish(pending, began)
+                run.scheduler.step()
+                # The other snapshot may still be read by the writer; this one was written
+                # when the last checkpoint was submitted (a submit waits for the one before).
+                snapshot = snapshots[epoch % 2]
+                snapshot.take(epoch, run.model, run.optimizer, run.scheduler)
+                validation = PendingValidation(snapshot, run.feeders[1], cfg.amp, val_stream)
+                pending = Pending(epoch, lr, train, began, validation)
+            if pending:
+                publish(pending, time.perf_counter())
+        finished = True
+    finally:
+        if train_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(train_stream)
+        try:
+            saver.join()
+        except Exception:
+            if finished:  # the run ended well but its files did not: say so
+                raise
+            logger.exception("writing a checkpoint failed too")
