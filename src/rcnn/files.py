@@ -133,7 +133,7 @@ def read_regular_file(path: str | Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return f.read()
 
 
