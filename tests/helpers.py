@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,19 @@ def draw_scene(seed: int, size=(96, 72), boxes=()) -> np.ndarray:
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         image[y1:y2, x1:x2] = (40 + 60 * i, 200, 240 - 50 * i)
     return image
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares ``width`` x ``height`` RGB pixels
+    (its data is one row of zeros): what a decompression bomb looks like before decoding."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    row = zlib.compress(b"\0" * (1 + 3 * width))  # the filter byte, then the pixels
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
 
 
 def run_python(code: str) -> str:

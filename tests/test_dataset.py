@@ -1,3 +1,5 @@
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from rcnn.data.dataset import (
     random_flip,
     warp_region,
 )
-from rcnn.data.regions import RegionSet
+from rcnn.data.regions import RegionSet, RegionStoreError
 
 
 @pytest.fixture
@@ -44,8 +46,19 @@ def test_store_is_rgb_and_shared(two_images):
 
 
 def test_missing_image_names_file(two_images, tmp_path):
-    with pytest.raises(FileNotFoundError, match="gone.png: image missing or unreadable"):
+    with pytest.raises(FileNotFoundError, match="gone.png: image missing; the region store"):
         ImageStore([two_images[0], str(tmp_path / "gone.png")])
+
+
+def test_an_image_that_is_there_is_never_called_missing(two_images, tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    cases = {"pipe.png": "pipe.png: cannot read image (not a regular file)",
+             "broken.png": "broken.png: not a readable image"}  # fmt: skip
+    for name, message in cases.items():
+        with pytest.raises(RegionStoreError) as caught:
+            ImageStore([two_images[0], str(tmp_path / name)])
+        assert message in str(caught.value) and "missing" not in str(caught.value)
 
 
 def test_warp_matches_opencv_resize_of_the_crop(two_images):

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -60,6 +61,31 @@ def test_temporaries_of_interrupted_writes_are_removed_and_nothing_else(tmp_path
     assert remove_temporaries(tmp_path) == 2
     assert not any(p.exists() for p in left) and all(p.exists() for p in mine)
     assert (tmp_path / "a.npy").read_bytes() == b"whole"
+
+
+def test_any_legal_name_is_written_and_its_interrupted_write_cleaned_up(tmp_path):
+    # 255 bytes, the longest name a file system takes: the temporary file must be shorter, and
+    # a cut name must not end in half a character.
+    names = ["a" * 251 + ".npz", "a" + "\u00e9" * 125 + ".jpg"]
+    for name in names:
+        atomic_write_bytes(tmp_path / name, b"whole")
+        assert len(os.fsencode(name)) <= 255 and (tmp_path / name).read_bytes() == b"whole"
+    # Killed mid-write (by SIGXFSZ, over a file size limit): its temporary file stays behind.
+    code = (
+        "import resource, signal\n"
+        "from rcnn.files import atomic_write_bytes\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        f"atomic_write_bytes({str(tmp_path / names[1])!r}, b'x' * 5000)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGXFSZ, done.stderr
+    (left,) = set(os.listdir(tmp_path)) - set(names)
+    assert left.startswith(".a\u00e9\u00e9") and left.endswith(".tmp"), left
+    assert len(left.encode("utf-8")) < 100  # short, and whole characters (UTF-8 encodes it)
+    assert remove_temporaries(tmp_path) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    assert (tmp_path / names[1]).read_bytes() == b"whole"
 
 
 def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path):

@@ -17,7 +17,7 @@ from rcnn.data.proposals import ProposalCache
 from rcnn.data.regions import RegionSet
 from rcnn.data.voc import VOCFormatError
 from rcnn.ops.boxes import box_iou
-from tests.helpers import write_xml
+from tests.helpers import png_declaring, write_xml
 
 
 def config(voc, out, cache, **kw):
@@ -105,6 +105,19 @@ def test_bad_images_are_skipped_and_listed(make_voc, tmp_path):
     assert "2.xml: malformed XML" in reasons["2"]
     assert "3.xml: 3 has no object" in reasons["3"]
     assert train["images"] == 1 and train["positives"] > 0
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_and_named(small_voc, tmp_path, monkeypatch):
+    (small_voc / "JPEGImages" / "000006.jpg").write_bytes(png_declaring(30000, 30000))
+    summary = run_prepare(config(small_voc, tmp_path / "out", tmp_path / "cache"))
+    (skipped,) = summary["splits"]["val"]["skipped"]
+    assert skipped["image"] == "000006"
+    assert "000006.jpg: 30000x30000 pixels, more than the limit of 89,478,485" in skipped["reason"]
+    # A limit lowered since holds for images whose proposals are cached as well.
+    monkeypatch.setenv("RCNN_MAX_IMAGE_PIXELS", str(96 * 72 - 1))
+    strict = config(small_voc, tmp_path / "out", tmp_path / "cache", strict=True)
+    with pytest.raises(BadImageError, match="000001.jpg: 96x72 pixels, more than the limit"):
+        run_prepare(strict)
 
 
 def test_strict_stops_but_keeps_computed_proposals(small_voc, tmp_path):

@@ -222,6 +222,22 @@ def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, error: type, pattern:
     assert not (tmp_path / "out").exists()
 
 
+def test_the_size_is_bounded_by_the_flag_before_anything_is_drawn(tmp_path, capsys) -> None:
+    from rcnn.cli import main
+
+    # 20000x20000 took 23 GB before it was killed; the bound is in the help.
+    for size in ("4097x64", "64x20000"):
+        assert main(["synth", str(tmp_path / "out"), "--images", "2", "--size", size]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [
+            f"rcnn synth: error: --size must be at least 64x64 and at most 4096x4096 (got {size})"
+        ]
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    assert "each side from 64 to 4096" in " ".join(capsys.readouterr().out.split())
+
+
 def test_refuses_to_overwrite_a_dataset(tmp_path: Path) -> None:
     make_synthetic_voc(tmp_path, 2, image_size=(64, 64))
     before = _all_files(tmp_path)

@@ -22,8 +22,11 @@ from pathlib import Path
 
 from rcnn.errors import ConfigError, RcnnError
 
-# The temporary files of atomic_write_bytes: ".NAME." + mkstemp's 8 random characters + ".tmp".
+# The temporary files of atomic_write_bytes: ".NAME." + mkstemp's 8 random characters + ".tmp",
+# NAME cut to its first _NAME_KEPT bytes: a legal name of 255 bytes must still give a legal
+# temporary name (a file system's limit is 255 bytes a name).
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_NAME_KEPT = 64
 
 
 class DamagedFileError(RcnnError):
@@ -35,7 +38,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        prefix = _temporary_prefix(path.name)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make shared outputs unreadable to others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -48,6 +52,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             why = f"cannot write {path}: {err.strerror or err}"
             raise (OSError(err.errno, why) if err.errno else OSError(why)) from err
         raise
+
+
+def _temporary_prefix(name: str) -> str:
+    """``.NAME.`` with NAME cut to whole characters of at most :data:`_NAME_KEPT` bytes."""
+    kept = os.fsencode(name)[:_NAME_KEPT].decode("utf-8", "ignore") or "file"
+    return f".{kept}."
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -123,7 +133,7 @@ def read_regular_file(path: str | Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return f.read()
 
 

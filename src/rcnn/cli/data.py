@@ -30,7 +30,9 @@ def add_synth(sub) -> None:
     p.add_argument("out", help="folder to create (its Annotations/ must not exist yet)")
     p.add_argument("--images", type=int, default=200, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--size", default="320x240", help="image size WIDTHxHEIGHT")
+    p.add_argument(
+        "--size", default="320x240", help="image size WIDTHxHEIGHT, each side from 64 to 4096"
+    )
     p.add_argument(
         "--classes",
         nargs="+",

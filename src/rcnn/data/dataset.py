@@ -38,16 +38,17 @@ class ImageStore:
         sizes = list(sizes) if sizes else [None] * len(paths)
 
         def decode(path: str, size) -> np.ndarray:
-            why = ""
+            again = "the region store refers to it (re-run `rcnn prepare`?)"
             try:
                 image = read_image(path)  # BGR; converted right below
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path}: image missing; {again}") from None
             except OSError as err:
-                image, why = None, f" ({err.strerror or err})"
+                raise RegionStoreError(
+                    f"{path}: cannot read image ({err.strerror or err}); {again}"
+                ) from None
             if image is None:
-                raise FileNotFoundError(
-                    f"{path}: image missing or unreadable{why}; the region store refers to it "
-                    "(re-run `rcnn prepare`?)"
-                )
+                raise RegionStoreError(f"{path}: not a readable image; {again}")
             found = (image.shape[1], image.shape[0])
             if size is not None and tuple(size) != found:
                 raise RegionStoreError(

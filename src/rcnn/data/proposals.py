@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from rcnn.data.config import ProposalConfig
-from rcnn.data.images import decode_image, image_size
+from rcnn.data.images import ImageTooLargeError, check_image_size, decode_image, image_size
 from rcnn.files import atomic_write_bytes, read_regular_file
 from rcnn.ops.boxes import clip_boxes, nonempty, unique_boxes
 from rcnn.progress import progress_bar
@@ -103,10 +103,16 @@ class ProposalCache:
 
 
 def _read(path: str) -> tuple[bytes | None, str]:
+    """The bytes of an image file, or why it cannot be used (a cached image too: the pixel
+    limit may have been lowered since)."""
     try:
-        return read_regular_file(path), ""
+        data = read_regular_file(path)
+        check_image_size(data, path)
     except OSError as err:
         return None, f"{path}: cannot read image ({err.strerror or err})"
+    except ImageTooLargeError as err:
+        return None, str(err)
+    return data, ""
 
 
 def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalResult:
@@ -115,7 +121,7 @@ def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalRe
     data, error = _read(path)
     if data is None:
         return ProposalResult(path, None, error=error)
-    image = decode_image(data)
+    image = decode_image(data, path)
     if image is None:
         what = "an empty file" if not data else "not a readable image (corrupt JPEG?)"
         return ProposalResult(path, None, error=f"{path}: {what}")

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 _PLAIN_BACKGROUND = (255, 0, 255)  # used by tests only; no object part is pure magenta
 _MIN_SIZE = 64
+_MAX_SIZE = 4096  # drawing one 4096x4096 scene takes 1.8 GB (float textures); 20000x20000, 23 GB
 
 
 class _Drawn(NamedTuple):
@@ -400,9 +401,10 @@ def _validate(
         raise ConfigError(
             f"--images must be >= 2, or 3 with a test split (got num_images={num_images})"
         )
-    if min(image_size) < _MIN_SIZE:
+    if min(image_size) < _MIN_SIZE or max(image_size) > _MAX_SIZE:
         raise ConfigError(
-            f"--size must be at least {_MIN_SIZE}x{_MIN_SIZE} (got {image_size[0]}x{image_size[1]})"
+            f"--size must be at least {_MIN_SIZE}x{_MIN_SIZE} and at most {_MAX_SIZE}x{_MAX_SIZE} "
+            f"(got {image_size[0]}x{image_size[1]})"
         )
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1) (--val-fraction, got {val_fraction})")
@@ -437,7 +439,7 @@ def make_synthetic_voc(
         out: Dataset root; receives JPEGImages/, Annotations/ and ImageSets/Main/.
         num_images: Number of images (>= 2, so that train and val are both non-empty).
         seed: The same seed gives byte-identical files.
-        image_size: (width, height), each at least 64.
+        image_size: (width, height), each from 64 to 4096.
         val_fraction: Share of images in val, in (0, 1).
         test_fraction: Share of images in a test split (0: none, as before), kept out of
             trainval.

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RESULTS = "detections.jsonl"
+NAME_MAX = 255  # bytes: a longer picture name has its image's stem cut
+JPEG_MAX_SIDE = 65_500  # libjpeg's largest side
 
 
 def collect_images(inputs: list[str]) -> list[str]:
@@ -67,17 +69,25 @@ def collect_images(inputs: list[str]) -> list[str]:
 
 
 def picture_names(paths: list[str]) -> list[str]:
-    """``stem.jpg`` for each image, made unique (``stem-2.jpg``, ...) when names meet."""
+    """``stem.jpg`` for each image, made unique (``stem-2.jpg``, ...) when names meet; the
+    stem is cut (to whole characters) where the name would pass :data:`NAME_MAX` bytes."""
     names, used = [], set()
     for path in paths:
         stem = Path(path).stem
-        name, n = f"{stem}.jpg", 1
+        name, n = _name(stem, ".jpg"), 1
         while name.lower() in used:  # case-insensitive file systems would merge them too
             n += 1
-            name = f"{stem}-{n}.jpg"
+            name = _name(stem, f"-{n}.jpg")
         used.add(name.lower())
         names.append(name)
     return names
+
+
+def _name(stem: str, tail: str) -> str:
+    room = NAME_MAX - len(os.fsencode(tail))
+    if len(os.fsencode(stem)) > room:
+        stem = os.fsencode(stem)[:room].decode("utf-8", "ignore")
+    return stem + tail
 
 
 def run_detect(
@@ -108,14 +118,13 @@ def run_detect(
         try:
             names = dict(zip(paths, picture_names(paths), strict=True))
             for result, dets in detector.run(paths, progress):
-                image = read_image(result.path) if dets is not None else None
-                if image is None:
-                    reason = result.error or f"{result.path}: no longer readable"
-                    logger.warning("skipped %s", reason)
-                    skipped.append(reason)
+                try:
+                    picture = _picture(result, dets, loaded.classes)
+                except RcnnError as err:  # this image alone: the others go on
+                    logger.warning("skipped %s", err)
+                    skipped.append(str(err))
                     continue
-                picture = draw_detections(image, dets, loaded.classes)
-                atomic_write_bytes(staging / names[result.path], _jpeg(picture))
+                atomic_write_bytes(staging / names[result.path], picture)
                 total += len(dets)
                 record = _record(result, names[result.path], dets, loaded.classes)
                 lines.append(json.dumps(record))
@@ -178,8 +187,28 @@ def _record(result, picture: str, dets, classes: list[str]) -> dict:
     }
 
 
-def _jpeg(image) -> bytes:
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+def _picture(result, dets, classes: list[str]) -> bytes:
+    """The JPEG of an image with its detections drawn.
+
+    Raises:
+        RcnnError: naming the image, which could not be detected or drawn.
+    """
+    if dets is None:
+        raise RcnnError(result.error)
+    try:
+        image = read_image(result.path)  # read again since its proposals: it may have changed
+    except OSError as err:
+        raise RcnnError(f"{result.path}: cannot read image ({err.strerror or err})") from None
+    if image is None:
+        raise RcnnError(f"{result.path}: no longer readable")
+    height, width = image.shape[:2]
+    if max(width, height) > JPEG_MAX_SIDE:
+        raise RcnnError(
+            f"{result.path}: {width}x{height} pixels, too large a side for a JPEG picture (at "
+            f"most {JPEG_MAX_SIDE:,})"
+        )
+    picture = draw_detections(image, dets, classes)
+    ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
-        raise RcnnError("could not encode a detection picture as JPEG")
+        raise RcnnError(f"{result.path}: its picture could not be encoded as JPEG")
     return data.tobytes()

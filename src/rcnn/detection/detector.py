@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -164,16 +164,33 @@ class Detector:
 
     def _detect(self, results: list[ProposalResult]):
         good = [r for r in results if not r.error and r.boxes is not None and len(r.boxes)]
-        outs = self.forward([r.path for r in good], [r.boxes for r in good], [r.size for r in good])
+        try:
+            outs = self.forward(
+                [r.path for r in good], [r.boxes for r in good], [r.size for r in good]
+            )
+        except (OSError, RcnnError):
+            # An image was read again for the network and had changed since its proposals (gone,
+            # replaced, resized): scored one by one, only that image is lost. An image's scores
+            # do not depend on the images beside it.
+            outs = [self._forward_alone(r) for r in good]
         scored = {id(r): out for r, out in zip(good, outs, strict=True)}
         for r in results:
+            out = scored.get(id(r))
+            if isinstance(out, str):  # why it failed
+                r = replace(r, error=out)
             if r.error:
                 yield r, None
-            elif id(r) not in scored:  # no proposal at all
+            elif out is None:  # no proposal at all
                 yield r, {v.name: Detections.empty() for v in self.variants}
             else:
-                out = scored[id(r)]
                 yield r, {v.name: self.postprocess(r.boxes, out, r.size, v) for v in self.variants}
+
+    def _forward_alone(self, r: ProposalResult) -> dict | str:
+        """:meth:`forward` of one image, or why it failed."""
+        try:
+            return self.forward([r.path], [r.boxes], [r.size])[0]
+        except (OSError, RcnnError) as err:
+            return str(err)
 
 
 def check_head(head, folder, loaded: LoadedModel, dim: int):

@@ -39,6 +39,7 @@ from rcnn.files import (
     atomic_write_bytes,
     atomic_write_json,
     file_digest,
+    is_regular_file,
     load_npz,
     npz_bytes,
     output_dir,
@@ -121,14 +122,17 @@ def load_ground_truth(voc: Dataset, ids: list[str], classes: list[str]) -> Split
 
 
 def split_images(voc: Dataset, split: str) -> list[str]:
-    """Every image id of the split; a listed image that is missing is an error."""
+    """Every image id of the split; a listed image that is missing or is not a plain file (a
+    FIFO, a device) is an error."""
     ids = voc.ids(split)
-    missing = [i for i in ids if not voc.image_path(i).is_file()]
-    if missing:
-        raise RcnnError(
-            f"{voc.describe(split)} names {len(missing)} image(s) that are missing, e.g. "
-            f"{voc.image_path(missing[0])}"
-        )
+    paths = {i: voc.image_path(i) for i in ids}
+    missing = [i for i in ids if not paths[i].exists()]
+    odd = [i for i in ids if paths[i].exists() and not is_regular_file(paths[i])]
+    for bad, what in ((missing, "that are missing"), (odd, "that are not regular files")):
+        if bad:
+            raise RcnnError(
+                f"{voc.describe(split)} names {len(bad)} image(s) {what}, e.g. {paths[bad[0]]}"
+            )
     if not ids:
         raise RcnnError(f"{voc.describe(split)} lists no image")
     return ids
