@@ -15,7 +15,9 @@ from rcnn.data.datasets import open_dataset
 from rcnn.data.voc import boxes_to_coco, coco_to_box, coco_to_boxes, voc_to_box
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.coco_eval import evaluate_results, ground_truth, results_of
-from tests.helpers import draw_scene
+from tests.helpers import coco_annotation as ann
+from tests.helpers import coco_image as image
+from tests.helpers import draw_scene, write_coco
 
 CLASSES = ["car", "bus"]
 
@@ -98,21 +100,6 @@ def test_prepare_gives_the_same_regions_from_both_readers(both, tmp_path, capsys
         PrepareConfig(str(both), "x", splits=["train", "train=val"])
 
 
-def write_coco(path, images, annotations, categories=({"id": 1, "name": "car"},)):
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": list(categories)})
-    )
-    return path
-
-
-def image(i, name=None, size=(96, 72)):
-    return {"id": i, "file_name": name or f"im{i}.jpg", "width": size[0], "height": size[1]}
-
-
-def ann(i, image_id, bbox, category=1, crowd=0):
-    return {"id": i, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd}
-
-
 def test_bad_coco_files_are_named_or_left_out_with_a_warning(tmp_path, caplog):
     images = tmp_path / "images"
     images.mkdir()
@@ -134,10 +121,13 @@ def test_bad_coco_files_are_named_or_left_out_with_a_warning(tmp_path, caplog):
     for name in ("/etc/hostname", "../x.jpg"):
         with pytest.raises(COCOFormatError, match="which leaves --images"):
             COCODataset(write_coco(path, [image(1, name)], []), images).ids("x")
-    with pytest.raises(COCOFormatError, match="not a readable file"):
-        COCODataset(images, images).ids("x")  # a folder
+    with pytest.raises(COCOFormatError, match=f"not a readable file .*folder.*'{images}'"):
+        COCODataset(images, images).ids("x")  # a folder, named (not its file descriptor)
     path.write_text("{not json")
     with pytest.raises(COCOFormatError, match=f"--coco {path}: not JSON"):
+        COCODataset(path, images).ids("x")
+    path.write_text("[" * 200000 + "]" * 200000)
+    with pytest.raises(COCOFormatError, match=f"--coco {path}: not JSON .*nested too deeply"):
         COCODataset(path, images).ids("x")
     path.write_text("[]")
     with pytest.raises(COCOFormatError, match="expected a COCO instances file"):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rcnn.data.coco import COCODataset, quiet
+from rcnn.data.coco import COCODataset
+from rcnn.data.coco_file import quiet
 from rcnn.data.voc import boxes_to_coco, class_key
 
 MAX_PER_IMAGE = 100  # COCO's limit for a results file, and the largest maxDets of COCOeval
