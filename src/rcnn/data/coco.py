@@ -6,8 +6,9 @@ replaced by the split's name, so that one pair of flags names several splits. Ea
 and checked by :func:`rcnn.data.coco_file.load_split`.
 
 Each image is named by its file name without extension, as VOC names its images (by its COCO id
-when two file names share a stem). An image becomes a :class:`~rcnn.data.voc.VOCAnnotation`,
-so every stage reads COCO and VOC data alike:
+when two file names share a stem); names are unique within a split, so per-split folders may
+repeat file names. An image becomes a :class:`~rcnn.data.voc.VOCAnnotation`, so every stage
+reads COCO and VOC data alike:
 
 - a category maps to a class by name (compared as :func:`~rcnn.data.voc.class_key` does);
 - a crowd annotation (``iscrowd: 1``) is treated as VOC treats a difficult object: ignored in
@@ -32,6 +33,18 @@ logger = logging.getLogger(__name__)
 SPLIT = "{split}"
 
 
+def _check_overlap(found: COCOSplit, other: COCOSplit) -> None:
+    """An image file in two split files (train and trainval) must be annotated alike there."""
+    for name in found.names.keys() & other.names.keys():
+        here = (found.images / found.annotations[name].filename).resolve()
+        there = (other.images / other.annotations[name].filename).resolve()
+        if here == there and found.records[name] != other.records[name]:
+            raise COCOFormatError(
+                f"image {name} is in {other.path} and {found.path} with other annotations: "
+                "an image must be annotated once"
+            )
+
+
 class COCODataset:
     """COCO instances files (one a split) and their image folders, read as the VOC reader
     is read (:class:`~rcnn.data.voc.VOCDataset`'s methods)."""
@@ -39,7 +52,7 @@ class COCODataset:
     def __init__(self, annotations: str | Path, images: str | Path):
         self.annotations_arg, self.images_arg = str(annotations), str(images)
         self._splits: dict[str, COCOSplit] = {}
-        self._owner: dict[str, str] = {}  # image name -> split it was read from
+        self._owner: dict[str, str] = {}  # image name -> the split asked for last
 
     def check_splits(self, splits: list[str]) -> None:
         """Several splits need ``{split}`` in ``--coco`` (one file holds one split)."""
@@ -58,32 +71,18 @@ class COCODataset:
         )
 
     def split(self, split: str) -> COCOSplit:
-        """The split's file, read once."""
+        """The split's file, read once. Image names are unique within a split only (COCO's
+        per-split folders repeat file names): a name stands for the image of the split asked
+        for last, as each command works on one split at a time."""
         if split not in self._splits:
             path, images = self.files(split)
             if not images.is_dir():
                 raise FileNotFoundError(f"--images {images}: folder not found")
             found = load_split(path, images)
-            for name, record in found.records.items():
-                other = self._owner.get(name)
-                if other is None:
-                    continue
-                theirs = self._splits[other]
-                here = (images / found.annotations[name].filename).resolve()
-                there = (theirs.images / theirs.annotations[name].filename).resolve()
-                if here != there:
-                    raise COCOFormatError(
-                        f"image name {name} stands for {there} in {theirs.path} and for {here} "
-                        f"in {path}: read the splits in separate runs, or rename one"
-                    )
-                if record != theirs.records[name]:
-                    raise COCOFormatError(
-                        f"image {name} is in {theirs.path} and {path} with other annotations: "
-                        "an image must be annotated once"
-                    )
+            for other in self._splits.values():
+                _check_overlap(found, other)
             self._splits[split] = found
-            for name in found.records:
-                self._owner.setdefault(name, split)
+        self._owner.update(dict.fromkeys(self._splits[split].names, split))
         return self._splits[split]
 
     def _of(self, image_id: str) -> COCOSplit:
