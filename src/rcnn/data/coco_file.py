@@ -157,7 +157,8 @@ def _read(path: Path) -> dict:
     return data
 
 
-def _number(value) -> bool:
+def finite_number(value) -> bool:
+    """Whether a JSON value is a finite number (a bool is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -168,7 +169,7 @@ def _sizes(image_table: dict, path: Path) -> dict:
     sizes, unusable = {}, []
     for key, image in image_table.items():
         w, h = image.get("width"), image.get("height")
-        if all(_number(v) and v > 0 and float(v).is_integer() for v in (w, h)):
+        if all(finite_number(v) and v > 0 and float(v).is_integer() for v in (w, h)):
             sizes[key] = (int(w), int(h))
         else:
             sizes[key] = (0, 0)
@@ -184,7 +185,7 @@ def _box(bbox, width: int, height: int) -> tuple[tuple[int, int, int, int], list
     """A COCO box clipped to the image (when its size is known) in the project convention
     (whole pixels) and as COCO's ``[x, y, w, h]`` (unrounded); None if it is not a positive
     rectangle of finite numbers with pixels inside the image."""
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(finite_number(v) for v in bbox):
         return None
     x, y, w, h = bbox
     if w <= 0 or h <= 0 or not (math.isfinite(x + w) and math.isfinite(y + h)):
@@ -224,7 +225,7 @@ def _problem(ann: dict, image_table: dict, categories: dict, sizes: dict) -> str
     crowd = ann.get("iscrowd", 0)
     if not isinstance(crowd, (int, bool)) or crowd not in (0, 1):
         return "iscrowd"
-    if "area" in ann and not (_number(ann["area"]) and ann["area"] >= 0):
+    if "area" in ann and not (finite_number(ann["area"]) and ann["area"] >= 0):
         return "area"
     return None
 
