@@ -68,6 +68,24 @@ def write_xml(path: Path, filename: str, size, objects) -> None:
     path.write_text("\n".join(parts))
 
 
+def write_coco(path: Path, images, annotations, categories=({"id": 1, "name": "car"},)) -> Path:
+    """Writes a COCO instances file of these entries (see :func:`coco_image`)."""
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": list(categories)})
+    )
+    return path
+
+
+def coco_image(i, name=None, size=(96, 72)) -> dict:
+    """A COCO image entry: id ``i``, file ``im{i}.jpg`` unless named."""
+    return {"id": i, "file_name": name or f"im{i}.jpg", "width": size[0], "height": size[1]}
+
+
+def coco_annotation(i, image_id, bbox, category=1, crowd=0) -> dict:
+    """A COCO annotation entry; ``bbox`` is COCO's ``[x, y, w, h]``."""
+    return {"id": i, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd}
+
+
 def draw_scene(seed: int, size=(96, 72), boxes=()) -> np.ndarray:
     """A BGR image with a noisy background and a solid block per box (0-based, exclusive)."""
     rng = np.random.default_rng(seed)

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,9 @@ from rcnn.data.datasets import open_dataset
 from rcnn.data.voc import boxes_to_coco, coco_to_box, coco_to_boxes, voc_to_box
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.coco_eval import evaluate_results, ground_truth, results_of
-from tests.helpers import draw_scene
+from tests.helpers import TINY_FLAGS, draw_scene, write_coco
+from tests.helpers import coco_annotation as ann
+from tests.helpers import coco_image as image
 
 CLASSES = ["car", "bus"]
 
@@ -98,21 +101,6 @@ def test_prepare_gives_the_same_regions_from_both_readers(both, tmp_path, capsys
         PrepareConfig(str(both), "x", splits=["train", "train=val"])
 
 
-def write_coco(path, images, annotations, categories=({"id": 1, "name": "car"},)):
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": list(categories)})
-    )
-    return path
-
-
-def image(i, name=None, size=(96, 72)):
-    return {"id": i, "file_name": name or f"im{i}.jpg", "width": size[0], "height": size[1]}
-
-
-def ann(i, image_id, bbox, category=1, crowd=0):
-    return {"id": i, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd}
-
-
 def test_bad_coco_files_are_named_or_left_out_with_a_warning(tmp_path, caplog):
     images = tmp_path / "images"
     images.mkdir()
@@ -134,10 +122,13 @@ def test_bad_coco_files_are_named_or_left_out_with_a_warning(tmp_path, caplog):
     for name in ("/etc/hostname", "../x.jpg"):
         with pytest.raises(COCOFormatError, match="which leaves --images"):
             COCODataset(write_coco(path, [image(1, name)], []), images).ids("x")
-    with pytest.raises(COCOFormatError, match="not a readable file"):
-        COCODataset(images, images).ids("x")  # a folder
+    with pytest.raises(COCOFormatError, match=f"not a readable file .*folder.*'{images}'"):
+        COCODataset(images, images).ids("x")  # a folder, named (not its file descriptor)
     path.write_text("{not json")
     with pytest.raises(COCOFormatError, match=f"--coco {path}: not JSON"):
+        COCODataset(path, images).ids("x")
+    path.write_text("[" * 200000 + "]" * 200000)
+    with pytest.raises(COCOFormatError, match=f"--coco {path}: not JSON .*nested too deeply"):
         COCODataset(path, images).ids("x")
     path.write_text("[]")
     with pytest.raises(COCOFormatError, match="expected a COCO instances file"):
@@ -174,8 +165,6 @@ def test_classes_images_and_splits_are_checked(tmp_path, caplog, capsys):
     images = tmp_path / "images"
     images.mkdir()
     for i in (1, 2):
-        import cv2
-
         cv2.imwrite(str(images / f"im{i}.jpg"), draw_scene(i))
     cats = [{"id": 1, "name": "car"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bus"}]
     anns = [ann(1, 1, [10, 10, 20, 20]), ann(2, 2, [5, 5, 20, 20], 2), ann(3, 3, [5, 5, 9, 9], 3)]
@@ -227,17 +216,59 @@ def test_classes_images_and_splits_are_checked(tmp_path, caplog, capsys):
 def test_an_image_in_two_split_files_must_agree(tmp_path):
     for split in ("train", "val"):
         (tmp_path / split).mkdir()
-    write_coco(tmp_path / "train.json", [image(1)], [ann(1, 1, [1, 1, 9, 9])])
+    write_coco(tmp_path / "train.json", [image(1), image(2)],
+               [ann(1, 1, [1, 1, 9, 9]), ann(2, 2, [3, 3, 9, 9])])  # fmt: skip
     write_coco(tmp_path / "val.json", [image(1)], [ann(1, 1, [2, 2, 9, 9])])
+    # The same annotations in another order and with other ids (train + trainval): agreed.
+    write_coco(tmp_path / "trainval.json", [image(2), image(1)],
+               [ann(20, 2, [3, 3, 9, 9]), ann(10, 1, [1, 1, 9, 9])])  # fmt: skip
     dataset = COCODataset(tmp_path / "{split}.json", tmp_path / "train")
     dataset.ids("train")
+    assert dataset.ids("trainval") == ["im2", "im1"]
     with pytest.raises(COCOFormatError, match="im1 is in .*train.json and .*val.json with other"):
         dataset.ids("val")
-    # One name for two files (each split its own folder): said, never one taken for the other.
+    # One name for two files (each split its own folder, as COCO's): names are unique within
+    # a split; a name stands for the image of the split asked for last.
     dataset = COCODataset(tmp_path / "{split}.json", tmp_path / "{split}")
-    dataset.ids("train")
-    with pytest.raises(COCOFormatError, match=r"image name im1 stands for .*train/im1\.jpg in"):
-        dataset.ids("val")
+    assert dataset.ids("train") == ["im1", "im2"] and dataset.ids("val") == ["im1"]
+    assert dataset.image_path("im1") == tmp_path / "val" / "im1.jpg"
+    assert dataset.annotation("im1").objects[0].box == (2, 2, 11, 11)
+    dataset.select_images("train", ["car"])
+    assert dataset.image_path("im1") == tmp_path / "train" / "im1.jpg"
+    assert dataset.annotation("im1").objects[0].box == (1, 1, 10, 10)
+
+
+def test_per_split_folders_may_repeat_file_names(tmp_path):
+    """COCO's layout (images/train/0000.jpg, images/val/0000.jpg) prepared in one run, whose
+    stores `rcnn train` takes."""
+    from rcnn.data.regions import load_train_val
+
+    boxes = {
+        "train": [(10, 10, 50, 40), (20, 30, 70, 60)],
+        "val": [(40, 20, 80, 60), (5, 5, 40, 35)],
+    }
+    for split, seed in (("train", 1), ("val", 5)):
+        folder = tmp_path / "images" / split
+        folder.mkdir(parents=True)
+        for n, box in enumerate(boxes[split]):
+            cv2.imwrite(str(folder / f"000{n}.jpg"), draw_scene(seed + n, boxes=[box]))
+        entries = [image(n + 1, f"000{n}.jpg") for n in range(2)]
+        anns = [ann(n + 1, n + 1, boxes_to_coco(np.array(b))[0].tolist())
+                for n, b in enumerate(boxes[split])]  # fmt: skip
+        write_coco(tmp_path / f"{split}.json", entries, anns)
+    out = tmp_path / "regions"
+    argv = ["prepare", "--coco", str(tmp_path / "{split}.json"), "--images",
+            str(tmp_path / "images" / "{split}"), "--split", "train", "val", "--classes", "car",
+            "--out", str(out), "--mode", "fast", "--workers", "1", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    train, val = load_train_val(out)
+    for split, store in (("train", train), ("val", val)):
+        folder = (tmp_path / "images" / split).resolve()
+        assert store.image_paths == [str(folder / "0000.jpg"), str(folder / "0001.jpg")]
+        assert store.truth.boxes.tolist() == [list(b) for b in boxes[split]]
+    run = ["train", "--data", str(out), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert main([*run, *TINY_FLAGS]) == 0
 
 
 # COCO's metrics on a hand-computed case. Two images of 200x200, one class:

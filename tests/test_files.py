@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def test_only_regular_files_are_read(tmp_path):
     (tmp_path / "zero.jpg").symlink_to("/dev/zero")
     with pytest.raises(OSError, match="not a regular file"):
         read_regular_file(tmp_path / "zero.jpg")
-    with pytest.raises(OSError):
+    # A folder is named by its path (os.fdopen's own error names the file descriptor).
+    with pytest.raises(IsADirectoryError, match=re.escape(f"folder, not a file: '{tmp_path}'")):
         read_regular_file(tmp_path)
 
 
@@ -147,11 +149,13 @@ def _error(path):
 
 def test_damaged_json_and_npz_are_one_message(tmp_path):
     cases = {"bad.json": b"{not json", "latin.json": "{\"a\": \"\xe9\"}".encode("latin-1"),
-             "list.json": b"[1, 2]"}  # fmt: skip
+             "list.json": b"[1, 2]", "deep.json": b"[" * 200000 + b"]" * 200000}  # fmt: skip
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(DamagedFileError, match=name):
             read_json(tmp_path / name, "settings file")
+    with pytest.raises(DamagedFileError, match="nested too deeply"):  # not a RecursionError
+        read_json(tmp_path / "deep.json", "settings file")
     np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
     (tmp_path / "cut.npz").write_bytes((tmp_path / "objects.npz").read_bytes()[:40])
     for name in ("objects.npz", "cut.npz"):

@@ -131,10 +131,26 @@ def read_regular_file(path: str | Path) -> bytes:
     path = Path(path)
     # O_NONBLOCK: opening a FIFO must not wait for a writer before fstat can refuse it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        # Before os.fdopen, whose error for a folder names the descriptor, not the path.
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            what = "is a folder, not a file" if stat.S_ISDIR(kind) else "not a regular file"
+            raise OSError(errno.EISDIR if stat.S_ISDIR(kind) else errno.EINVAL, what, str(path))
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return f.read()
+
+
+def parse_json(text: str):
+    """``json.loads``, where nesting too deep for Python's parser is a ``ValueError`` like
+    any other malformed JSON, rather than a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("arrays or objects nested too deeply to read") from None
 
 
 def is_regular_file(path: str | Path) -> bool:
@@ -151,10 +167,10 @@ def read_json(path: str | Path, what: str, made_by: str | None = None) -> dict:
     path = Path(path)
     again = f"; run `{made_by}` again" if made_by else ""
     try:
-        value = json.loads(read_regular_file(path).decode("utf-8"))
+        value = parse_json(read_regular_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # not UTF-8, not JSON
         raise DamagedFileError(f"{path}: not a readable {what} ({err}){again}") from None
     if not isinstance(value, dict):
         raise DamagedFileError(f"{path}: not a {what} (a JSON object expected){again}")

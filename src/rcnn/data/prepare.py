@@ -64,9 +64,9 @@ def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, 
     labels = np.array([classes.index(o.name) + 1 for o in objects], dtype=np.int16)
     difficult = np.array([o.difficult for o in objects], dtype=bool)
     width, height = size
-    if (ann.width, ann.height) != (width, height):
+    if (ann.width, ann.height) not in ((0, 0), (width, height)):  # 0x0: no size recorded
         logger.warning(
-            "%s: XML says %dx%d but the image is %dx%d; boxes clipped to the image",
+            "%s: the annotation says %dx%d but the image is %dx%d; boxes clipped to the image",
             ann.image_id,
             ann.width,
             ann.height,

@@ -21,6 +21,7 @@ from xml.etree import ElementTree as ET
 import cv2
 import numpy as np
 
+from rcnn.data.coco import coco_image_ids
 from rcnn.data.shapes import (
     SHAPES,
     Layer,
@@ -337,22 +338,23 @@ def _write_coco(
     classes,
 ) -> None:
     """The same dataset as COCO instances files, ``coco/instances_{split}.json``, whose
-    images are those of ``JPEGImages/``: image ids are the VOC ids as numbers, category ``k``
-    is the ``k``-th class (supercategory: its VOC group), difficult objects are crowd."""
+    images are those of ``JPEGImages/``: image ids are the VOC ids as numbers (as COCO's
+    metrics of the VOC files number them, :func:`~rcnn.data.coco.coco_image_ids`), category
+    ``k`` is the ``k``-th class (supercategory: its VOC group), difficult objects are crowd."""
     groups = {c: g for g, members in VOC_GROUPS.items() for c in members}
     categories = [{"id": k, "name": c, "supercategory": groups.get(c, c)}
                   for k, c in enumerate(classes, start=1)]  # fmt: skip
     category = {c["name"]: c["id"] for c in categories}
     for name, members in splits.items():
         images, annotations = [], []
-        for image_id in members:
-            images.append({"id": int(image_id), "file_name": f"{image_id}.jpg",
+        for image_id, key in zip(members, coco_image_ids(members), strict=True):
+            images.append({"id": key, "file_name": f"{image_id}.jpg",
                            "width": size[0], "height": size[1]})  # fmt: skip
             for o in objects[image_id]:
                 box = voc_to_box(o.xmin, o.ymin, o.xmax, o.ymax)
                 x, y, w, h = (int(v) for v in boxes_to_coco(np.array(box))[0])
                 annotations.append(
-                    {"id": len(annotations) + 1, "image_id": int(image_id),
+                    {"id": len(annotations) + 1, "image_id": key,
                      "category_id": category[o.name], "bbox": [x, y, w, h], "area": w * h,
                      "iscrowd": int(o.difficult)}
                 )  # fmt: skip

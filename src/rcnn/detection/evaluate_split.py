@@ -23,16 +23,10 @@ import numpy as np
 
 from rcnn.data.coco import COCODataset
 from rcnn.data.datasets import Dataset, check_source, open_dataset
-from rcnn.data.voc import (
-    VOC_GROUPS,
-    boxes_to_voc,
-    check_split_name,
-    coco_to_boxes,
-    voc_to_boxes,
-)
+from rcnn.data.voc import VOC_GROUPS, boxes_to_voc, check_split_name, voc_to_boxes
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.evaluation.coco_eval import ground_truth
+from rcnn.evaluation.coco_eval import detections_of, ground_truth, read_results_file
 from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth, evaluate_flat
 from rcnn.files import (
     DamagedFileError,
@@ -725,59 +719,22 @@ def _read_result_folder(folder: Path, voc, split, classes, out, competition):
 def _read_coco_results(path: Path, voc, split: str, classes: list[str] | None):
     """The classes, detections and COCO ground truth of a COCO results file: a list of ``{image_id,
     category_id, bbox: [x, y, w, h], score}``, ids of the dataset's file (of a VOC dataset:
-    its image ids, and category ``k`` the ``k``-th of ``--classes``, as `rcnn test` writes)."""
-    try:
-        entries = json.loads(read_regular_file(path).decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedFileError(f"--dets {path}: not a readable COCO results file ({err})") from None
-    if not isinstance(entries, list):
-        raise RcnnError(f"--dets {path}: a COCO results file is a JSON list of detections")
+    its image ids or names, and category ``k`` the ``k``-th of ``--classes``, as `rcnn test`
+    writes)."""
+    entries = read_results_file(path)
     if classes is None:
         if not isinstance(voc, COCODataset):
             raise ConfigError(
                 f"--dets {path} on a VOC dataset needs --classes: category k is the k-th class"
             )
-        named = voc.split(split).categories
-        used = {e.get("category_id") for e in entries if isinstance(e, dict)}
-        classes = [named[k] for k in named if k in used] or list(named.values())
-        logger.info("--dets %s: evaluating the categories it detects, %s (--classes chooses)",
-                    path, classes)  # fmt: skip
-    truth = ground_truth(voc, split, voc.ids(split), classes)
-    image_index = {key: i for i, key in enumerate(truth.images)}
-    label_of = {key: k for k, key in enumerate(truth.categories, start=1)}
-    rows = []
-    for n, e in enumerate(entries):
-        try:
-            box = [float(v) for v in e["bbox"]]
-            row = (e["image_id"], e["category_id"], float(e["score"]), *box)
-            if len(box) != 4 or not np.isfinite(row[2:]).all():
-                raise ValueError("a score or box that is not 4 finite numbers")
-            if not all(isinstance(v, (int, str)) for v in row[:2]):
-                raise ValueError("ids are numbers or strings")
-        except (KeyError, TypeError, ValueError) as err:
-            raise RcnnError(
-                f"--dets {path}: entry {n} is not {{image_id, category_id, bbox: [x, y, w, h], "
-                f"score}} ({err})"
-            ) from None
-        rows.append(row)
-    unknown = sorted({str(r[0]) for r in rows if r[0] not in image_index})
-    if unknown:
-        raise RcnnError(
-            f"--dets {path} names {len(unknown)} image id(s) not in {voc.describe(split)}, e.g. "
-            f"{unknown[0]}: results of another dataset or split?"
-        )
-    foreign = sorted({str(r[1]) for r in rows if r[1] not in label_of})
-    if foreign:
-        raise RcnnError(
-            f"--dets {path} names category id(s) {foreign} that are not among {classes} of "
-            f"{voc.describe(split)}: results of another dataset?"
-        )
-    images = np.array([image_index[r[0]] for r in rows], np.int64)
-    labels = np.array([label_of[r[1]] for r in rows], np.int64)
-    scores = np.array([r[2] for r in rows], float)
-    boxes = coco_to_boxes(np.array([r[3:] for r in rows], float))
-    detections = {k: (images[labels == k], scores[labels == k], boxes[labels == k])
-                  for k in range(1, len(classes) + 1)}  # fmt: skip
+        # Every category, as COCO's own evaluation: one never detected counts in the means.
+        classes = list(voc.split(split).categories.values())
+        logger.info("--dets %s: evaluating every category of %s (--classes chooses)", path,
+                    voc.describe(split))  # fmt: skip
+    ids = voc.ids(split)
+    truth = ground_truth(voc, split, ids, classes)
+    names = {} if isinstance(voc, COCODataset) else {name: i for i, name in enumerate(ids)}
+    detections = detections_of(entries, truth, classes, path, voc.describe(split), names)
     return list(classes), detections, truth
 
 

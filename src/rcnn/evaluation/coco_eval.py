@@ -2,23 +2,31 @@
 AP at IoU 0.5 and 0.75, AP of small, medium and large objects (areas below 32², up to 96²,
 above), and the average recall at 100 detections an image.
 
-For a COCO dataset the ground truth is its file as read (:mod:`rcnn.data.coco`: crowd regions
-ignored by COCO's own rule, areas as the file gives them). A VOC dataset is converted in
-memory: image ids are VOC's, category ``k`` is the ``k``-th class, a box's area is its width
-times height, and a difficult object is a crowd region (COCO's way of an object that neither
-counts nor penalizes; unlike VOC, a crowd region may absorb several detections).
+For a COCO dataset the ground truth is its file as read (:mod:`rcnn.data.coco_file`: crowd
+regions ignored by COCO's own rule, areas as the file gives them, boxes clipped to the image as
+VOC's metrics see them). A VOC dataset is converted in memory: image ids are VOC's names as
+numbers where they all are numbers (:func:`~rcnn.data.coco.coco_image_ids`, as ``rcnn synth
+--coco`` writes them), category ``k`` is the ``k``-th class, a box's area is its width times
+height, and a difficult object is a crowd region (COCO's way of an object that neither counts
+nor penalizes; unlike VOC, a crowd region may absorb several detections).
 
 As COCO's results files, each image keeps its 100 highest-scored detections over all classes.
+A results file is read back by :func:`read_results_file` and :func:`detections_of`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.coco import COCODataset, quiet
-from rcnn.data.voc import boxes_to_coco, class_key
+from rcnn.data.coco import COCODataset, coco_image_ids
+from rcnn.data.coco_file import finite_number, quiet
+from rcnn.data.voc import boxes_to_coco, class_key, coco_to_boxes
+from rcnn.errors import RcnnError
+from rcnn.files import DamagedFileError, parse_json, read_regular_file
 
 MAX_PER_IMAGE = 100  # COCO's limit for a results file, and the largest maxDets of COCOeval
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -49,16 +57,17 @@ def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COC
         images = [found.names[i] for i in ids]
         return COCOTruth(found.coco, images, dataset.category_ids(split, classes))
     wanted = {class_key(c): k for k, c in enumerate(classes, start=1)}
+    keys = coco_image_ids(ids)
     images, annotations = [], []
-    for image_id in ids:
+    for image_id, key in zip(ids, keys, strict=True):
         ann = dataset.annotation(image_id)
-        images.append({"id": image_id, "width": ann.width, "height": ann.height})
+        images.append({"id": key, "width": ann.width, "height": ann.height})
         for o in ann.select(classes, keep_difficult=True):
             x, y, w, h = boxes_to_coco(np.array(o.box))[0].tolist()
             annotations.append(
                 {
                     "id": len(annotations) + 1,
-                    "image_id": image_id,
+                    "image_id": key,
                     "category_id": wanted[class_key(o.name)],
                     "bbox": [x, y, w, h],
                     "area": w * h,
@@ -70,7 +79,7 @@ def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COC
     coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
     with quiet():
         coco.createIndex()
-    return COCOTruth(coco, list(ids), list(range(1, len(classes) + 1)))
+    return COCOTruth(coco, keys, list(range(1, len(classes) + 1)))
 
 
 def results_of(detections: dict, truth: COCOTruth, per_image: int = MAX_PER_IMAGE) -> list[dict]:
@@ -101,6 +110,90 @@ def results_of(detections: dict, truth: COCOTruth, per_image: int = MAX_PER_IMAG
             strict=True,
         )  # fmt: skip
     ]
+
+
+def read_results_file(path: Path) -> list:
+    """The entries of a COCO results file (a JSON list); anything else is an error naming it."""
+    try:
+        entries = parse_json(read_regular_file(path).decode("utf-8-sig"))
+    except ValueError as err:  # not UTF-8, not JSON, nested too deeply
+        raise DamagedFileError(f"--dets {path}: not a readable COCO results file ({err})") from None
+    if not isinstance(entries, list):
+        raise RcnnError(f"--dets {path}: a COCO results file is a JSON list of detections")
+    return entries
+
+
+def _result_id(value) -> int | str:
+    """An image or category id of a results entry: a whole number (1.0 is 1) or a string."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if finite_number(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"ids are whole numbers or strings, not {value!r}")
+
+
+def _entry(entry) -> tuple:
+    """``(image id, category id, score, x, y, w, h)`` of a results entry; a ValueError says
+    what is wrong with it."""
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in entry]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    image, category = _result_id(entry["image_id"]), _result_id(entry["category_id"])
+    bbox, score = entry["bbox"], entry["score"]
+    if not finite_number(score):
+        raise ValueError(f"a score that is not a finite number: {score!r}")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
+        raise ValueError(f"a bbox that is not 4 finite numbers: {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if w < 0 or h < 0:
+        raise ValueError(f"a bbox of negative width or height: {bbox!r}")
+    if not (math.isfinite(x + w) and math.isfinite(y + h)):  # 1e308 + 1e308
+        raise ValueError(f"a bbox whose far corner is not a finite number: {bbox!r}")
+    return image, category, float(score), x, y, w, h
+
+
+def detections_of(
+    entries: list, truth: COCOTruth, classes: list[str], path: Path, where: str,
+    aliases: dict | None = None,
+) -> dict:  # fmt: skip
+    """The detections ``{k: (image indices, scores, boxes)}`` of COCO results entries, the
+    inverse of :func:`results_of`. An entry that is not a detection, or that names an image
+    or category the ground truth lacks, is an error naming the file (and the entry).
+
+    Args:
+        aliases: other ids of the images (``{id: image index}``), e.g. a VOC dataset's names.
+    """
+    image_index = {key: i for i, key in enumerate(truth.images)} | (aliases or {})
+    label_of = {key: k for k, key in enumerate(truth.categories, start=1)}
+    rows = []
+    for n, entry in enumerate(entries):
+        try:
+            rows.append(_entry(entry))
+        except ValueError as err:
+            raise RcnnError(
+                f"--dets {path}: entry {n} is not {{image_id, category_id, bbox: [x, y, w, h], "
+                f"score}} ({err})"
+            ) from None
+    unknown = sorted({str(r[0]) for r in rows if r[0] not in image_index})
+    if unknown:
+        raise RcnnError(
+            f"--dets {path} names {len(unknown)} image id(s) not in {where}, e.g. "
+            f"{unknown[0]}: results of another dataset or split?"
+        )
+    foreign = sorted({str(r[1]) for r in rows if r[1] not in label_of})
+    if foreign:
+        raise RcnnError(
+            f"--dets {path} names category id(s) {foreign} that are not among {classes} of "
+            f"{where}: results of another dataset?"
+        )
+    images = np.array([image_index[r[0]] for r in rows], np.int64)
+    labels = np.array([label_of[r[1]] for r in rows], np.int64)
+    scores = np.array([r[2] for r in rows], float)
+    boxes = coco_to_boxes(np.array([r[3:] for r in rows], float))
+    return {k: (images[labels == k], scores[labels == k], boxes[labels == k])
+            for k in range(1, len(truth.categories) + 1)}  # fmt: skip
 
 
 def evaluate_results(results: list[dict], truth: COCOTruth, classes: list[str]) -> dict:
