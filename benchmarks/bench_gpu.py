@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from rcnn.bench import make_scale_regions, time_batches
-from rcnn.data.batches import DeviceFeeder, DeviceImages, ThreadFeeder, chunks, warp_regions
-from rcnn.data.dataset import ImageStore, random_flip
+from rcnn.data.feeders import DeviceFeeder, DeviceImages, ThreadFeeder, chunks, warp_regions
 from rcnn.data.regions import RegionSet
 from rcnn.data.sampler import BalancedBatchSampler
+from rcnn.data.warps import ImageStore, random_flip
 from rcnn.evaluation.predict import predict
 from rcnn.modeling.model import build_model, normalization
 from rcnn.runtime.device import autocast, configure_device

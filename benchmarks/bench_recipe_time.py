@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rcnn.bench import bench_train, make_scale_regions, peak_rss_mb, time_batches
-from rcnn.data.batches import chunks, make_feeder
+from rcnn.data.feeders import chunks, make_feeder
 from rcnn.data.regions import RegionSet
 from rcnn.modeling.model import ModelSpec, build_model
 from rcnn.runtime.allocator import reuse_freed_memory

@@ -47,11 +47,8 @@ def run(work: Path, images: int, num_classes: int, per_image: int) -> dict:
     from rcnn.data.synth import make_synthetic_voc
     from rcnn.data.voc import VOCDataset, read_id_file
     from rcnn.detection.detector import Detections
-    from rcnn.detection.evaluate_split import (
-        input_digest,
-        load_ground_truth,
-        save_image_detections,
-    )
+    from rcnn.detection.image_results import input_digest, save_image_detections
+    from rcnn.evaluation.detection_metrics import load_ground_truth
     from rcnn.modeling.model import build_model
     from rcnn.training.config import TrainConfig
 

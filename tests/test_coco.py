@@ -10,10 +10,10 @@ import torch
 from torchvision.ops import box_convert
 
 from rcnn.cli import main
+from rcnn.data.annotations import boxes_to_coco, coco_to_box, coco_to_boxes, voc_to_box
 from rcnn.data.coco import COCODataset, COCOFormatError
 from rcnn.data.config import PrepareConfig
-from rcnn.data.datasets import open_dataset
-from rcnn.data.voc import boxes_to_coco, coco_to_box, coco_to_boxes, voc_to_box
+from rcnn.data.readers import open_dataset
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.evaluation.coco_eval import evaluate_results, ground_truth, results_of
 from tests.helpers import TINY_FLAGS, draw_scene, write_coco
@@ -182,7 +182,7 @@ def test_classes_images_and_splits_are_checked(tmp_path, caplog, capsys):
                     images).select_images("x", ["car"])  # fmt: skip
     # An image listed but missing on disk: `rcnn prepare` skips it, `rcnn test` stops; both
     # name it.
-    from rcnn.detection.evaluate_split import split_images
+    from rcnn.detection.testing import split_images
 
     argv = ["prepare", "--coco", str(path), "--images", str(images), "--split", "train",
             "--classes", "car", "bus", "--out", str(tmp_path / "r"), "--mode", "fast",

@@ -12,7 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from rcnn.cli import main
 from rcnn.data.coco import coco_image_ids
-from rcnn.data.datasets import open_dataset
+from rcnn.data.readers import open_dataset
 from rcnn.evaluation.coco_eval import ground_truth, results_of
 from tests.helpers import coco_annotation, coco_image, write_coco
 

@@ -15,8 +15,9 @@ from rcnn.cli import main
 from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
 from rcnn.detection.config import DetectorConfig, eval_detector_config
 from rcnn.detection.detector import Detector, select_detections
-from rcnn.detection.evaluate_split import VOCTestConfig, read_results, run_test, write_results
+from rcnn.detection.testing import TestConfig, run_test
 from rcnn.errors import RcnnError
+from rcnn.evaluation.result_files import read_results, write_results
 from rcnn.files import output_dir
 from rcnn.modeling.checkpoint import load_model
 from rcnn.runtime.config import InferenceConfig
@@ -236,7 +237,7 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
     with (broken / "ImageSets" / "Main" / "test.txt").open("a") as f:
         f.write("999999\n")
     detector = eval_detector_config(inference=CPU, workers=1)
-    cfg = VOCTestConfig(str(trained / "run"), str(broken), str(tmp_path / "t2"), detector=detector)
+    cfg = TestConfig(str(trained / "run"), str(broken), str(tmp_path / "t2"), detector=detector)
     with pytest.raises(
         RcnnError, match=r"test.txt names 1 image\(s\) that are missing, e\.g\. .*/999999.jpg"
     ):
@@ -284,7 +285,7 @@ def test_close_scores_keep_their_order_in_result_files(tmp_path):
 
 
 def test_a_class_missing_from_the_split_is_left_out_of_the_mean():
-    from rcnn.detection.evaluate_split import SplitTruth, evaluate_detections
+    from rcnn.evaluation.detection_metrics import SplitTruth, evaluate_detections
     from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth
 
     car = ImageTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))

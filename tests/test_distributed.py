@@ -209,8 +209,8 @@ def test_a_rank_that_cannot_see_the_dataset_is_named(launched, step):
 def test_a_process_that_hangs_ends_the_others_with_a_message(prepared, one_epoch_model, tmp_path):
     argv = ["features", str(one_epoch_model), "--data", str(prepared), "--out",
             str(tmp_path / "f"), "--device", "cpu", "--no-progress"]  # fmt: skip
-    steps = [{"name": "hang", "argv": argv, "sleep": {"1": 8}}]
-    ranks = torchrun_steps(steps, tmp_path / "launch", env={"RCNN_DIST_TIMEOUT": "3"})
+    steps = [{"name": "hang", "argv": argv, "sleep": {"1": 5}}]
+    ranks = torchrun_steps(steps, tmp_path / "launch", env={"RCNN_DIST_TIMEOUT": "2"})
     found = ranks[0]["hang"]
     assert found["rc"] == 2 and "another process stopped answering" in found["err"], found
     assert "RCNN_DIST_TIMEOUT" in found["err"] and "Traceback" not in found["err"]

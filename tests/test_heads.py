@@ -10,11 +10,11 @@ import torch
 from torchvision.models.detection._utils import BoxCoder
 
 from rcnn.cli import main
-from rcnn.data.feature_store import FeatureStore, FeatureStoreError
-from rcnn.modeling.bbox_regression import BBoxRegressor, fit_ridge
-from rcnn.modeling.config import BBoxConfig, SVMConfig
+from rcnn.heads.bbox_regression import BBoxRegressor, fit_ridge
+from rcnn.heads.config import BBoxConfig, SVMConfig
+from rcnn.heads.feature_store import FeatureStore, FeatureStoreError
+from rcnn.heads.svm import NegativeCache, fit_svm, svm_objective
 from rcnn.modeling.features import feature_dims
-from rcnn.modeling.svm import NegativeCache, fit_svm, svm_objective
 from rcnn.ops.boxes import decode_boxes, encode_boxes
 from rcnn.runtime.config import InferenceConfig
 from tests.helpers import copy_run, one_process, same_files, torchrun_steps
@@ -129,9 +129,9 @@ CPU = InferenceConfig(device="cpu")
 
 
 def test_features_equal_the_networks_activations(heads_run, prepared):
-    from rcnn.data.batches import make_feeder
-    from rcnn.data.dataset import ImageStore
+    from rcnn.data.feeders import make_feeder
     from rcnn.data.regions import load_split
+    from rcnn.data.warps import ImageStore
     from rcnn.modeling.checkpoint import load_model
 
     run = heads_run / "run"
@@ -160,8 +160,8 @@ def test_features_equal_the_networks_activations(heads_run, prepared):
 
 @pytest.mark.precision
 def test_interrupted_features_resume_to_identical_files(heads_run, tmp_path, native_bf16):
-    from rcnn.modeling.config import FeaturesConfig
-    from rcnn.modeling.extract import run_features
+    from rcnn.heads.config import FeaturesConfig
+    from rcnn.heads.extract import run_features
 
     out = tmp_path / "feats"
     # Small chunks, so that a tiny set has several; the store keeps its chunk size. The
@@ -201,7 +201,7 @@ def test_train_svm_and_bbox_then_detect_with_them(heads_run, capsys):
     assert (run / "svm" / "svm.npz").is_file() and (run / "svm" / "svm_log.csv").is_file()
     assert main(["train-bbox", str(run), "--data", str(data), *feats, *FLAGS]) == 0
     assert "box regressors in" in capsys.readouterr().out
-    from rcnn.modeling.svm import SVMModel
+    from rcnn.heads.svm import SVMModel
 
     svm = SVMModel.load(run / "svm")
     assert svm.weights.shape == (1, 128) and svm.scale > 0
@@ -249,8 +249,8 @@ def test_svm_of_other_classes_is_refused(heads_run, tmp_path):
     from rcnn.detection.config import DetectorConfig
     from rcnn.detection.detector import Detector
     from rcnn.errors import RcnnError
+    from rcnn.heads.svm import SVMModel
     from rcnn.modeling.checkpoint import load_model
-    from rcnn.modeling.svm import SVMModel
 
     svm = SVMModel(np.zeros((2, 4096), np.float32), np.zeros(2, np.float32), 1.0, ["car", "bus"])
     svm.save(tmp_path / "svm")
@@ -387,7 +387,7 @@ def test_messages_name_what_to_do(heads_run, tmp_path, capsys):
 
 def feature_store_of(root, features: np.ndarray, chunk: int = 64):
     """A real feature store on disk holding ``features`` as split 'train', layer 'fc7'."""
-    from rcnn.data.feature_store import write_chunk, write_meta
+    from rcnn.heads.feature_store import write_chunk, write_meta
 
     meta = {"model": {"digest": "x"}, "precision": "float32", "device": "cpu",
             "layers": {"fc7": features.shape[1]}, "chunk": chunk,
@@ -422,7 +422,7 @@ def hand_made_regions(classes=("car",)):
 
 
 def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
-    from rcnn.modeling.svm import train_svms
+    from rcnn.heads.svm import train_svms
 
     regions, x = hand_made_regions()
     store = feature_store_of(tmp_path, x)
@@ -435,8 +435,8 @@ def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
 
 
 def test_a_class_without_objects_is_named_and_never_detected(tmp_path, caplog):
-    from rcnn.modeling.bbox_regression import train_bbox
-    from rcnn.modeling.svm import SVMModel, train_svms
+    from rcnn.heads.bbox_regression import train_bbox
+    from rcnn.heads.svm import SVMModel, train_svms
 
     regions, x = hand_made_regions(("car", "bus"))
     store = feature_store_of(tmp_path, x)
@@ -458,11 +458,11 @@ def test_a_class_without_objects_is_named_and_never_detected(tmp_path, caplog):
 @pytest.mark.parametrize("layer", ["fc7", "pool5"])
 def test_streamed_heads_equal_the_stored_ones(heads_run, layer):
     from rcnn.data.regions import load_split
-    from rcnn.modeling.bbox_regression import train_bbox
+    from rcnn.heads.bbox_regression import train_bbox
+    from rcnn.heads.config import BBoxConfig
+    from rcnn.heads.stream import FeatureStream
+    from rcnn.heads.svm import train_svms
     from rcnn.modeling.checkpoint import load_model
-    from rcnn.modeling.config import BBoxConfig
-    from rcnn.modeling.stream import FeatureStream
-    from rcnn.modeling.svm import train_svms
 
     regions = load_split(heads_run / "regions", "train")
     store = FeatureStore(heads_run / "feats", "train", layer)  # computed with --no-amp

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rcnn.cli import main
+from rcnn.data.annotations import DatasetError
 from rcnn.data.config import PrepareConfig, ProposalConfig
 from rcnn.data.labels import PRESETS
 from rcnn.data.prepare import BadImageError, run_prepare
@@ -130,7 +131,7 @@ def test_strict_stops_but_keeps_computed_proposals(small_voc, tmp_path):
 def test_split_with_no_usable_image(small_voc, tmp_path):
     for i in ("000005", "000006"):
         (small_voc / "JPEGImages" / f"{i}.jpg").unlink()
-    with pytest.raises(VOCFormatError, match="split 'val' .* no usable image"):
+    with pytest.raises(DatasetError, match="split 'val' .* no usable image"):
         run_prepare(config(small_voc, tmp_path / "out", tmp_path / "cache"))
 
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from rcnn.data.annotations import VOC_CLASSES
 from rcnn.data.synth import (
     _PLAIN_BACKGROUND,
     _image_rng,
@@ -17,7 +18,6 @@ from rcnn.data.synth import (
     make_synthetic_voc,
     synth_classes,
 )
-from rcnn.data.voc import VOC_CLASSES
 
 SIZE = (96, 72)
 SEED = 3

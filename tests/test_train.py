@@ -216,7 +216,7 @@ def test_every_command_has_help(command, capsys):
 def test_amp_on_the_device_pipeline(prepared, tmp_path):
     # bf16 autocast with the batched roi_align path (which CUDA uses by default) on the CPU,
     # over two batches: bfloat16 is emulated, slowly (seconds a step), on CPUs without it.
-    from rcnn.data.batches import DeviceFeeder
+    from rcnn.data.feeders import DeviceFeeder
     from rcnn.evaluation.predict import evaluate
 
     cpu = torch.device("cpu")

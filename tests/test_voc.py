@@ -1,15 +1,7 @@
 import pytest
 
-from rcnn.data.voc import (
-    _WARNED,
-    VOC_CLASSES,
-    VOCDataset,
-    VOCFormatError,
-    parse_annotation,
-    read_id_file,
-    resolve_classes,
-    voc_to_box,
-)
+from rcnn.data.annotations import _WARNED, VOC_CLASSES, resolve_classes, voc_to_box
+from rcnn.data.voc import VOCDataset, VOCFormatError, parse_annotation, read_id_file
 from rcnn.errors import ConfigError
 from tests.helpers import write_xml
 
@@ -204,7 +196,7 @@ def test_an_image_listed_twice_is_an_error(small_voc):
 
 @pytest.mark.parametrize("name", ["../../x/notes", "a/b", ".car", "", "tab\tcar", "x\\y"])
 def test_class_names_that_cannot_be_file_names_are_refused(name):
-    from rcnn.data.voc import check_class_names
+    from rcnn.data.annotations import check_class_names
 
     with pytest.raises(ConfigError, match="not a usable class name"):
         resolve_classes(["car", name])

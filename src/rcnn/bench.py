@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcnn.data.batches import make_feeder
+from rcnn.data.feeders import make_feeder
 from rcnn.data.regions import RegionSet
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError

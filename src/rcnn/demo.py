@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from rcnn.data.synth import make_synthetic_voc
     from rcnn.detection.ablate import run_ablation
     from rcnn.detection.config import eval_detector_config
-    from rcnn.detection.evaluate_split import VOCTestConfig
+    from rcnn.detection.testing import TestConfig
     from rcnn.evaluation.evaluate import run_evaluate
     from rcnn.modeling.model import imagenet_weights_cached
     from rcnn.training.train import run_train
@@ -111,7 +111,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     stages = train_heads(cfg, voc, out, train_cfg.out)
     ablation_start = time.time()
     ablation = run_ablation(
-        VOCTestConfig(
+        TestConfig(
             train_cfg.out,
             str(voc),
             str(out / "test"),
@@ -182,8 +182,8 @@ def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[st
 def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
     """R-CNN's SVMs and box regressors on the training split, their features computed on the
     fly (no feature store); returns each stage's seconds."""
-    from rcnn.modeling.config import BBoxConfig, HeadConfig, SVMConfig
-    from rcnn.modeling.heads import run_train_bbox, run_train_svm
+    from rcnn.heads.config import BBoxConfig, HeadConfig, SVMConfig
+    from rcnn.heads.train import run_train_bbox, run_train_svm
 
     times = {}
     start = time.time()
@@ -218,7 +218,7 @@ def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
     from rcnn.data.voc import VOCDataset, parse_annotation, read_id_file
     from rcnn.detection.detector import Detections
     from rcnn.detection.draw import GROUND_TRUTH_COLOR, draw_boxes, draw_detections
-    from rcnn.detection.evaluate_split import read_image_detections
+    from rcnn.detection.image_results import read_image_detections
     from rcnn.evaluation.plots import plot_images
 
     dataset = VOCDataset(voc)

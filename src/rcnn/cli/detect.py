@@ -192,9 +192,9 @@ def add_test(sub) -> None:
 
 
 def _test_config(args):
-    from rcnn.detection.evaluate_split import VOCTestConfig
+    from rcnn.detection.testing import TestConfig
 
-    return VOCTestConfig(
+    return TestConfig(
         model=args.model,
         voc_root=args.voc_root,
         coco=args.coco,
@@ -210,12 +210,13 @@ def _test_config(args):
 
 
 def cmd_test(args) -> None:
-    from rcnn.detection.evaluate_split import evaluate_result_files, run_test
+    from rcnn.detection.testing import run_test
+    from rcnn.evaluation.result_files import evaluate_result_files
 
     if args.dets:
         if args.model:
             raise ConfigError("give MODEL or --dets DIR, not both")
-        from rcnn.data.datasets import open_dataset
+        from rcnn.data.readers import open_dataset
 
         dataset = open_dataset(args.voc_root, args.coco, args.images)
         metrics = evaluate_result_files(
@@ -253,10 +254,10 @@ def add_ablate(sub) -> None:
 
 def cmd_ablate(args) -> None:
     from rcnn.detection.ablate import run_ablation
-    from rcnn.modeling.heads import run_folder
+    from rcnn.heads.config import run_part
 
     if args.bbox_reg is None:
-        args.bbox_reg = str(run_folder(args.model) / "bbox")
+        args.bbox_reg = str(run_part(args.model, "bbox"))
     result = run_ablation(_test_config(args))
     if result:
         print(result["table"])

@@ -13,7 +13,7 @@ from rcnn.cli.common import (
     inference,
     parser,
 )
-from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
+from rcnn.heads.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
 
 SVM_FLAGS = {
     "C": "SVM regularization",
@@ -86,10 +86,10 @@ def add_features(sub) -> None:
 
 
 def cmd_features(args) -> None:
-    from rcnn.modeling.extract import run_features
-    from rcnn.modeling.heads import run_folder
+    from rcnn.heads.config import run_part
+    from rcnn.heads.extract import run_features
 
-    out = args.out or str(run_folder(args.model) / "features")
+    out = args.out or str(run_part(args.model, "features"))
     summary = run_features(
         FeaturesConfig(
             model=args.model,
@@ -135,7 +135,7 @@ def add_train_svm(sub) -> None:
 
 
 def cmd_train_svm(args) -> None:
-    from rcnn.modeling.heads import run_train_svm
+    from rcnn.heads.train import run_train_svm
 
     result = run_train_svm(_head_config(args), config_from(args, SVMConfig, SVM_FLAGS))
     if result is None:  # another process than torchrun's rank 0: rank 0 reports
@@ -165,7 +165,7 @@ def add_train_bbox(sub) -> None:
 
 
 def cmd_train_bbox(args) -> None:
-    from rcnn.modeling.heads import run_train_bbox
+    from rcnn.heads.train import run_train_bbox
 
     result = run_train_bbox(_head_config(args), config_from(args, BBoxConfig, BBOX_FLAGS))
     if result is None:  # another process than torchrun's rank 0: rank 0 reports

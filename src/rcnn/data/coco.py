@@ -7,13 +7,13 @@ and checked by :func:`rcnn.data.coco_file.load_split`.
 
 Each image is named by its file name without extension, as VOC names its images (by its COCO id
 when two file names share a stem); names are unique within a split, so per-split folders may
-repeat file names. An image becomes a :class:`~rcnn.data.voc.VOCAnnotation`, so every stage
+repeat file names. An image becomes a :class:`~rcnn.data.annotations.VOCAnnotation`, so every stage
 reads COCO and VOC data alike:
 
-- a category maps to a class by name (compared as :func:`~rcnn.data.voc.class_key` does);
+- a category maps to a class by name (compared as :func:`~rcnn.data.annotations.class_key` does);
 - a crowd annotation (``iscrowd: 1``) is treated as VOC treats a difficult object: ignored in
   matching and not counted;
-- boxes convert in :func:`rcnn.data.voc.coco_to_box`, beside VOC's conversions.
+- boxes convert in :func:`rcnn.data.annotations.coco_to_box`, beside VOC's conversions.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import hashlib
 import logging
 from pathlib import Path
 
+from rcnn.data.annotations import VOCAnnotation, class_key
 from rcnn.data.coco_file import COCOFormatError, COCOSplit, listed, load_split
-from rcnn.data.voc import VOCAnnotation, class_key
 from rcnn.errors import ConfigError, RcnnError
 
 __all__ = ["COCODataset", "COCOFormatError", "SPLIT"]

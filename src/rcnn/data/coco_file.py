@@ -14,7 +14,8 @@ The file is read with pycocotools (``COCO``), after checks pycocotools does not 
 
 Images are named by their file names without extension, or by their COCO ids when two file
 names of the file share a stem. Boxes are clipped to the image: VOC's metrics see them in whole
-pixels (:func:`rcnn.data.voc.coco_to_box`), COCO's unrounded, as COCO's evaluation reads them.
+pixels (:func:`rcnn.data.annotations.coco_to_box`), COCO's unrounded, as COCO's evaluation
+reads them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from rcnn.data.voc import (
+from rcnn.data.annotations import (
+    DatasetError,
     VOCAnnotation,
-    VOCFormatError,
     VOCObject,
     class_key,
     coco_to_box,
@@ -46,7 +47,7 @@ COCO_HINT = (
 )
 
 
-class COCOFormatError(VOCFormatError):
+class COCOFormatError(DatasetError):
     """A COCO file is missing, malformed or inconsistent; the message names the file."""
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from rcnn.data.datasets import check_source
+from rcnn.data.annotations import resolve_classes, safe_name
 from rcnn.data.labels import LabelConfig
-from rcnn.data.voc import resolve_classes, safe_name
+from rcnn.data.readers import check_source
 from rcnn.errors import ConfigError
 
 MODES = ("quality", "fast")  # Selective Search strategies

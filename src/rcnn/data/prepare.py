@@ -9,16 +9,17 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rcnn.data.annotations import DatasetError, VOCAnnotation
 from rcnn.data.config import PrepareConfig
-from rcnn.data.datasets import Dataset, open_dataset
 from rcnn.data.labels import label_regions, region_details
 from rcnn.data.proposals import compute_proposals, default_cache_dir
+from rcnn.data.readers import Dataset, open_dataset
 from rcnn.data.regions import RegionSet, RegionTruth
-from rcnn.data.voc import VOCAnnotation, VOCFormatError
 from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_json
 from rcnn.ops.boxes import clip_boxes, nonempty
@@ -41,21 +42,21 @@ class BadImageError(RcnnError):
     """An image could not be used; raised instead of skipping it under ``--strict``."""
 
 
-def _load_annotations(voc: Dataset, ids: list[str], skipped: list[dict]):
-    """Each image's annotation; bad ones go to ``skipped``."""
-    annotations = {}
+def _load_annotations(dataset: Dataset, ids: list[str]) -> tuple[dict, list[dict]]:
+    """Each image's annotation, and the images left out (unreadable, or without objects)."""
+    annotations, skipped = {}, []
     for image_id in ids:
-        path = voc.annotation_path(image_id)
+        path = dataset.annotation_path(image_id)
         try:
-            ann = voc.annotation(image_id)
-        except VOCFormatError as err:
+            ann = dataset.annotation(image_id)
+        except DatasetError as err:
             skipped.append({"image": image_id, "reason": str(err)})
             continue
         if not ann.objects:
             skipped.append({"image": image_id, "reason": f"{path}: {image_id} has no object"})
             continue
         annotations[image_id] = ann
-    return annotations
+    return annotations, skipped
 
 
 def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, size):
@@ -102,25 +103,31 @@ def split_proposals(cfg: PrepareConfig, paths: list[str], world: World = SINGLE)
     return results
 
 
+@dataclass
+class SplitImages:
+    """A split's images to label: their annotations and proposals (in the same order), and the
+    images already left out."""
+
+    split: str
+    annotations: dict[str, VOCAnnotation]
+    proposals: list  # a ProposalResult an image
+    skipped: list[dict]
+
+
 def prepare_split(
-    cfg: PrepareConfig, voc: Dataset, split: str, world: World = SINGLE
+    cfg: PrepareConfig, dataset: Dataset, split: str, world: World = SINGLE
 ) -> tuple[RegionSet, dict] | None:
     """Builds one split's region set and its summary (on rank 0; ``None`` on the others)."""
     start = time.perf_counter()
-    ids = voc.select_images(split, cfg.classes)
-    skipped: list[dict] = []
-    annotations = _load_annotations(voc, ids, skipped)
-    kept_ids = list(annotations)
-    paths = [str(voc.image_path(i)) for i in kept_ids]
+    annotations, skipped = _load_annotations(dataset, dataset.select_images(split, cfg.classes))
+    paths = [str(dataset.image_path(i)) for i in annotations]
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     agree(world, digest, f"rcnn prepare: split {split}'s images", FILES)
-    results = split_proposals(cfg, paths, world)
+    proposals = split_proposals(cfg, paths, world)
     made: list = []
+    images = SplitImages(split, annotations, proposals, skipped)
     # Rank 0 labels the split; an error there (no usable image) reaches every rank.
-    rank_zero_first(
-        world,
-        lambda: made.append(label_split(cfg, voc, split, kept_ids, annotations, results, skipped)),
-    )
+    rank_zero_first(world, lambda: made.append(label_split(cfg, dataset, images)))
     if made:
         regions, summary = made[0]
         summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -128,89 +135,98 @@ def prepare_split(
     return None
 
 
-def label_split(cfg, voc, split, kept_ids, annotations, results, skipped):
-    """The region set and summary of a split from its images' proposals."""
-    image_paths, sizes, parts, gt_parts = [], [], [], []
-    num_proposals = cached = gt_seen = 0
-    num_classes = len(cfg.classes)
-    for image_id, result in zip(kept_ids, results, strict=True):
-        if result.error or len(result.boxes) == 0:
-            skipped.append(
-                {
-                    "image": image_id,
-                    "reason": result.error or f"{result.path}: Selective Search found no proposals",
-                }
-            )
-            continue
-        num_proposals += len(result.boxes)
-        cached += result.cached
-        gt_boxes, gt_labels, gt_difficult = _ground_truth(
-            annotations[image_id], cfg.classes, cfg.labels.keep_difficult, result.size
-        )
-        boxes, labels, ious = label_regions(result.boxes, gt_boxes, gt_labels, cfg.labels)
-        gt_index, class_ious, is_gt = region_details(boxes, gt_boxes, gt_labels, num_classes)
-        image = len(image_paths)
-        gt_index = np.where(gt_index >= 0, gt_index + gt_seen, -1)  # rows of the split's arrays
-        parts.append(
-            (
-                np.full(len(labels), image, np.int32),
-                boxes,
-                labels,
-                ious,
-                gt_index,
-                class_ious,
-                is_gt,
-            )
-        )
-        gt_parts.append((gt_boxes, gt_labels, np.full(len(gt_boxes), image), gt_difficult))
-        gt_seen += len(gt_boxes)
-        image_paths.append(str(Path(result.path).resolve()))
-        sizes.append(result.size)
+@dataclass
+class ImageRegions:
+    """One image's labelled regions and its ground truth (``gt_index`` counts its own boxes)."""
 
+    path: str
+    size: tuple[int, int]
+    boxes: np.ndarray
+    labels: np.ndarray
+    ious: np.ndarray
+    gt_index: np.ndarray
+    class_ious: np.ndarray
+    is_gt: np.ndarray
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    gt_difficult: np.ndarray
+    proposals: int
+    cached: bool
+
+
+def label_image(cfg: PrepareConfig, annotation: VOCAnnotation, result) -> ImageRegions:
+    """The regions of one image's proposals, labelled against its ground truth."""
+    gt_boxes, gt_labels, gt_difficult = _ground_truth(
+        annotation, cfg.classes, cfg.labels.keep_difficult, result.size
+    )
+    boxes, labels, ious = label_regions(result.boxes, gt_boxes, gt_labels, cfg.labels)
+    gt_index, class_ious, is_gt = region_details(boxes, gt_boxes, gt_labels, len(cfg.classes))
+    return ImageRegions(str(Path(result.path).resolve()), result.size, boxes, labels, ious,
+                        gt_index, class_ious, is_gt, gt_boxes, gt_labels, gt_difficult,
+                        len(result.boxes), result.cached)  # fmt: skip
+
+
+def label_split(cfg: PrepareConfig, dataset: Dataset, images: SplitImages):
+    """The region set and summary of a split from its images' proposals."""
+    labelled, skipped = [], list(images.skipped)
+    for (image_id, ann), result in zip(images.annotations.items(), images.proposals, strict=True):
+        if result.error or len(result.boxes) == 0:
+            reason = result.error or f"{result.path}: Selective Search found no proposals"
+            skipped.append({"image": image_id, "reason": reason})
+        else:
+            labelled.append(label_image(cfg, ann, result))
     for bad in skipped:
         logger.warning("skipped image %s: %s", bad["image"], bad["reason"])
+    split = images.split
     if skipped and cfg.strict:
         raise BadImageError(
             f"--strict: {len(skipped)} bad image(s) in split '{split}', first: "
             f"{skipped[0]['reason']}"
         )
-    if not image_paths:
+    if not labelled:
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
-        raise VOCFormatError(f"split '{split}' ({voc.describe(split)}): no usable image{first}")
-
-    index, boxes, labels, ious, gt_index, class_ious, is_gt = (
-        np.concatenate(a) for a in zip(*parts, strict=True)
-    )
-    truth = RegionTruth(
-        *(np.concatenate(a) for a in zip(*gt_parts, strict=True)), gt_index, class_ious, is_gt
-    )
-    info = {
-        "split": split,
-        **voc.settings(),
-        "labels": cfg.labels.to_dict(),
-        "proposals": cfg.proposals.cache_tag(),
-    }
-    regions = RegionSet(image_paths, index, boxes, labels, ious, cfg.classes, sizes, info, truth)
+        raise DatasetError(f"split '{split}' ({dataset.describe(split)}): no usable image{first}")
+    info = {"split": split, **dataset.settings(), "labels": cfg.labels.to_dict(),
+            "proposals": cfg.proposals.cache_tag()}  # fmt: skip
+    regions = region_set(labelled, cfg.classes, info)
     if regions.num_positive == 0:
-        logger.warning(
-            "split '%s': no object regions; check --classes %s against the object names of %s",
-            split,
-            " ".join(cfg.classes),
-            voc.describe(split),
-        )
+        logger.warning("split '%s': no object regions; check --classes %s against the object "
+                       "names of %s", split, " ".join(cfg.classes),
+                       dataset.describe(split))  # fmt: skip
     summary = {
-        "images": len(image_paths),
+        "images": len(labelled),
         "skipped": skipped,
-        "proposals": num_proposals,
-        "from_cache": cached,
+        "proposals": sum(image.proposals for image in labelled),
+        "from_cache": sum(image.cached for image in labelled),
         "regions": len(regions),
         "positives": regions.num_positive,
         "negatives": regions.num_negative,
         "positives_per_class": {
-            c: int(np.count_nonzero(labels == k + 1)) for k, c in enumerate(cfg.classes)
+            c: int(np.count_nonzero(regions.labels == k + 1)) for k, c in enumerate(cfg.classes)
         },
     }
     return regions, summary
+
+
+def region_set(labelled: list[ImageRegions], classes: list[str], info: dict) -> RegionSet:
+    """The images' regions as one store: image ``i`` of the arrays is ``labelled[i]``, and
+    ``gt_index`` counts the rows of the split's ground-truth arrays."""
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(image, name) for image in labelled])
+
+    firsts = np.cumsum([0] + [len(image.gt_boxes) for image in labelled])
+    gt_index = np.concatenate([
+        np.where(image.gt_index >= 0, image.gt_index + first, -1)
+        for image, first in zip(labelled, firsts, strict=False)
+    ])  # fmt: skip
+    index = np.concatenate([np.full(len(im.boxes), i, np.int32) for i, im in enumerate(labelled)])
+    gt_image = np.concatenate([np.full(len(im.gt_boxes), i) for i, im in enumerate(labelled)])
+    truth = RegionTruth(joined("gt_boxes"), joined("gt_labels"), gt_image, joined("gt_difficult"),
+                        gt_index, joined("class_ious"), joined("is_gt"))  # fmt: skip
+    return RegionSet([image.path for image in labelled], index, joined("boxes"), joined("labels"),
+                     joined("ious"), classes, [image.size for image in labelled], info,
+                     truth)  # fmt: skip
 
 
 def run_prepare(cfg: PrepareConfig) -> dict | None:
@@ -228,7 +244,7 @@ def run_prepare(cfg: PrepareConfig) -> dict | None:
     """
     with run_stage("rcnn prepare", "cpu", cfg) as stage:
         world = stage.world
-        voc = stage.everywhere(lambda: _open(cfg), _source(cfg))
+        dataset = stage.everywhere(lambda: _open(cfg), _source(cfg))
         staging: list[Path] = []
 
         def check(out: Path) -> None:
@@ -240,10 +256,10 @@ def run_prepare(cfg: PrepareConfig) -> dict | None:
 
         stage.claim(cfg.out, check)
         # Every rank reads the split files now, so that one that cannot is named.
-        stage.everywhere(lambda: [voc.ids(split) for _, split in cfg.stores], _source(cfg))
+        stage.everywhere(lambda: [dataset.ids(split) for _, split in cfg.stores], _source(cfg))
         built, summaries, summary = {}, {}, {}
         for store, split in cfg.stores:
-            made = prepare_split(cfg, voc, split, world)
+            made = prepare_split(cfg, dataset, split, world)
             if made is not None:  # rank 0
                 built[store], summaries[store] = made
 
@@ -253,7 +269,7 @@ def run_prepare(cfg: PrepareConfig) -> dict | None:
                 regions.info["generation"] = generation
                 regions.save(staging[0] / split)
             summary.update(
-                **voc.settings(),
+                **dataset.settings(),
                 classes=cfg.classes,
                 labels=cfg.labels.to_dict(),
                 proposals={"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},

@@ -21,6 +21,7 @@ from xml.etree import ElementTree as ET
 import cv2
 import numpy as np
 
+from rcnn.data.annotations import VOC_CLASSES, VOC_GROUPS, boxes_to_coco, voc_to_box
 from rcnn.data.coco import coco_image_ids
 from rcnn.data.shapes import (
     SHAPES,
@@ -30,7 +31,6 @@ from rcnn.data.shapes import (
     glass_color,
     palette_color,
 )
-from rcnn.data.voc import VOC_CLASSES, VOC_GROUPS, boxes_to_coco, voc_to_box
 from rcnn.errors import ConfigError
 from rcnn.files import atomic_write_bytes
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rcnn.detection.config import Variant
-from rcnn.detection.evaluate_split import VOCTestConfig, run_test
+from rcnn.detection.testing import TestConfig, run_test
 from rcnn.files import atomic_write_bytes, atomic_write_json
 
 VARIANTS = [
@@ -28,7 +28,7 @@ TITLES = {
 }
 
 
-def run_ablation(cfg: VOCTestConfig) -> dict:
+def run_ablation(cfg: TestConfig) -> dict:
     """Runs the three variants; returns ``{"variants": {name: metrics}, "table": markdown}``."""
     results = run_test(replace(cfg, variants=VARIANTS))
     if not results:  # a torchrun process other than rank 0

@@ -22,17 +22,18 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from rcnn.data.batches import image_batches, make_feeder
 from rcnn.data.config import ProposalConfig
-from rcnn.data.dataset import ImageStore
+from rcnn.data.feeders import image_batches, make_feeder
 from rcnn.data.proposals import ProposalPool, ProposalResult
 from rcnn.data.regions import RegionSet
+from rcnn.data.warps import ImageStore
 from rcnn.detection.config import DetectorConfig
 from rcnn.errors import RcnnError
-from rcnn.modeling.bbox_regression import BBoxRegressor
+from rcnn.heads.bbox_regression import BBoxRegressor
+from rcnn.heads.config import run_part
+from rcnn.heads.svm import SVMModel
 from rcnn.modeling.checkpoint import LoadedModel
 from rcnn.modeling.features import feature_dims, forward_features
-from rcnn.modeling.svm import SVMModel
 from rcnn.progress import progress_bar
 from rcnn.runtime.device import autocast
 
@@ -72,8 +73,8 @@ class Detector:
         self.warp = loaded.spec.warp()
         dims = feature_dims(self.model)
         self.svm = self.bbox = None
-        self.svm_folder = Path(cfg.svm or Path(loaded.source).parent / "svm")
-        self.bbox_folder = Path(cfg.bbox_reg or Path(loaded.source).parent / "bbox")
+        self.svm_folder = Path(cfg.svm or run_part(loaded.source, "svm"))
+        self.bbox_folder = Path(cfg.bbox_reg or run_part(loaded.source, "bbox"))
         if any(v.scorer == "svm" for v in self.variants):
             svm = SVMModel.load(self.svm_folder)
             self.svm = check_head(svm, self.svm_folder, loaded, dims["fc7"])

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.data.annotations import boxes_to_coco, class_key, coco_to_boxes
 from rcnn.data.coco import COCODataset, coco_image_ids
 from rcnn.data.coco_file import finite_number, quiet
-from rcnn.data.voc import boxes_to_coco, class_key, coco_to_boxes
 from rcnn.errors import RcnnError
 from rcnn.files import DamagedFileError, parse_json, read_regular_file
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.batches import chunks, make_feeder
-from rcnn.data.dataset import ImageStore, RegionDataset, mean_fill
+from rcnn.data.annotations import check_split_name
+from rcnn.data.feeders import chunks, make_feeder
 from rcnn.data.regions import load_split
-from rcnn.data.voc import check_split_name
+from rcnn.data.warps import ImageStore, RegionDataset, mean_fill
 from rcnn.evaluation.metrics import classification_metrics, format_metrics, pr_curves
 from rcnn.evaluation.plots import figure_format, plot_compare, plot_pr, plot_predictions
 from rcnn.evaluation.predict import predict

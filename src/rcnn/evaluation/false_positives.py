@@ -11,7 +11,7 @@ is given the first kind that fits:
     oth   confusion with another class: IoU >= 0.1 with an object of any other class
     bg    a box on background
 
-The groups are Hoiem et al.'s for PASCAL VOC (:data:`~rcnn.data.voc.VOC_GROUPS`), or a COCO
+The groups are Hoiem et al.'s for PASCAL VOC (:data:`~rcnn.data.annotations.VOC_GROUPS`), or a COCO
 file's supercategories; other classes have no similar class. Only the classes being evaluated
 are looked at: an object of a class the model does not know counts as background.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcnn.data.voc import VOC_GROUPS
+from rcnn.data.annotations import VOC_GROUPS
 from rcnn.evaluation.voc_eval import ClassTruth, match_flat
 from rcnn.ops.boxes import box_iou
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rcnn.data.voc import check_class_names
+from rcnn.data.annotations import check_class_names
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import DamagedFileError, atomic_write_bytes, read_json, require_keys
 from rcnn.modeling.model import ModelSpec, build_model

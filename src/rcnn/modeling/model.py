@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from rcnn.data.batches import Warp
+from rcnn.data.feeders import Warp
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.modeling.backbones import IMAGENET_MEAN, IMAGENET_STD, OWN
 

@@ -3,7 +3,7 @@
 The project's one box convention: ``x1, y1, x2, y2`` in 0-based pixels with ``x2`` and ``y2``
 exclusive, so a box is the array slice ``image[y1:y2, x1:x2]`` and its width is ``x2 - x1``.
 This is also what ``torchvision.ops.box_iou`` assumes, so the two agree exactly.
-VOC's 1-based inclusive coordinates are converted in :mod:`rcnn.data.voc` and nowhere else.
+VOC's 1-based inclusive coordinates are converted in :mod:`rcnn.data.annotations` and nowhere else.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcnn.data.batches import chunks, make_feeder
+from rcnn.data.feeders import chunks, make_feeder
 from rcnn.data.regions import RegionSet, load_train_val
 from rcnn.data.sampler import BalancedBatchSampler
 from rcnn.errors import ConfigError, RcnnError

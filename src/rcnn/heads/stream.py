@@ -6,7 +6,7 @@ regions for mining, the positives, a cache of hard negatives, the regions a regr
 on. :class:`FeatureStream` computes features for the regions asked, batch by batch on the
 device, rounded to float16 as a store keeps them, so both sources give the same numbers up to
 the order of floating-point sums. Both offer the same two calls, used by
-:mod:`rcnn.modeling.svm` and :mod:`rcnn.modeling.bbox_regression`::
+:mod:`rcnn.heads.svm` and :mod:`rcnn.heads.bbox_regression`::
 
     source.stream(indices)  # (indices, float32 [B, D]) a block at a time, in order
     source.rows(indices)    # float32 [len(indices), D] at once
@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from rcnn.data.batches import chunks, make_feeder
-from rcnn.data.dataset import ImageStore
+from rcnn.data.feeders import chunks, make_feeder
 from rcnn.data.regions import RegionSet
+from rcnn.data.warps import ImageStore
 from rcnn.modeling.checkpoint import LoadedModel
 from rcnn.modeling.features import feature_dims, forward_features
 from rcnn.progress import progress_bar

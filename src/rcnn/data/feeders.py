@@ -14,7 +14,7 @@ Three paths produce the same batches:
 All pad context outside the image with the normalization mean: zero after normalizing, or
 its nearest uint8 colour on the uint8 ``loader`` path. Each
 feeder's ``iterate(flips)`` also applies the recipe's random horizontal flip, drawn from the
-training loop's generator the same way on every path (:func:`rcnn.data.dataset.draw_flips`); plain
+training loop's generator the same way on every path (:func:`rcnn.data.warps.draw_flips`); plain
 iteration is unflipped, as validation needs.
 """
 
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rcnn.data.dataset import (
+from rcnn.data.regions import RegionSet
+from rcnn.data.warps import (
     ImageStore,
     RegionDataset,
     context_boxes,
@@ -43,7 +44,6 @@ from rcnn.data.dataset import (
     random_flip,
     warp_box,
 )
-from rcnn.data.regions import RegionSet
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def device_images_dtype(store: ImageStore, device: torch.device) -> torch.dtype:
 
 def region_rois(image_index, boxes, size: int, pad: int) -> torch.Tensor:
     """``[B, 5]`` float rois ``(image, x1, y1, x2, y2)``, enlarged for context as in
-    :func:`rcnn.data.dataset.context_box` and rounded the same way."""
+    :func:`rcnn.data.warps.context_box` and rounded the same way."""
     boxes = boxes.double()
     if pad:
         scale = size / (size - 2 * pad)

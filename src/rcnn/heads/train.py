@@ -2,7 +2,7 @@
 
 Both take the features of the training regions from a feature store when one is given
 (``--features``; the missing ones are computed into it first) or when ``RUN/features`` holds
-them already; otherwise they compute them on the fly (:class:`rcnn.modeling.stream.
+them already; otherwise they compute them on the fly (:class:`rcnn.heads.stream.
 FeatureStream`): the SVMs in one pass over the negatives, holding only the positives and the
 hard-negative caches, the box regressors only for the regions they train on. No feature store
 is written then: disk use is that of the outputs. Both write their model to ``RUN/svm`` or
@@ -18,23 +18,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from rcnn.data.feature_store import FeatureStore, FeatureStoreError, read_meta
-from rcnn.data.voc import class_key
+from rcnn.data.annotations import class_key
 from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_bytes
-from rcnn.modeling.bbox_regression import train_bbox
-from rcnn.modeling.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
-from rcnn.modeling.extract import StoreClash, run_features
-from rcnn.modeling.stream import FeatureStream
-from rcnn.modeling.svm import train_svms
+from rcnn.heads.bbox_regression import train_bbox
+from rcnn.heads.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig, run_part
+from rcnn.heads.extract import StoreClash, run_features
+from rcnn.heads.feature_store import FeatureStore, FeatureStoreError, read_meta
+from rcnn.heads.stream import FeatureStream
+from rcnn.heads.svm import train_svms
 from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
-
-
-def run_folder(model: str) -> Path:
-    path = Path(model)
-    return path if path.is_dir() else path.parent
 
 
 def feature_source(cfg: HeadConfig, layer: str, world=None) -> tuple:
@@ -56,7 +51,7 @@ def feature_source(cfg: HeadConfig, layer: str, world=None) -> tuple:
         )
     if cfg.features:
         return loaded, regions, _store(cfg, layer, loaded, regions, Path(cfg.features), world)
-    root = run_folder(cfg.model) / "features"
+    root = run_part(cfg.model, "features")
     try:
         meta = read_meta(root)
         if meta is not None and meta["model"].get("digest") == loaded.digest:
@@ -130,7 +125,7 @@ def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> 
     and returns ``stage(out, loaded, regions, features)``; the other ranks return ``None``."""
     from rcnn.runtime.shared import SharedWork, run_on_main
 
-    out = Path(cfg.out or run_folder(cfg.model) / folder)
+    out = Path(cfg.out or run_part(cfg.model, folder))
     with run_stage(command, cfg.inference.device, cfg) as frame:
         cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
         frame.claim(out)

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from rcnn.data.voc import check_class_names
+from rcnn.data.annotations import check_class_names
 from rcnn.errors import RcnnError
 from rcnn.files import read_arrays, write_arrays
 

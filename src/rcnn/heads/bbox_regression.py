@@ -16,8 +16,8 @@ from dataclasses import asdict
 import numpy as np
 
 from rcnn.errors import RcnnError
-from rcnn.modeling.config import BBoxConfig
-from rcnn.modeling.linear import LinearHeads
+from rcnn.heads.config import BBoxConfig
+from rcnn.heads.linear import LinearHeads
 from rcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ which one they have:
 
     ids(split)                   every image of the split, in order
     select_images(split, names)  its images with an object of the classes (training)
-    annotation(id)               a :class:`~rcnn.data.voc.VOCAnnotation`
+    annotation(id)               a :class:`~rcnn.data.annotations.VOCAnnotation`
     image_path(id), annotation_path(id), annotation_digest(id)
     describe(split), settings(), groups(split)
 """

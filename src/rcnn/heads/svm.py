@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rcnn.errors import RcnnError
-from rcnn.modeling.config import SVMConfig
-from rcnn.modeling.linear import LinearHeads
+from rcnn.heads.config import SVMConfig
+from rcnn.heads.linear import LinearHeads
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel
     pass, the positives aside.
 
     Only the positives and the caches are held (float16 features); ``features`` is a feature
-    store or a :class:`rcnn.modeling.stream.FeatureStream`, whose blocks arrive in the same
+    store or a :class:`rcnn.heads.stream.FeatureStream`, whose blocks arrive in the same
     order, so both give the same SVMs. ``report(row)`` is called at each training. Returns the
     model and the log (one row per class and training).
     """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn.data.batches import (
+from rcnn.data.feeders import (
     DeviceFeeder,
     DeviceImages,
     LoaderFeeder,
@@ -18,8 +18,8 @@ from rcnn.data.batches import (
     make_feeder,
     warp_regions,
 )
-from rcnn.data.dataset import ImageStore, RegionDataset, context_box, draw_flips, mean_fill
 from rcnn.data.regions import RegionSet
+from rcnn.data.warps import ImageStore, RegionDataset, context_box, draw_flips, mean_fill
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CPU = torch.device("cpu")
@@ -127,7 +127,7 @@ def test_make_feeder_paths_agree(val_set):
 def test_threads_on_uint8_images_match_worker_processes(val_set, monkeypatch, pad):
     # Normalized images too big for memory: the threads warp uint8 ones, as workers do.
     regions, store = val_set
-    monkeypatch.setattr("rcnn.data.batches.float_images_budget", lambda: 0)
+    monkeypatch.setattr("rcnn.data.feeders.float_images_budget", lambda: 0)
     batches = chunks(np.arange(len(regions))[:64], 32)
     warp = Warp(40, pad, MEAN, STD)
     threads = make_feeder(regions, batches, warp, CPU, "threads", workers=0, store=store)

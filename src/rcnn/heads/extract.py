@@ -2,7 +2,7 @@
 
 Regions are warped by the training paths (no flip), pushed through the fine-tuned network in
 eval mode in large batches, and their features written as float16 chunks of a feature store
-(:mod:`rcnn.data.feature_store`). A killed run resumes with the missing chunks.
+(:mod:`rcnn.heads.feature_store`). A killed run resumes with the missing chunks.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.dataset import ImageStore
-from rcnn.data.feature_store import (
+from rcnn.data.warps import ImageStore
+from rcnn.files import remove_temporaries
+from rcnn.heads.config import FeaturesConfig
+from rcnn.heads.feature_store import (
     FeatureStoreError,
     chunk_path,
     num_chunks,
@@ -23,8 +25,6 @@ from rcnn.data.feature_store import (
     write_chunk,
     write_meta,
 )
-from rcnn.files import remove_temporaries
-from rcnn.modeling.config import FeaturesConfig
 from rcnn.progress import progress_bar
 from rcnn.runtime.config import InferenceConfig
 from rcnn.runtime.stage import run_stage
@@ -118,7 +118,7 @@ class Extractor:
         return self._forward(split, batches)
 
     def _forward(self, split: str, batches: list[np.ndarray]):
-        from rcnn.data.batches import make_feeder
+        from rcnn.data.feeders import make_feeder
         from rcnn.modeling.features import forward_features
 
         regions = self.splits[split]

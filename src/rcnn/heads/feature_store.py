@@ -122,7 +122,7 @@ class FeatureStore:
 
     def stream(self, indices, block: int = 16384):
         """``(indices of a block, their float32 [B, D] features)``, block by block in order,
-        as :meth:`rcnn.modeling.stream.FeatureStream.stream` gives them."""
+        as :meth:`rcnn.heads.stream.FeatureStream.stream` gives them."""
         indices = np.asarray(indices, dtype=np.int64)
         for start in range(0, len(indices), block):
             part = indices[start : start + block]

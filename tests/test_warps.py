@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn.data.dataset import (
+from rcnn.data.regions import RegionSet, RegionStoreError
+from rcnn.data.warps import (
     ImageStore,
     RegionDataset,
     context_box,
@@ -15,7 +16,6 @@ from rcnn.data.dataset import (
     random_flip,
     warp_region,
 )
-from rcnn.data.regions import RegionSet, RegionStoreError
 
 
 @pytest.fixture
