@@ -422,7 +422,7 @@ def hand_made_regions(classes=("car",)):
 
 
 def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
-    from rcnn.heads.svm import train_svms
+    from rcnn.heads.mining import train_svms
 
     regions, x = hand_made_regions()
     store = feature_store_of(tmp_path, x)
@@ -436,7 +436,8 @@ def test_one_pass_of_mining_finds_the_hard_negatives(tmp_path):
 
 def test_a_class_without_objects_is_named_and_never_detected(tmp_path, caplog):
     from rcnn.heads.bbox_regression import train_bbox
-    from rcnn.heads.svm import SVMModel, train_svms
+    from rcnn.heads.mining import train_svms
+    from rcnn.heads.svm import SVMModel
 
     regions, x = hand_made_regions(("car", "bus"))
     store = feature_store_of(tmp_path, x)
@@ -460,8 +461,8 @@ def test_streamed_heads_equal_the_stored_ones(heads_run, layer):
     from rcnn.data.regions import load_split
     from rcnn.heads.bbox_regression import train_bbox
     from rcnn.heads.config import BBoxConfig
+    from rcnn.heads.mining import train_svms
     from rcnn.heads.stream import FeatureStream
-    from rcnn.heads.svm import train_svms
     from rcnn.modeling.checkpoint import load_model
 
     regions = load_split(heads_run / "regions", "train")
@@ -567,3 +568,50 @@ def test_heads_refuse_regions_of_other_classes_before_any_work(heads_run, tmp_pa
         assert "regions are of classes ['bus']" in err and "trained for ['car']" in err, err
     assert (run / "svm" / "svm.npz").read_bytes() == b"a good model"
     assert not (run / "bbox" / "bbox.npz").exists()
+
+
+def test_a_class_trainer_trains_on_its_positives_and_its_cache():
+    from rcnn.heads.svm import ClassTrainer
+
+    rng = np.random.default_rng(4)
+    positives = np.c_[3 + 0.1 * rng.normal(size=10), rng.normal(size=10)].astype(np.float16)
+    cfg = SVMConfig(C=1.0, retrain_every=3)
+    trainer = ClassTrainer("car", positives, cfg)
+    hard = np.c_[0.5 + 0.1 * rng.normal(size=3), rng.normal(size=3)]
+    easy = np.c_[-6 + 0.1 * rng.normal(size=5), rng.normal(size=5)]
+    assert trainer.add(np.arange(3), hard) == 3 and trainer.due
+    assert trainer.add(np.arange(3, 8), easy) == 5
+    assert trainer.add(np.arange(3), hard) == 0, "cached once"
+    row = trainer.train(scale=1.0, pass_=1)
+    assert (row["positives"], row["hard_added"]) == (10, 8) and not trainer.due
+    # Positives score above 0; the far negatives below -1.2 (easy) leave the cache.
+    assert (positives.astype(np.float32) @ trainer.weights + trainer.bias > 0).all()
+    assert row["easy_dropped"] == 5 and row["negatives_in_cache"] == 3
+    row = trainer.train(scale=1.0, pass_=1)
+    assert (row["hard_added"], row["easy_dropped"]) == (0, 0)
+    x = np.concatenate([positives, hard.astype(np.float16)]).astype(np.float32)
+    y = np.r_[np.ones(10), -np.ones(3)]
+    w, b = fit_svm(x, y, cfg)  # the trainer's SVM is the solver's on positives and cache
+    np.testing.assert_allclose(trainer.weights, w, rtol=1e-6)
+    assert row["objective"] == pytest.approx(svm_objective(w, b, x, y, cfg))
+
+
+def test_the_features_of_rcnn_features_are_those_of_a_stream(heads_run):
+    from rcnn.data.regions import load_split
+    from rcnn.heads.extract import Extractor
+    from rcnn.heads.stream import FeatureStream
+    from rcnn.modeling.checkpoint import load_model
+
+    regions = load_split(heads_run / "regions", "train")
+    loaded = load_model(heads_run / "run")
+    cpu = InferenceConfig(device="cpu", amp=False)
+    extractor = Extractor(loaded, {"train": regions}, ["fc7", "pool5"], cpu)
+    batches = [np.arange(0, 5), np.arange(5, 12)]
+    computed = extractor.compute("train", batches)
+    assert [b["fc7"].shape for b in computed] == [(5, 128), (7, 128)]
+    assert computed[1]["pool5"].dtype == np.float16
+    streamed = list(extractor.outputs("train", batches))  # one process: the same, in order
+    for a, b in zip(computed, streamed, strict=True):
+        np.testing.assert_array_equal(a["fc7"], b["fc7"])
+    stream = FeatureStream(load_model(heads_run / "run"), regions, "fc7", cpu)
+    np.testing.assert_allclose(computed[0]["fc7"], stream.rows(batches[0]), rtol=1e-3, atol=1e-3)

@@ -373,3 +373,25 @@ def test_workers_leave_ctrl_c_to_the_parent():
             "print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_region_set_numbers_ground_truth_across_images():
+    from rcnn.data.prepare import ImageRegions, region_set
+
+    def image(path, gt, gt_index):
+        n, g = len(gt_index), len(gt)
+        gt = np.array(gt, np.int32).reshape(-1, 4)
+        return ImageRegions(path, (10, 10), np.zeros((n, 4), np.int32), np.ones(n, np.int16),
+                            np.ones(n, np.float32), np.array(gt_index), np.ones((n, 1)),
+                            np.zeros(n, bool), gt, np.ones(g, np.int16), np.zeros(g, bool), n,
+                            False)  # fmt: skip
+
+    regions = region_set(
+        [image("a.jpg", [[0, 0, 5, 5]], [0, -1]), image("b.jpg", [[1, 1, 4, 4]] * 2, [1, 0, -1])],
+        ["car"],
+        {"split": "train"},
+    )
+    # The second image's boxes are rows 1 and 2 of the split's ground truth.
+    assert regions.truth.gt_index.tolist() == [0, -1, 2, 1, -1]
+    assert regions.image_index.tolist() == [0, 0, 1, 1, 1]
+    assert regions.truth.image.tolist() == [0, 1, 1]

@@ -1,27 +1,19 @@
-"""R-CNN's per-class linear SVMs on fc7 features, trained with hard-negative mining.
+"""R-CNN's per-class linear SVMs: the model, the solver, and one class's trainer with its cache
+of hard negatives (as Fast R-CNN's ``tools/train_svms.py`` has an ``SVMClassTrainer``).
 
-As in the original code (Girshick's ``rcnn_train.m`` and its Python port, Fast R-CNN's
-``tools/train_svms.py``): for class k, the positives are the class's (non-difficult)
-ground-truth boxes and the negatives are proposals overlapping every box of the class by
-IoU < 0.3. Training starts from the positives and a first sample of negatives; each round then
-scores every negative with the new SVMs, adds to the cache each one scoring above -1 (hard),
-drops from it those below -1.2 (easy), and retrains, until a round adds no hard negative or
-``rounds`` is reached. All classes share each pass over the features. The solver is
-scikit-learn's ``LinearSVC`` (liblinear, hinge loss, dual), the one the Python port uses: the
-problems are a few thousand cached examples per class, which liblinear solves in seconds, so a
-batched GPU solver would save little. Features are scaled so that their mean L2 norm is 20,
-and the scale is kept with the model.
+The solver is scikit-learn's ``LinearSVC`` (liblinear, hinge loss, dual), the one the Python
+port uses. Features are scaled so that their mean L2 norm is 20, and the scale is kept with
+the model. :mod:`rcnn.heads.mining` drives the trainers through the pass over the negatives.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from rcnn.errors import RcnnError
 from rcnn.heads.config import SVMConfig
 from rcnn.heads.linear import LinearHeads
 
@@ -105,136 +97,46 @@ class NegativeCache:
         return int(len(keep) - keep.sum())
 
 
-@dataclass
-class ClassExamples:
-    """The training examples of one class: positive and candidate negative region indices."""
+class ClassTrainer:
+    """One class's SVM under hard-negative mining: its positives, its cache of hard negatives,
+    its current weights, and the hard negatives added since it last trained.
 
-    positives: np.ndarray
-    negatives: np.ndarray
-
-
-def class_examples(regions, k: int, neg_iou: float) -> ClassExamples:
-    """Non-difficult ground-truth regions of class ``k`` and proposals below ``neg_iou``."""
-    truth = regions.require_truth("train-svm")
-    gt_row = np.maximum(truth.gt_index, 0)
-    positives = np.flatnonzero(
-        truth.is_gt & (regions.labels == k) & (truth.gt_index >= 0) & ~truth.difficult[gt_row]
-    )
-    negatives = np.flatnonzero(~truth.is_gt & (truth.class_ious[:, k - 1] < neg_iou))
-    return ClassExamples(positives, negatives)
-
-
-def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel, list[dict]]:
-    """Trains every class's SVM with hard-negative mining, in the paper's way: one pass over
-    the negatives (``cfg.passes`` passes) in region order, every class scored at once block
-    by block. The pass starts by caching each class's first ``cfg.first_negatives``
-    negatives; then every class trains, and from there a negative scoring above ``cfg.hard``
-    joins its class's cache, a class trains again whenever ``cfg.retrain_every`` joined and
-    drops the cached ones that then score below ``cfg.easy``; every class trains once more at
-    the end of a pass. The feature scale (mean L2 norm ``cfg.feature_norm``) is taken from the
-    positives and those first negatives, so every region goes through the network once a
-    pass, the positives aside.
-
-    Only the positives and the caches are held (float16 features); ``features`` is a feature
-    store or a :class:`rcnn.heads.stream.FeatureStream`, whose blocks arrive in the same
-    order, so both give the same SVMs. ``report(row)`` is called at each training. Returns the
-    model and the log (one row per class and training).
+    Args:
+        name: the class.
+        positives: float16 ``[P, D]`` features of its positives (unscaled).
+        cfg: the SVM settings.
     """
-    examples = _checked_examples(regions, cfg)
-    num_classes = len(examples)
-    trained = [c for c, ex in enumerate(examples) if len(ex.positives)]
-    positives = _features_of(features, [ex.positives for ex in examples])
-    empty = np.zeros((0, features.dim), np.float16)
-    caches = [NegativeCache(np.zeros(0, np.int64), empty) for _ in examples]
-    weights = np.zeros((num_classes, features.dim), np.float32)
-    biases = np.zeros(num_classes, np.float32)
-    log: list[dict] = []
-    scale = None
 
-    def train(c: int, pass_: int, added: int) -> None:
-        x = np.concatenate([positives[c], caches[c].features]).astype(np.float32) * scale
-        y = np.concatenate([np.ones(len(positives[c])), -np.ones(len(caches[c]))])
-        weights[c], biases[c] = fit_svm(x, y, cfg)
-        objective = svm_objective(weights[c], biases[c], x, y, cfg)
-        neg_scores = x[len(positives[c]) :] @ weights[c] + biases[c]
-        dropped = caches[c].evict(neg_scores, cfg.easy)
-        row = {"class": regions.classes[c], "pass": pass_, "positives": len(positives[c]),
-               "hard_added": added, "easy_dropped": dropped,
-               "negatives_in_cache": len(caches[c]), "objective": objective,
-               "cache_mb": round(sum(cache.nbytes for cache in caches) / 1e6, 1)}  # fmt: skip
-        log.append(row)
-        if report is not None:
-            report(row)
+    def __init__(self, name: str, positives: np.ndarray, cfg: SVMConfig):
+        self.name, self.positives, self.cfg = name, positives, cfg
+        dim = positives.shape[1]
+        self.cache = NegativeCache(np.zeros(0, np.int64), np.zeros((0, dim), np.float16))
+        self.weights, self.bias = np.zeros(dim, np.float32), 0.0
+        self.pending = 0  # hard negatives added since the last training
 
-    def start(rows_seen: list[np.ndarray]) -> float:
-        """The scale, from the positives and the first negatives; then each first training."""
-        sample = np.concatenate([*(positives[c] for c in trained), *rows_seen])
-        mean = float(np.linalg.norm(sample.astype(np.float32), axis=1).mean())
-        if not np.isfinite(mean) or mean <= 0:
-            raise RcnnError("the features are all zero or not finite: is the model trained?")
-        return cfg.feature_norm / mean
+    def add(self, rows: np.ndarray, x: np.ndarray) -> int:
+        """Caches the hard negatives ``rows`` (features ``x``) not cached yet; returns how
+        many."""
+        added = self.cache.add(rows, x)
+        self.pending += added
+        return added
 
-    truth = regions.require_truth("train-svm")
-    everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
-    first: list[np.ndarray] = []  # the features of the first negatives, for the scale
-    for pass_ in range(1, cfg.passes + 1):
-        pending = np.zeros(num_classes, np.int64)
-        for rows, x in features.stream(everyone):
-            negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
-            if scale is None:  # the first negatives of each class go to its cache as they come
-                for c in trained:
-                    room = cfg.first_negatives - len(caches[c])
-                    mine = np.flatnonzero(negative[:, c])[: max(room, 0)]
-                    caches[c].add(rows[mine], x[mine])
-                first.append(x.astype(np.float16))
-                if any(len(caches[c]) < cfg.first_negatives for c in trained):
-                    continue
-                scale = start(first)
-                first.clear()
-                for c in trained:
-                    train(c, 0, 0)
-                # then this same block is mined with the first SVMs, as every later one
-            scores = (x * scale) @ weights.T + biases  # [B, K]: every class at once
-            for c in trained:
-                hard = negative[:, c] & (scores[:, c] > cfg.hard)
-                if hard.any():
-                    pending[c] += caches[c].add(rows[hard], x[hard])
-                if pending[c] >= cfg.retrain_every:
-                    train(c, pass_, int(pending[c]))
-                    pending[c] = 0
-        if scale is None:  # fewer negatives in all than a first training takes
-            scale = start(first)
-        for c in trained:
-            train(c, pass_, int(pending[c]))
-    untrained = [regions.classes[c] for c in range(num_classes) if c not in trained]
-    info = {"config": asdict(cfg), "passes": cfg.passes, "untrained": untrained}
-    return SVMModel(weights, biases, scale, list(regions.classes), info), log
+    @property
+    def due(self) -> bool:
+        """Whether enough hard negatives joined since the last training to train again."""
+        return self.pending >= self.cfg.retrain_every
 
-
-def _features_of(features, groups: list[np.ndarray]) -> list[np.ndarray]:
-    """float16 features of each group of regions, each region computed (or read) once."""
-    union = np.unique(np.concatenate(groups)) if groups else np.zeros(0, np.int64)
-    rows = features.rows(union).astype(np.float16)
-    return [rows[np.searchsorted(union, group)] for group in groups]
-
-
-def _checked_examples(regions, cfg: SVMConfig) -> list[ClassExamples]:
-    if not regions.info.get("labels", {}).get("add_gt"):
-        raise RcnnError(
-            f"the regions of split '{regions.info.get('split', '?')}' were prepared without "
-            "their ground-truth boxes, which the SVMs take as positives (and without the "
-            "proposals that touch no object, which they need as negatives): prepare them with "
-            "`rcnn prepare --preset paper`"
-        )
-    examples = [class_examples(regions, k, cfg.neg_iou) for k in range(1, len(regions.classes) + 1)]
-    split = regions.info.get("split", "?")
-    missing = [regions.classes[k] for k, ex in enumerate(examples) if len(ex.positives) == 0]
-    if len(missing) == len(examples):
-        raise RcnnError(f"no class has a (non-difficult) ground-truth box in split '{split}'")
-    for name in missing:  # no positive to learn from: the class is never detected
-        logger.warning("class %r has no (non-difficult) ground-truth box in split '%s': it gets "
-                       "no SVM and is never detected with --scorer svm", name, split)  # fmt: skip
-    for k, ex in enumerate(examples, start=1):
-        if len(ex.negatives) == 0:
-            raise RcnnError(f"class {regions.classes[k - 1]!r} has no negative region")
-    return examples
+    def train(self, scale: float, pass_: int) -> dict:
+        """Trains on the positives and the cache, then drops the cached negatives that score
+        below ``cfg.easy``; returns the log row."""
+        positives, cache, cfg = self.positives, self.cache, self.cfg
+        x = np.concatenate([positives, cache.features]).astype(np.float32) * scale
+        y = np.concatenate([np.ones(len(positives)), -np.ones(len(cache))])
+        self.weights, self.bias = fit_svm(x, y, cfg)
+        objective = svm_objective(self.weights, self.bias, x, y, cfg)
+        dropped = cache.evict(x[len(positives) :] @ self.weights + self.bias, cfg.easy)
+        row = {"class": self.name, "pass": pass_, "positives": len(positives),
+               "hard_added": self.pending, "easy_dropped": dropped,
+               "negatives_in_cache": len(cache), "objective": objective}  # fmt: skip
+        self.pending = 0
+        return row

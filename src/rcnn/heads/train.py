@@ -25,8 +25,8 @@ from rcnn.heads.bbox_regression import train_bbox
 from rcnn.heads.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig, run_part
 from rcnn.heads.extract import StoreClash, run_features
 from rcnn.heads.feature_store import FeatureStore, FeatureStoreError, read_meta
+from rcnn.heads.mining import train_svms
 from rcnn.heads.stream import FeatureStream
-from rcnn.heads.svm import train_svms
 from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)

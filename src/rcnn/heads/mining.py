@@ -1,0 +1,149 @@
+"""Hard-negative mining, R-CNN's way of training its SVMs when the negatives are too many to
+hold (Girshick's ``rcnn_train.m`` and Fast R-CNN's ``tools/train_svms.py``).
+
+For class k, the positives are the class's (non-difficult) ground-truth boxes and the
+negatives are proposals overlapping every box of the class by IoU < 0.3. One pass over the
+negatives in region order, every class scored at once block by block: each class first caches
+its first ``first_negatives`` negatives and trains; from there a negative scoring above -1
+(hard) joins its class's cache, a class trains again whenever 2000 joined, dropping the cached
+ones that then score below -1.2 (easy), and every class trains once more at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rcnn.errors import RcnnError
+from rcnn.heads.config import SVMConfig
+from rcnn.heads.svm import ClassTrainer, SVMModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassExamples:
+    """The training examples of one class: positive and candidate negative region indices."""
+
+    positives: np.ndarray
+    negatives: np.ndarray
+
+
+def class_examples(regions, k: int, neg_iou: float) -> ClassExamples:
+    """Non-difficult ground-truth regions of class ``k`` and proposals below ``neg_iou``."""
+    truth = regions.require_truth("train-svm")
+    gt_row = np.maximum(truth.gt_index, 0)
+    positives = np.flatnonzero(
+        truth.is_gt & (regions.labels == k) & (truth.gt_index >= 0) & ~truth.difficult[gt_row]
+    )
+    negatives = np.flatnonzero(~truth.is_gt & (truth.class_ious[:, k - 1] < neg_iou))
+    return ClassExamples(positives, negatives)
+
+
+def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel, list[dict]]:
+    """Trains every class's SVM with hard-negative mining (see the module's notes). The feature
+    scale (mean L2 norm ``cfg.feature_norm``) is taken from the positives and the first
+    negatives, so every region goes through the network once a pass, the positives aside.
+
+    Only the positives and the caches are held (float16 features); ``features`` is a feature
+    store or a :class:`rcnn.heads.stream.FeatureStream`, whose blocks arrive in the same order,
+    so both give the same SVMs. ``report(row)`` is called at each training. Returns the model
+    and the log (one row per class and training).
+    """
+    examples = _checked_examples(regions, cfg)
+    positives = _features_of(features, [ex.positives for ex in examples])
+    trainers = {c: ClassTrainer(regions.classes[c], positives[c], cfg)
+                for c, ex in enumerate(examples) if len(ex.positives)}  # fmt: skip
+    log: list[dict] = []
+
+    def train(trainer: ClassTrainer, pass_: int) -> None:
+        row = trainer.train(scale, pass_)
+        row["cache_mb"] = round(sum(t.cache.nbytes for t in trainers.values()) / 1e6, 1)
+        log.append(row)
+        if report is not None:
+            report(row)
+
+    truth = regions.require_truth("train-svm")
+    everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
+    scale, first = None, []  # first: the first negatives' features, for the scale
+    for pass_ in range(1, cfg.passes + 1):
+        for rows, x in features.stream(everyone):
+            negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
+            if scale is None:  # the first negatives of each class go to its cache as they come
+                _cache_first(trainers, rows, x, negative, cfg.first_negatives)
+                first.append(x.astype(np.float16))
+                if any(len(t.cache) < cfg.first_negatives for t in trainers.values()):
+                    continue
+                scale = _scale([t.positives for t in trainers.values()], first, cfg)
+                for trainer in trainers.values():
+                    train(trainer, 0)
+                # then this same block is mined with the first SVMs, as every later one
+            weights = np.stack([t.weights for t in trainers.values()])
+            biases = np.array([t.bias for t in trainers.values()], np.float32)
+            scores = (x * scale) @ weights.T + biases  # [B, K]: every class at once
+            for j, (c, trainer) in enumerate(trainers.items()):
+                hard = negative[:, c] & (scores[:, j] > cfg.hard)
+                if hard.any():
+                    trainer.add(rows[hard], x[hard])
+                if trainer.due:
+                    train(trainer, pass_)
+        if scale is None:  # fewer negatives in all than a first training takes
+            scale = _scale([t.positives for t in trainers.values()], first, cfg)
+        for trainer in trainers.values():
+            train(trainer, pass_)
+    weights = np.zeros((len(examples), features.dim), np.float32)
+    biases = np.zeros(len(examples), np.float32)
+    for c, trainer in trainers.items():
+        weights[c], biases[c] = trainer.weights, trainer.bias
+    untrained = [regions.classes[c] for c in range(len(examples)) if c not in trainers]
+    info = {"config": asdict(cfg), "passes": cfg.passes, "untrained": untrained}
+    return SVMModel(weights, biases, scale, list(regions.classes), info), log
+
+
+def _cache_first(trainers: dict, rows, x, negative, wanted: int) -> None:
+    """Caches each class's negatives of a block until it holds ``wanted`` (its first
+    training's), without counting them as hard."""
+    for c, trainer in trainers.items():
+        room = max(wanted - len(trainer.cache), 0)
+        mine = np.flatnonzero(negative[:, c])[:room]
+        trainer.cache.add(rows[mine], x[mine])
+
+
+def _scale(positives: list[np.ndarray], first: list[np.ndarray], cfg: SVMConfig) -> float:
+    """The feature scale, from the positives and the first negatives."""
+    sample = np.concatenate([*positives, *first])
+    mean = float(np.linalg.norm(sample.astype(np.float32), axis=1).mean())
+    if not np.isfinite(mean) or mean <= 0:
+        raise RcnnError("the features are all zero or not finite: is the model trained?")
+    return cfg.feature_norm / mean
+
+
+def _features_of(features, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """float16 features of each group of regions, each region computed (or read) once."""
+    union = np.unique(np.concatenate(groups)) if groups else np.zeros(0, np.int64)
+    rows = features.rows(union).astype(np.float16)
+    return [rows[np.searchsorted(union, group)] for group in groups]
+
+
+def _checked_examples(regions, cfg: SVMConfig) -> list[ClassExamples]:
+    if not regions.info.get("labels", {}).get("add_gt"):
+        raise RcnnError(
+            f"the regions of split '{regions.info.get('split', '?')}' were prepared without "
+            "their ground-truth boxes, which the SVMs take as positives (and without the "
+            "proposals that touch no object, which they need as negatives): prepare them with "
+            "`rcnn prepare --preset paper`"
+        )
+    examples = [class_examples(regions, k, cfg.neg_iou) for k in range(1, len(regions.classes) + 1)]
+    split = regions.info.get("split", "?")
+    missing = [regions.classes[k] for k, ex in enumerate(examples) if len(ex.positives) == 0]
+    if len(missing) == len(examples):
+        raise RcnnError(f"no class has a (non-difficult) ground-truth box in split '{split}'")
+    for name in missing:  # no positive to learn from: the class is never detected
+        logger.warning("class %r has no (non-difficult) ground-truth box in split '%s': it gets "
+                       "no SVM and is never detected with --scorer svm", name, split)  # fmt: skip
+    for k, ex in enumerate(examples, start=1):
+        if len(ex.negatives) == 0:
+            raise RcnnError(f"class {regions.classes[k - 1]!r} has no negative region")
+    return examples
