@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rcnn demo
 
+# ruff, then the import contracts of pyproject.toml (the layers, no torch at import time).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 # One session; the tests of the automatic precision run with native bfloat16 forced off and
 # on (RCNN_NATIVE_BF16) whatever this CPU has. The slowest 10 are named at the end.
@@ -23,8 +25,8 @@ test: lint
 	$(VENV)/bin/pytest --durations=10
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks tools
+	$(VENV)/bin/ruff format src tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from rcnn.errors import ConfigError
 
-PIPELINES = ("auto", "device", "threads", "loader")  # where regions are warped (data.batches)
+PIPELINES = ("auto", "device", "threads", "loader")  # where regions are warped (data.feeders)
 OPTIMIZERS = ("sgd", "adam")
 BEST_METRICS = ("val_balanced_acc", "val_acc", "val_object_ap", "val_recipe_acc", "val_loss")
 
