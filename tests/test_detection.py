@@ -17,7 +17,6 @@ from rcnn.detection.config import DetectorConfig, eval_detector_config
 from rcnn.detection.detector import Detector, select_detections
 from rcnn.detection.testing import TestConfig, run_test
 from rcnn.errors import RcnnError
-from rcnn.evaluation.result_files import read_results, write_results
 from rcnn.files import output_dir
 from rcnn.modeling.checkpoint import load_model
 from rcnn.runtime.config import InferenceConfig
@@ -66,17 +65,6 @@ def test_select_detections_caps_and_threshold():
     assert sorted(capped.labels.tolist()) == [1, 2]
     assert len(select_detections(boxes, scores, 0.0, 0.3, max_per_image=2)) == 2
     assert len(select_detections(boxes, scores, 0.99, 0.3)) == 0
-
-
-def test_result_files_are_1_based_inclusive_and_round_trip(tmp_path):
-    boxes = np.array([[0, 0, 10, 10], [4.5, 2, 30, 20.25]], np.float32)
-    detections = {1: (np.array([0, 1]), np.array([0.9, 0.25]), boxes)}
-    write_results(tmp_path, "test", ["car"], detections, ["000001", "000002"])
-    lines = (tmp_path / "comp4_det_test_car.txt").read_text().splitlines()
-    assert lines[0] == "000001 0.9 1.0 1.0 10.0 10.0"
-    names, scores, back = read_results(tmp_path / "comp4_det_test_car.txt")
-    assert names == ["000001", "000002"] and scores.tolist() == [0.9, 0.25]
-    assert np.allclose(back, boxes, atol=0.05)
 
 
 def test_detect_finds_the_car(trained, tmp_path, capsys):
@@ -276,27 +264,6 @@ def test_torchrun_shares_images_and_gives_the_same_results(trained, tmp_path):
         assert "gloo" not in err.lower() and "Connection" not in err, err
 
 
-def test_close_scores_keep_their_order_in_result_files(tmp_path):
-    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
-    scores = np.array([0.9999996, 0.9999999], np.float32)
-    write_results(tmp_path, "test", ["car"], {1: (np.array([0, 1]), scores, boxes)}, ["a", "b"])
-    _, back, _ = read_results(tmp_path / "comp4_det_test_car.txt")
-    assert back[1] > back[0]
-
-
-def test_a_class_missing_from_the_split_is_left_out_of_the_mean():
-    from rcnn.evaluation.detection_metrics import SplitTruth, evaluate_detections
-    from rcnn.evaluation.voc_eval import ClassTruth, ImageTruth
-
-    car = ImageTruth(np.array([[0, 0, 10, 10]], float), np.array([False]))
-    classes = {"car": ClassTruth.of(["a"], {"a": car}), "bus": ClassTruth.of(["a"], {})}
-    truth = SplitTruth(["a"], classes, {}, {}, set())
-    dets = {1: (np.array([0]), np.array([0.9]), np.array([[0, 0, 10, 10]], float)),
-            2: (np.array([0]), np.array([0.8]), np.array([[5, 5, 20, 20]], float))}  # fmt: skip
-    metrics = evaluate_detections(dets, truth, ["car", "bus"])
-    assert metrics["map"] == 1.0 and np.isnan(metrics["classes"]["bus"]["ap"])
-
-
 def test_detect_on_only_unreadable_images_reports_them(trained, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -370,39 +337,6 @@ def test_rcnn_test_detects_changed_inputs_again(trained, tmp_path, caplog):
     (out / "detections" / f"{ids[2]}.npz").write_bytes(b"PK\x03\x04 truncated")
     assert main(argv) == 0
     assert "detections file (File is not a zip file); detecting that image again" in caplog.text
-
-
-def test_scored_result_files_must_be_finite_unambiguous_and_of_the_split(trained, tmp_path, capsys):
-    voc = str(trained / "voc")
-    ids = read_id_file(VOCDataset(voc).split_path("test"))
-    dets = tmp_path / "dets"
-    dets.mkdir()
-    good = f"{ids[0]} 0.9 10 10 50 50\n"
-    cases = [
-        ({"comp4_det_test_car.txt": f"{ids[0]} nan 10 10 50 50\n"}, [], "not a finite number"),
-        ({"comp4_det_test_car.txt": f"{ids[0]} 0.5 nan 10 50 50\n"}, [], "not a finite number"),
-        ({"comp4_det_test_car.txt": b"\xff\xfe\x00bad"}, [], "not a text result file"),
-        ({"comp4_det_test_car.txt": good, "comp3_det_test_car.txt": good}, [],
-         "--competition comp3"),
-        ({"comp4_det_test_car.txt": "notanimage 0.9 10 10 50 50\n"}, [], "another dataset"),
-        ({"comp4_det_test_bus.txt": good}, [], "no (non-difficult) object of ['bus']"),
-    ]  # fmt: skip
-    for files, extra, message in cases:
-        for old in dets.iterdir():
-            old.unlink()
-        for name, text in files.items():
-            (dets / name).write_bytes(text if isinstance(text, bytes) else text.encode())
-        argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
-                *extra]  # fmt: skip
-        assert main(argv) == 2, files
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, (files, err)
-    # Choosing the competition reads its files alone.
-    (dets / "comp4_det_test_car.txt").write_text(good)
-    (dets / "comp3_det_test_car.txt").write_text(good)
-    argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
-            "--competition", "comp4"]  # fmt: skip
-    assert main(argv) == 0
 
 
 def test_an_rcnn_test_folder_is_not_rescored_in_place(trained, tmp_path, capsys):

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from rcnn.data.annotations import VOC_CLASSES
-from rcnn.data.synth import (
-    _PLAIN_BACKGROUND,
-    _image_rng,
-    _render_scene,
-    make_synthetic_voc,
-    synth_classes,
-)
+from rcnn.data.scenes import PLAIN_BACKGROUND, image_rng, render_scene
+from rcnn.data.synth import make_synthetic_voc, synth_classes
 
 SIZE = (96, 72)
 SEED = 3
@@ -145,7 +140,7 @@ def test_xml_is_voc_and_flags_agree(dataset: tuple[Path, dict]) -> None:
 def test_annotations_match_the_rendered_scene(dataset: tuple[Path, dict]) -> None:
     root, _ = dataset
     for index in (1, 2, 3, 4):
-        image, cars = _render_scene(_image_rng(SEED, index), SIZE)
+        image, cars = render_scene(image_rng(SEED, index), SIZE)
         objects = _read_objects(root / "Annotations" / f"{index:06d}.xml")
         assert [o["box"] for o in objects] == [(c.xmin, c.ymin, c.xmax, c.ymax) for c in cars]
         jpeg = cv2.imread(str(root / "JPEGImages" / f"{index:06d}.jpg")).astype(int)
@@ -156,10 +151,10 @@ def test_annotations_match_the_rendered_scene(dataset: tuple[Path, dict]) -> Non
 
 def test_boxes_are_tight_around_drawn_cars() -> None:
     """On a flat background, every car pixel lies in a box and each box edge touches a car."""
-    bg = np.array(_PLAIN_BACKGROUND)
+    bg = np.array(PLAIN_BACKGROUND)
     checked = 0
     for index in range(1, 16):
-        image, cars = _render_scene(_image_rng(SEED, index), SIZE, plain=True)
+        image, cars = render_scene(image_rng(SEED, index), SIZE, plain=True)
         drawn = np.any(image != bg, axis=2)
         inside = np.zeros_like(drawn)
         for car in cars:
@@ -286,10 +281,10 @@ def test_classes_are_drawn_by_shape_with_per_class_flags(tmp_path: Path) -> None
 
 def test_every_class_is_tightly_boxed() -> None:
     """All 20 VOC names: every drawn pixel lies in a box and each box edge touches a pixel."""
-    bg = np.array(_PLAIN_BACKGROUND)
+    bg = np.array(PLAIN_BACKGROUND)
     seen = set()
     for index in range(1, 40):
-        image, objects = _render_scene(_image_rng(SEED, index), (128, 96), plain=True,
+        image, objects = render_scene(image_rng(SEED, index), (128, 96), plain=True,
                                        classes=VOC_CLASSES)  # fmt: skip
         drawn = np.any(image != bg, axis=2)
         inside = np.zeros_like(drawn)

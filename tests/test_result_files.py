@@ -1,0 +1,59 @@
+"""The devkit's result files: written, read back, and scored by `rcnn test --dets`."""
+
+import numpy as np
+
+from rcnn.cli import main
+from rcnn.data.voc import VOCDataset, read_id_file
+from rcnn.evaluation.result_files import read_results, write_results
+
+
+def test_result_files_are_1_based_inclusive_and_round_trip(tmp_path):
+    boxes = np.array([[0, 0, 10, 10], [4.5, 2, 30, 20.25]], np.float32)
+    detections = {1: (np.array([0, 1]), np.array([0.9, 0.25]), boxes)}
+    write_results(tmp_path, "test", ["car"], detections, ["000001", "000002"])
+    lines = (tmp_path / "comp4_det_test_car.txt").read_text().splitlines()
+    assert lines[0] == "000001 0.9 1.0 1.0 10.0 10.0"
+    names, scores, back = read_results(tmp_path / "comp4_det_test_car.txt")
+    assert names == ["000001", "000002"] and scores.tolist() == [0.9, 0.25]
+    assert np.allclose(back, boxes, atol=0.05)
+
+
+def test_close_scores_keep_their_order_in_result_files(tmp_path):
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9999996, 0.9999999], np.float32)
+    write_results(tmp_path, "test", ["car"], {1: (np.array([0, 1]), scores, boxes)}, ["a", "b"])
+    _, back, _ = read_results(tmp_path / "comp4_det_test_car.txt")
+    assert back[1] > back[0]
+
+
+def test_scored_result_files_must_be_finite_unambiguous_and_of_the_split(trained, tmp_path, capsys):
+    voc = str(trained / "voc")
+    ids = read_id_file(VOCDataset(voc).split_path("test"))
+    dets = tmp_path / "dets"
+    dets.mkdir()
+    good = f"{ids[0]} 0.9 10 10 50 50\n"
+    cases = [
+        ({"comp4_det_test_car.txt": f"{ids[0]} nan 10 10 50 50\n"}, [], "not a finite number"),
+        ({"comp4_det_test_car.txt": f"{ids[0]} 0.5 nan 10 50 50\n"}, [], "not a finite number"),
+        ({"comp4_det_test_car.txt": b"\xff\xfe\x00bad"}, [], "not a text result file"),
+        ({"comp4_det_test_car.txt": good, "comp3_det_test_car.txt": good}, [],
+         "--competition comp3"),
+        ({"comp4_det_test_car.txt": "notanimage 0.9 10 10 50 50\n"}, [], "another dataset"),
+        ({"comp4_det_test_bus.txt": good}, [], "no (non-difficult) object of ['bus']"),
+    ]  # fmt: skip
+    for files, extra, message in cases:
+        for old in dets.iterdir():
+            old.unlink()
+        for name, text in files.items():
+            (dets / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
+                *extra]  # fmt: skip
+        assert main(argv) == 2, files
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (files, err)
+    # Choosing the competition reads its files alone.
+    (dets / "comp4_det_test_car.txt").write_text(good)
+    (dets / "comp3_det_test_car.txt").write_text(good)
+    argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
+            "--competition", "comp4"]  # fmt: skip
+    assert main(argv) == 0
