@@ -1,8 +1,10 @@
 """R-CNN's heads: the box transform, ridge regression, the SVMs and hard-negative mining, and
 the feature store they read."""
 
+import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from rcnn.cli import main
 from rcnn.heads.bbox_regression import BBoxRegressor, fit_ridge
 from rcnn.heads.config import BBoxConfig, SVMConfig
 from rcnn.heads.feature_store import FeatureStore, FeatureStoreError
-from rcnn.heads.svm import NegativeCache, fit_svm, svm_objective
+from rcnn.heads.negatives import NegativeCache, NegativePool
+from rcnn.heads.svm import fit_svm, svm_objective
 from rcnn.modeling.features import feature_dims
 from rcnn.ops.boxes import decode_boxes, encode_boxes
 from rcnn.runtime.config import InferenceConfig
@@ -95,7 +98,9 @@ def test_svm_minimizes_its_objective_with_c_and_the_positive_weight():
 
 
 def test_negative_cache_adds_new_hard_ones_and_drops_easy_ones():
-    cache = NegativeCache(np.array([0, 1, 2, 3]), np.zeros((4, 2), np.float16))
+    pool = NegativePool(2, regions=4000)
+    cache = NegativeCache(pool)
+    cache.add(np.array([0, 1, 2, 3]), np.zeros((4, 2)))
     # Hard negatives found in a block: 2 and 3 are cached already; 7 and 9 are new.
     assert cache.add(np.array([2, 3, 7, 9]), np.ones((4, 2))) == 2
     assert cache.rows.tolist() == [0, 1, 2, 3, 7, 9] and cache.features.dtype == np.float16
@@ -104,7 +109,50 @@ def test_negative_cache_adds_new_hard_ones_and_drops_easy_ones():
     scores = np.array([-1.3, -1.1, -0.5, -2.0, -1.2, 0.3])
     assert cache.evict(scores, easy=-1.2) == 2
     assert cache.rows.tolist() == [1, 2, 7, 9] and len(cache) == 4
-    assert cache.nbytes == 4 * 2 * 2 + 4 * 8
+    assert cache.scores.tolist() == pytest.approx([-1.1, -0.5, -1.2, 0.3])  # kept with them
+    assert pool.nbytes == 4 * pool.row_bytes  # the freed regions' memory is free
+    # Growing past the pool's buffers keeps every entry.
+    many = np.arange(100, 3100)
+    assert cache.add(many, np.full((3000, 2), 5.0), np.full(3000, -0.9)) == 3000
+    assert cache.rows[:4].tolist() == [1, 2, 7, 9] and cache.rows[-1] == 3099
+    assert cache.features[-1].tolist() == [5, 5] and len(cache) == 3004
+
+
+def test_classes_keeping_one_negative_share_its_memory():
+    pool = NegativePool(3, regions=10)
+    car, bus = NegativeCache(pool), NegativeCache(pool)
+    x = np.arange(12.0).reshape(4, 3)
+    car.add(np.array([1, 2, 3, 4]), x)
+    bus.add(np.array([3, 4, 5]), np.concatenate([x[2:], [[9, 9, 9]]]))
+    assert pool.used == 5 and pool.nbytes == 5 * pool.row_bytes  # 3 and 4 held once
+    np.testing.assert_array_equal(bus.features[:2], car.features[2:])
+    car.keep(np.array([True, True, False, False]))  # car drops 3 and 4; bus keeps them
+    assert pool.used == 5 and bus.features[:2].tolist() == x[2:].tolist()
+    bus.keep(np.array([False, True, True]))  # bus drops 3: nobody holds it any more
+    assert pool.used == 4 and pool.slot_of[3] == -1
+    car.add(np.array([6]), np.full((1, 3), 7.0))  # its memory serves another region
+    assert pool.used == 5 and car.features[-1].tolist() == [7, 7, 7]
+
+
+def test_the_budget_drops_the_easiest_negatives_of_all_classes():
+    from rcnn.heads.mining import hold_budget
+    from rcnn.heads.svm import ClassTrainer
+
+    pool = NegativePool(4, regions=100)
+    cfg = SVMConfig()
+    car, bus = (ClassTrainer(n, np.zeros((1, 4), np.float16), cfg, pool) for n in ("car", "bus"))
+    car.add(np.arange(0, 10), np.ones((10, 4)), np.linspace(-1, 0, 10))  # regions 0-9
+    bus.add(np.arange(5, 15), np.ones((10, 4)), np.linspace(-0.95, 0.05, 10))  # 5-14
+    assert pool.used == 15
+    budget = 10 * pool.row_bytes
+    dropped = hold_budget(pool, [car, bus], budget)
+    assert pool.nbytes <= 0.9 * budget and dropped == car.over_budget + bus.over_budget
+    # What went is what scored lowest, whichever the class: every kept score is above every
+    # dropped one.
+    kept = np.concatenate([car.cache.scores, bus.cache.scores])
+    every = np.concatenate([np.linspace(-1, 0, 10), np.linspace(-0.95, 0.05, 10)])
+    assert kept.min() > np.sort(every)[dropped - 1]
+    assert hold_budget(pool, [car, bus], budget) == 0  # under it: nothing more
 
 
 @pytest.fixture(scope="module")
@@ -576,7 +624,7 @@ def test_a_class_trainer_trains_on_its_positives_and_its_cache():
     rng = np.random.default_rng(4)
     positives = np.c_[3 + 0.1 * rng.normal(size=10), rng.normal(size=10)].astype(np.float16)
     cfg = SVMConfig(C=1.0, retrain_every=3)
-    trainer = ClassTrainer("car", positives, cfg)
+    trainer = ClassTrainer("car", positives, cfg, NegativePool(2, regions=100))
     hard = np.c_[0.5 + 0.1 * rng.normal(size=3), rng.normal(size=3)]
     easy = np.c_[-6 + 0.1 * rng.normal(size=5), rng.normal(size=5)]
     assert trainer.add(np.arange(3), hard) == 3 and trainer.due
@@ -591,9 +639,16 @@ def test_a_class_trainer_trains_on_its_positives_and_its_cache():
     assert (row["hard_added"], row["easy_dropped"]) == (0, 0)
     x = np.concatenate([positives, hard.astype(np.float16)]).astype(np.float32)
     y = np.r_[np.ones(10), -np.ones(3)]
-    w, b = fit_svm(x, y, cfg)  # the trainer's SVM is the solver's on positives and cache
-    np.testing.assert_allclose(trainer.weights, w, rtol=1e-6)
-    assert row["objective"] == pytest.approx(svm_objective(w, b, x, y, cfg))
+    # The trainer's SVM is the one of positives and cache: liblinear's, to its tolerance.
+    w, b = fit_svm(x, y, cfg)
+    assert row["objective"] == pytest.approx(svm_objective(w, b, x, y, cfg), rel=1e-3)
+    assert row["objective"] == pytest.approx(svm_objective(trainer.weights, trainer.bias, x, y,
+                                                           cfg), rel=1e-6)  # fmt: skip
+    liblinear = ClassTrainer("car", positives, replace(cfg, solver="liblinear"),
+                             NegativePool(2, regions=100))  # fmt: skip
+    liblinear.add(np.arange(3), hard)
+    liblinear.train(scale=1.0, pass_=1)
+    np.testing.assert_array_equal(liblinear.weights, w)
 
 
 def test_the_features_of_rcnn_features_are_those_of_a_stream(heads_run):
@@ -615,3 +670,109 @@ def test_the_features_of_rcnn_features_are_those_of_a_stream(heads_run):
         np.testing.assert_array_equal(a["fc7"], b["fc7"])
     stream = FeatureStream(load_model(heads_run / "run"), regions, "fc7", cpu)
     np.testing.assert_allclose(computed[0]["fc7"], stream.rows(batches[0]), rtol=1e-3, atol=1e-3)
+
+
+def svm_problem(seed: int, n: int = 300, dim: int = 40):
+    """Features like fc7 ones (non-negative, a common direction, scaled to norm 20), about a
+    tenth of them positives that a weak network separates badly."""
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.normal(0.3, 1.0, (n, dim)), 0)
+    y = np.where(rng.random(n) < 0.1, 1.0, -1.0)
+    x[y > 0, :5] += 0.8
+    x *= 20 / np.linalg.norm(x, axis=1).mean()
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_newton_solver_reaches_liblinears_objective(seed):
+    from rcnn.heads.solver import solve_svm
+
+    x, y = svm_problem(seed)
+    cfg = SVMConfig()
+    w, b = fit_svm(x, y, cfg)
+    theirs = svm_objective(w, b, x, y, cfg)
+    v, steps = solve_svm(torch.from_numpy(x), torch.from_numpy(y), cfg.C, cfg.pos_weight,
+                         cfg.bias)  # fmt: skip
+    ours = svm_objective(v[:-1].numpy(), float(v[-1]) * cfg.bias, x, y, cfg)
+    assert ours <= theirs * (1 + 1e-3) and steps < 100
+    # No nearby point does better: a minimum, not a point where the solver gave up.
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        dv = rng.normal(scale=1e-4, size=len(v))
+        moved = v.numpy() + dv
+        assert svm_objective(moved[:-1], moved[-1] * cfg.bias, x, y, cfg) >= ours - 1e-9
+    # From a warm start (a solution of part of the examples) it ends at the same objective.
+    part, _ = solve_svm(torch.from_numpy(x[:200]), torch.from_numpy(y[:200]), cfg.C,
+                        cfg.pos_weight, cfg.bias)  # fmt: skip
+    warm, warm_steps = solve_svm(torch.from_numpy(x), torch.from_numpy(y), cfg.C,
+                                 cfg.pos_weight, cfg.bias, part)  # fmt: skip
+    again = svm_objective(warm[:-1].numpy(), float(warm[-1]) * cfg.bias, x, y, cfg)
+    assert again <= theirs * (1 + 1e-3) and warm_steps < 100
+
+
+def test_the_newton_step_is_the_same_by_woodbury_and_by_conjugate_gradients(monkeypatch):
+    from rcnn.heads import solver
+
+    x, y = svm_problem(5)
+    y = torch.from_numpy(y)[:, None]
+    p = solver.Problem(torch.from_numpy(x), y, torch.where(y > 0, 0.002, 0.001), 10.0)
+    v = torch.from_numpy(np.random.default_rng(0).normal(0, 0.01, (x.shape[1] + 1, 1))).float()
+    z = 1 - p.margins(v)
+    delta = float(z.abs().median()) * 2  # many examples in the quadratic zone
+    one = torch.tensor([0])
+    woodbury = solver.newton_steps(p, v, z, delta, one)
+    monkeypatch.setattr(solver, "WOODBURY_MAX", 0)
+    cg = solver.newton_steps(p, v, z, delta, one)
+    np.testing.assert_allclose(cg.numpy(), woodbury.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_classes_solved_together_are_the_classes_solved_alone():
+    from rcnn.heads.solver import solve_svm, solve_svms
+
+    cfg = SVMConfig()
+    problems = [svm_problem(seed, n=200 + 40 * seed) for seed in range(3)]
+    x = np.concatenate([p[0] for p in problems])
+    y = -np.ones((len(x), 3), np.float32)
+    u = np.zeros((len(x), 3), np.float32)
+    start = 0
+    for k, (xk, yk) in enumerate(problems):  # each class's rows: its own block
+        y[start : start + len(xk), k] = yk
+        u[start : start + len(xk), k] = np.where(yk > 0, cfg.C * cfg.pos_weight, cfg.C)
+        start += len(xk)
+    together, _ = solve_svms(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(u),
+                             cfg.bias)  # fmt: skip
+    for k, (xk, yk) in enumerate(problems):
+        alone, _ = solve_svm(torch.from_numpy(xk), torch.from_numpy(yk), cfg.C, cfg.pos_weight,
+                             cfg.bias)  # fmt: skip
+        objective = [svm_objective(v[:-1].numpy(), float(v[-1]) * cfg.bias, xk, yk, cfg)
+                     for v in (together[:, k], alone)]  # fmt: skip
+        w, b = fit_svm(xk, yk, cfg)
+        liblinear = svm_objective(w, b, xk, yk, cfg)
+        assert objective[0] <= liblinear * (1 + 1e-3) and objective[1] <= liblinear * (1 + 1e-3)
+        assert objective[0] == pytest.approx(objective[1], rel=1e-3), k
+
+
+def test_the_caches_stay_under_the_memory_budget_with_a_weak_network(heads_run, tmp_path):
+    # A network of random weights: every negative looks hard to it, and the caches grow with
+    # the pass, unless a budget bounds them.
+    run = tmp_path / "random"
+    shutil.copytree(heads_run / "run", run, ignore=shutil.ignore_patterns("svm", "bbox", "feat*"))
+    state = torch.load(run / "best.pt", weights_only=True)
+    torch.manual_seed(1)
+    from rcnn.modeling.model import build_model
+
+    state["model"] = build_model("alexnet_tiny", 2, "none").state_dict()
+    torch.save(state, run / "best.pt")
+    common = [str(run), "--data", str(heads_run / "regions"), *FLAGS, "--first-negatives", "50",
+              "--retrain-every", "40"]  # fmt: skip
+    assert main(["train-svm", *common, "--out", str(tmp_path / "free")]) == 0
+    free = list(csv.DictReader((tmp_path / "free" / "svm_log.csv").open()))
+    grown = max(float(r["cache_mb"]) for r in free)
+    budget_mb = grown / 3
+    argv = ["train-svm", *common, "--out", str(tmp_path / "bounded"), "--max-cache-gb",
+            str(budget_mb / 1000)]  # fmt: skip
+    assert main(argv) == 0
+    bounded = list(csv.DictReader((tmp_path / "bounded" / "svm_log.csv").open()))
+    assert max(float(r["cache_mb"]) for r in bounded) <= budget_mb
+    assert sum(int(r["budget_dropped"]) for r in bounded) > 0
+    assert sum(int(r["budget_dropped"]) for r in free) == 0

@@ -18,7 +18,8 @@ import numpy as np
 
 from rcnn.errors import RcnnError
 from rcnn.heads.config import SVMConfig
-from rcnn.heads.svm import ClassTrainer, SVMModel
+from rcnn.heads.negatives import NegativePool, half
+from rcnn.heads.svm import ClassTrainer, SVMModel, train_classes
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ def class_examples(regions, k: int, neg_iou: float) -> ClassExamples:
     return ClassExamples(positives, negatives)
 
 
-def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel, list[dict]]:
+def train_svms(
+    regions, features, cfg: SVMConfig, report=None, device="cpu"
+) -> tuple[SVMModel, list[dict]]:
     """Trains every class's SVM with hard-negative mining (see the module's notes). The feature
     scale (mean L2 norm ``cfg.feature_norm``) is taken from the positives and the first
     negatives, so every region goes through the network once a pass, the positives aside.
@@ -54,16 +57,20 @@ def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel
     """
     examples = _checked_examples(regions, cfg)
     positives = _features_of(features, [ex.positives for ex in examples])
-    trainers = {c: ClassTrainer(regions.classes[c], positives[c], cfg)
+    budget = cfg.max_cache_gb * 1e9
+    pool = NegativePool(features.dim, len(regions))
+    # Room for the first negatives and a retraining's worth, within the budget.
+    pool.reserve(min(cfg.first_negatives + cfg.retrain_every, int(budget / pool.row_bytes)))
+    trainers = {c: ClassTrainer(regions.classes[c], positives[c], cfg, pool, device)
                 for c, ex in enumerate(examples) if len(ex.positives)}  # fmt: skip
     log: list[dict] = []
 
-    def train(trainer: ClassTrainer, pass_: int) -> None:
-        row = trainer.train(scale, pass_)
-        row["cache_mb"] = round(sum(t.cache.nbytes for t in trainers.values()) / 1e6, 1)
-        log.append(row)
-        if report is not None:
-            report(row)
+    def train(group: list[ClassTrainer], pass_: int) -> None:
+        for row in train_classes(group, scale, pass_) if group else []:
+            row["cache_mb"] = round(pool.nbytes / 1e6, 1)
+            log.append(row)
+            if report is not None:
+                report(row)
 
     truth = regions.require_truth("train-svm")
     everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
@@ -73,26 +80,25 @@ def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel
             negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
             if scale is None:  # the first negatives of each class go to its cache as they come
                 _cache_first(trainers, rows, x, negative, cfg.first_negatives)
-                first.append(x.astype(np.float16))
+                hold_budget(pool, trainers.values(), budget)
+                first.append(half(x))
                 if any(len(t.cache) < cfg.first_negatives for t in trainers.values()):
                     continue
                 scale = _scale([t.positives for t in trainers.values()], first, cfg)
-                for trainer in trainers.values():
-                    train(trainer, 0)
+                train(list(trainers.values()), 0)
                 # then this same block is mined with the first SVMs, as every later one
             weights = np.stack([t.weights for t in trainers.values()])
             biases = np.array([t.bias for t in trainers.values()], np.float32)
-            scores = (x * scale) @ weights.T + biases  # [B, K]: every class at once
+            scores = (x @ weights.T) * scale + biases  # [B, K]: every class at once
             for j, (c, trainer) in enumerate(trainers.items()):
                 hard = negative[:, c] & (scores[:, j] > cfg.hard)
                 if hard.any():
-                    trainer.add(rows[hard], x[hard])
-                if trainer.due:
-                    train(trainer, pass_)
+                    trainer.add(rows[hard], x[hard], scores[hard, j])
+            hold_budget(pool, trainers.values(), budget)
+            train([t for t in trainers.values() if t.due], pass_)
         if scale is None:  # fewer negatives in all than a first training takes
             scale = _scale([t.positives for t in trainers.values()], first, cfg)
-        for trainer in trainers.values():
-            train(trainer, pass_)
+        train(list(trainers.values()), pass_)
     weights = np.zeros((len(examples), features.dim), np.float32)
     biases = np.zeros(len(examples), np.float32)
     for c, trainer in trainers.items():
@@ -100,6 +106,33 @@ def train_svms(regions, features, cfg: SVMConfig, report=None) -> tuple[SVMModel
     untrained = [regions.classes[c] for c in range(len(examples)) if c not in trainers]
     info = {"config": asdict(cfg), "passes": cfg.passes, "untrained": untrained}
     return SVMModel(weights, biases, scale, list(regions.classes), info), log
+
+
+def hold_budget(pool: NegativePool, trainers, budget: float) -> int:
+    """Drops the easiest cached negatives of all classes together (the lowest scores, each by
+    its class's latest SVM) when the caches take more than ``budget`` bytes, until they take
+    nine tenths of it; returns how many went. A region's memory is freed when no class keeps
+    it any more, so as many are dropped, in order, as free what is needed."""
+    if pool.nbytes <= budget:
+        return 0
+    trainers = list(trainers)
+    scores = np.concatenate([t.cache.scores for t in trainers])
+    slots = np.concatenate([t.cache.slots for t in trainers])
+    owner = np.repeat(np.arange(len(trainers)), [len(t.cache) for t in trainers])
+    order = np.argsort(scores, kind="stable")
+    # A slot is freed once the last class keeping it drops it: at that position of the order.
+    freed_at = np.full(len(pool.holders), -1)
+    np.maximum.at(freed_at, slots[order], np.arange(len(order)))
+    freed_at = np.sort(freed_at[freed_at >= 0])
+    needed = int(np.ceil((pool.nbytes - 0.9 * budget) / pool.row_bytes))
+    count = int(freed_at[min(needed, len(freed_at)) - 1]) + 1
+    drop = np.zeros(len(scores), bool)
+    drop[order[:count]] = True
+    for k, trainer in enumerate(trainers):
+        trainer.over_budget += trainer.cache.keep(~drop[owner == k])
+    logger.info("%d cached negatives dropped to hold the caches under %.3g GB", count,
+                budget / 1e9)  # fmt: skip
+    return count
 
 
 def _cache_first(trainers: dict, rows, x, negative, wanted: int) -> None:
@@ -123,7 +156,7 @@ def _scale(positives: list[np.ndarray], first: list[np.ndarray], cfg: SVMConfig)
 def _features_of(features, groups: list[np.ndarray]) -> list[np.ndarray]:
     """float16 features of each group of regions, each region computed (or read) once."""
     union = np.unique(np.concatenate(groups)) if groups else np.zeros(0, np.int64)
-    rows = features.rows(union).astype(np.float16)
+    rows = half(features.rows(union))
     return [rows[np.searchsorted(union, group)] for group in groups]
 
 

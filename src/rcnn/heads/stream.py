@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
 from rcnn.data.feeders import chunks, make_feeder
 from rcnn.data.regions import RegionSet
@@ -69,7 +70,7 @@ class FeatureStream:
         if self.shared is not None:
             outputs = self.shared.map(self.layer, batches)
         else:
-            outputs = self._forward(batches)
+            outputs = ahead(self._forward(batches))
         bar = progress_bar(total=len(indices), enabled=self.progress, desc=desc, unit="region")
         with bar:
             for batch, rows in zip(batches, outputs, strict=True):
@@ -89,9 +90,46 @@ class FeatureStream:
         )
         for _, features in outputs:
             # float16, as a feature store keeps them: both sources give the same numbers.
-            yield features[self.layer].to("cpu").numpy().astype(np.float32)
+            yield features[self.layer].to("cpu", torch.float32).numpy()
 
     def rows(self, indices) -> np.ndarray:
         """float32 ``[len(indices), D]`` features of the given regions, in the given order."""
         parts = [rows for _, rows in self.stream(indices)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+
+def ahead(items: Iterator, depth: int = 8) -> Iterator:
+    """``items``, computed in a thread up to ``depth`` ahead of the caller: the network works
+    on the next batches while the caller uses the last (torch and numpy release the GIL)."""
+    import queue
+    import threading
+
+    done = object()
+    box: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                box.put(item)
+        except BaseException as err:  # handed to the caller
+            box.put(err)
+            return
+        box.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked put finish
+            try:
+                box.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)

@@ -148,13 +148,17 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict | None:
 
         def report(row: dict) -> None:
             logger.info(
-                "pass %d %s: %d positives, %d hard added, %d easy dropped, %d in the cache "
-                "(%.1f MB for all classes), objective %.5f", row["pass"], row["class"],
-                row["positives"], row["hard_added"], row["easy_dropped"],
-                row["negatives_in_cache"], row["cache_mb"], row["objective"],
+                "pass %d %s: %d positives, %d hard added, %d easy dropped, %d dropped over "
+                "the budget, %d in the cache (%.1f MB for all classes), objective %.5f",
+                row["pass"], row["class"], row["positives"], row["hard_added"],
+                row["easy_dropped"], row["budget_dropped"], row["negatives_in_cache"],
+                row["cache_mb"], row["objective"],
             )  # fmt: skip
 
-        model, log = train_svms(regions, features, svm, report)
+        from rcnn.runtime.device import resolve_device
+
+        device = resolve_device(cfg.inference.device)  # the solver's: the stage's device
+        model, log = train_svms(regions, features, svm, report, device)
         model.info.update(_source_info(loaded, features))
         model.save(out)
         write_log(out / "svm_log.csv", log)
