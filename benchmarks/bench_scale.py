@@ -1,27 +1,25 @@
-"""R-CNN end to end on a VOC2007-shaped synthetic set, stage by stage, projected to VOC2007.
+"""R-CNN end to end on a VOC2007-shaped synthetic set at several fractions of VOC2007, stage by
+stage: how each stage's time, memory and disk grow, fitted and projected to VOC2007.
 
-At each fraction ``f`` of VOC2007 (5,011 trainval images, 2,501 train + 2,510 val, and 4,952
-test images) it synthesizes 500x375 scenes of the 20 VOC class names, then runs the real
-commands, each in its own process:
+It synthesizes the largest fraction's 500x375 scenes of the 20 VOC class names once (5,011
+trainval images in VOC2007, 2,501 train + 2,510 val, and 4,952 test), searches their proposals
+once (`rcnn proposals`, kept as R-CNN's .mat files), and then, at each fraction ``f``, runs the
+real commands on the first ``f`` of each split, each in its own process, reading the shared
+proposals (``--proposals``: no search is repeated):
 
-    prepare (seed)   `rcnn prepare --split train val` : Selective Search + the recipe's labels
+    prepare (seed)   `rcnn prepare --split train val` : the recipe's labels
     prepare (paper)  `rcnn prepare --split trainval --preset paper` : every proposal + the GT
     train            `rcnn train --epochs 1`
-    train-svm        `rcnn train-svm` (features computed on the fly: no feature store)
+    train-svm        `rcnn train-svm` (features on the fly, the caches under --max-cache-gb)
     train-bbox       `rcnn train-bbox` (pool5 of its own regions only)
     test             `rcnn test --scorer svm --bbox-reg RUN/bbox` on the test split
 
-and records, per stage: seconds, the peak resident memory of its largest process, the peak
-GPU memory where there is a GPU, and the bytes it added to disk (outputs and the proposal
-cache). With two fractions or more, each number is fitted as ``a + b * f`` (least squares)
-and projected to ``f = 1``: full VOC2007. Regions, proposals and images grow with ``f``;
-what does not (a process's start, the network) lands in ``a``.
+Per stage it records seconds, the peak resident memory of its process tree, the peak GPU
+memory where there is a GPU and the bytes it added to disk; fits each as ``a + b f`` by least
+squares, reports the residuals, projects to ``f = 1`` and draws each against ``f``.
 
-    python benchmarks/bench_scale.py                                   # CPU: a few minutes
-    python benchmarks/bench_scale.py --fractions 0.02 0.05 --input-size 227 --device cuda
-
-On a CPU the network stages dominate: the default input size is 64 pixels (a 227-pixel
-AlexNet costs about 12x more a region), and the projection is of that.
+    python benchmarks/bench_scale.py --json-out benchmarks/results/cpu-scale.json \\
+        --plot benchmarks/results/cpu-scale.png                        # CPU: about 15 minutes
 """
 
 from __future__ import annotations
@@ -39,68 +37,129 @@ import numpy as np
 
 VOC2007 = {"train": 2501, "val": 2510, "test": 4952}
 STAGES = ("prepare (seed)", "prepare (paper)", "train", "train-svm", "train-bbox", "test")
+METRICS = ("seconds", "peak_rss_mb", "peak_gpu_mb", "disk_mb")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.006, 0.012])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.03])
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--mode", choices=["fast", "quality"], default="fast")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-cache-gb", type=float, default=8.0, help="train-svm's budget")
     parser.add_argument("--work", help="folder to keep (default: a temporary one)")
     parser.add_argument("--json-out", help="write the results here too")
+    parser.add_argument("--plot", help="draw each stage's numbers against the fraction here")
     args = parser.parse_args()
-    if len(args.fractions) < 2:
-        parser.error("--fractions needs two values or more to project")
+    if len(args.fractions) < 3:
+        parser.error("--fractions needs three values or more to fit and see residuals")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        runs = [run_fraction(work / f"f{f}", f, args) for f in sorted(args.fractions)]
-    result = {"settings": vars(args), "runs": runs, "projected": project(runs)}
+        fractions = sorted(args.fractions)
+        voc, shared = make_dataset(work, fractions[-1], args)
+        runs = [run_fraction(work / f"f{f}", voc, f, shared["files"], args) for f in fractions]
+    result = {"settings": vars(args), "proposals": shared, "runs": runs, "fits": fit(runs)}
+    result["when"] = time.strftime("%Y-%m-%d")
     print(format_report(result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(result, args.plot)
 
 
-def run_fraction(work: Path, fraction: float, args) -> dict:
+def counts_of(fraction: float) -> dict[str, int]:
+    return {split: max(3, round(n * fraction)) for split, n in VOC2007.items()}
+
+
+def make_dataset(work: Path, fraction: float, args) -> tuple[Path, dict]:
+    """The largest fraction's scenes, and their proposals searched once (timed)."""
     from rcnn.data.synth import make_synthetic_voc
 
-    counts = {split: max(3, round(n * fraction)) for split, n in VOC2007.items()}
+    counts = counts_of(fraction)
     total = sum(counts.values())
     voc = work / "voc"
     if not (voc / "Annotations").is_dir():
         make_synthetic_voc(voc, total, seed=0, image_size=(500, 375), classes=["voc"],
                            val_fraction=counts["val"] / total,
                            test_fraction=counts["test"] / total)  # fmt: skip
-    cache, run = work / "cache", work / "run"
+    files, stages = {}, {}
+    for split in ("trainval", "test"):
+        files[split] = str(work / "proposals" / f"{split}.mat")
+        argv = ["proposals", "--voc-root", str(voc), "--split", split, "--mode", args.mode,
+                "--out", files[split], "--cache-dir", str(work / "cache"),
+                "--no-progress"]  # fmt: skip
+        stages[split] = run_stage(argv, work / f"proposals-{split}.json")
+        print(f"proposals of {split}: {json.dumps(stages[split])}", flush=True)
+    images = counts["train"] + counts["val"] + counts["test"]
+    seconds = sum(s["seconds"] for s in stages.values())
+    return voc, {"files": files, "stages": stages, "images": images,
+                 "seconds_per_image": round(seconds / images, 3)}  # fmt: skip
+
+
+def subset(voc: Path, root: Path, counts: dict[str, int]) -> Path:
+    """A VOC root of the first ``counts[split]`` images of each split (the scenes linked)."""
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True, exist_ok=True)
+    for folder in ("Annotations", "JPEGImages"):
+        if not (root / folder).exists():
+            (root / folder).symlink_to(voc / folder)
+    chosen = {}
+    for split, n in counts.items():
+        ids = (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:n]
+        chosen[split] = ids
+        (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    chosen["trainval"] = chosen["train"] + chosen["val"]
+    (main / "trainval.txt").write_text("".join(f"{i}\n" for i in chosen["trainval"]))
+    for path in (voc / "ImageSets" / "Main").glob("*_*.txt"):  # {class}_{split}.txt
+        split = path.stem.rsplit("_", 1)[1]
+        keep = set(chosen.get(split, []))
+        lines = [line for line in path.read_text().splitlines(True) if line.split()[0] in keep]
+        (main / path.name).write_text("".join(lines))
+    return root
+
+
+def run_fraction(work: Path, voc_all: Path, fraction: float, files: dict, args) -> dict:
+    counts = counts_of(fraction)
+    voc = subset(voc_all, work / "voc", counts)
+    run = work / "run"
     common = ["--device", args.device, "--no-progress"]
-    prepare = ["prepare", "--voc-root", str(voc), "--classes", "all", "--mode", args.mode,
-               "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
+    prepare = ["prepare", "--voc-root", str(voc), "--classes", "all", "--no-progress"]
     heads = [str(run), "--data", str(work / "paper"), "--split", "trainval", *common]
     commands = {
-        "prepare (seed)": [*prepare, "--out", str(work / "seed"), "--split", "train", "val"],
+        "prepare (seed)": [*prepare, "--out", str(work / "seed"), "--split", "train", "val",
+                           "--proposals", files["trainval"]],
         "prepare (paper)": [*prepare, "--out", str(work / "paper"), "--split", "trainval",
-                            "--preset", "paper"],
+                            "--preset", "paper", "--proposals", files["trainval"]],
         "train": ["train", "--data", str(work / "seed"), "--out", str(run), "--epochs", "1",
                   "--weights", "none", "--input-size", str(args.input_size), "--optimizer",
                   "adam", "--lr", "1e-4", *common],
-        "train-svm": ["train-svm", *heads],
+        "train-svm": ["train-svm", *heads, "--max-cache-gb", str(args.max_cache_gb)],
         "train-bbox": ["train-bbox", *heads],
         "test": ["test", str(run), "--voc-root", str(voc), "--out", str(work / "test"),
-                 "--scorer", "svm", "--bbox-reg", str(run / "bbox"), "--mode", args.mode,
-                 "--cache-dir", str(cache), *common],
+                 "--scorer", "svm", "--bbox-reg", str(run / "bbox"), "--proposals",
+                 files["test"], *common],
     }  # fmt: skip
     stages = {}
     for name in STAGES:
         before = disk_bytes(work, exclude=voc)
         stages[name] = run_stage(commands[name], work / f"{name}.json")
-        stages[name]["disk_bytes"] = disk_bytes(work, exclude=voc) - before
+        stages[name]["disk_mb"] = round((disk_bytes(work, exclude=voc) - before) / 1e6, 1)
         print(f"f={fraction} {name}: {json.dumps(stages[name])}", flush=True)
     regions = {
         split: json.loads((work / store / split / "meta.json").read_text())["arrays"]["labels"][
             "shape"][0]
         for store, split in (("seed", "train"), ("paper", "trainval"))
     }  # fmt: skip
-    return {"fraction": fraction, "images": counts, "regions": regions, "stages": stages}
+    cache = max(float(r["cache_mb"]) for r in read_csv(run / "svm" / "svm_log.csv"))
+    return {"fraction": fraction, "images": counts, "regions": regions,
+            "svm_cache_mb": cache, "stages": stages}  # fmt: skip
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
 
 
 def run_stage(argv: list[str], record: Path) -> dict:
@@ -143,39 +202,87 @@ def disk_bytes(folder: Path, exclude: Path) -> int:
     return total
 
 
-def project(runs: list[dict]) -> dict:
-    """Each stage's numbers fitted as a + b * fraction and evaluated at fraction 1."""
+def fit(runs: list[dict]) -> dict:
+    """Each stage's numbers fitted as ``a + b f``: the coefficients, each run's residual
+    (measured minus fitted), the root-mean-square residual relative to the mean, and the
+    value at ``f = 1`` (VOC2007)."""
     fractions = np.array([r["fraction"] for r in runs])
     design = np.stack([np.ones_like(fractions), fractions], axis=1)
-    out = {}
+    out: dict = {}
     for stage in STAGES:
         out[stage] = {}
-        for key in ("seconds", "peak_rss_mb", "peak_gpu_mb", "disk_bytes"):
+        for key in METRICS:
             values = np.array([r["stages"][stage][key] for r in runs], float)
             (a, b), *_ = np.linalg.lstsq(design, values, rcond=None)
-            out[stage][key] = round(float(max(a + b, values.max())), 1)
+            residuals = values - (a + b * fractions)
+            scale = max(abs(values.mean()), 1e-9)
+            out[stage][key] = {
+                "a": round(float(a), 3), "b": round(float(b), 3),
+                "residuals": [round(float(r), 2) for r in residuals],
+                "relative_rms_residual": round(float(np.sqrt((residuals**2).mean()) / scale), 3),
+                "at_voc2007": round(float(a + b), 1),
+            }  # fmt: skip
     return out
 
 
 def format_report(result: dict) -> str:
-    lines = []
+    shared = result["proposals"]
+    lines = [
+        f"proposals searched once: {shared['images']} images, {shared['seconds_per_image']} s "
+        f"an image ({json.dumps(shared['stages'])})"
+    ]
     for run in result["runs"]:
         lines.append(
             f"fraction {run['fraction']}: {run['images']} images, training regions "
-            f"{run['regions']['train']}, SVM/box regions {run['regions']['trainval']}"
+            f"{run['regions']['train']}, SVM/box regions {run['regions']['trainval']}, SVM "
+            f"caches at most {run['svm_cache_mb']} MB"
         )
         lines.append(f"{'stage':<17}{'s':>8}{'peak MB':>10}{'GPU MB':>9}{'disk MB':>10}")
         for stage, m in run["stages"].items():
             lines.append(f"{stage:<17}{m['seconds']:>8}{m['peak_rss_mb']:>10}"
-                         f"{m['peak_gpu_mb']:>9}{m['disk_bytes'] / 1e6:>10.1f}")  # fmt: skip
-    lines.append("projected to VOC2007 (fraction 1):")
-    lines.append(f"{'stage':<17}{'hours':>8}{'peak GB':>10}{'GPU GB':>9}{'disk GB':>10}")
-    for stage, m in result["projected"].items():
-        lines.append(f"{stage:<17}{m['seconds'] / 3600:>8.2f}{m['peak_rss_mb'] / 1024:>10.2f}"
-                     f"{m['peak_gpu_mb'] / 1024:>9.2f}{m['disk_bytes'] / 1e9:>10.2f}")  # fmt: skip
-    total = sum(m["seconds"] for m in result["projected"].values())
-    lines.append(f"{'all stages':<17}{total / 3600:>8.2f}")
+                         f"{m['peak_gpu_mb']:>9}{m['disk_mb']:>10.1f}")  # fmt: skip
+    lines.append("fits a + b f: relative rms residual; the fit at VOC2007 (f = 1):")
+    lines.append(f"{'stage':<17}{'hours':>8}{'resid':>7}{'peak GB':>9}{'resid':>7}"
+                 f"{'disk GB':>9}{'resid':>7}")  # fmt: skip
+    for stage, m in result["fits"].items():
+        s, r, d = m["seconds"], m["peak_rss_mb"], m["disk_mb"]
+        lines.append(
+            f"{stage:<17}{s['at_voc2007'] / 3600:>8.2f}{s['relative_rms_residual']:>7.3f}"
+            f"{r['at_voc2007'] / 1024:>9.2f}{r['relative_rms_residual']:>7.3f}"
+            f"{d['at_voc2007'] / 1000:>9.2f}{d['relative_rms_residual']:>7.3f}"
+        )
+    total = sum(m["seconds"]["at_voc2007"] for m in result["fits"].values())
+    search = shared["seconds_per_image"] * sum(VOC2007.values()) / 3600
+    lines.append(f"{'all stages':<17}{total / 3600:>8.2f}   (+ {search:.2f} h of Selective "
+                 "Search, once, on this machine)")  # fmt: skip
     return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = np.array([r["fraction"] for r in result["runs"]])
+    line = np.linspace(0, fractions.max() * 1.05, 20)
+    panels = (("seconds", "seconds"), ("peak_rss_mb", "peak memory (MB)"),
+              ("disk_mb", "disk added (MB)"))  # fmt: skip
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for stage in STAGES:
+            values = [r["stages"][stage][key] for r in result["runs"]]
+            f = result["fits"][stage][key]
+            (points,) = ax.plot(fractions, values, "o", label=stage)
+            ax.plot(line, f["a"] + f["b"] * line, "-", color=points.get_color(), alpha=0.6)
+        ax.set_xlabel("fraction of VOC2007")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("R-CNN's stages against the fraction of VOC2007 (points: measured, "
+                    "lines: a + b f)")  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

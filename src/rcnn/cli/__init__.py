@@ -22,6 +22,7 @@ logger = logging.getLogger("rcnn")
 
 COMMANDS = {
     "synth": (data.add_synth, data.cmd_synth),
+    "proposals": (data.add_proposals_export, data.cmd_proposals_export),
     "prepare": (data.add_prepare, data.cmd_prepare),
     "train": (train.add_train, train.cmd_train),
     "evaluate": (train.add_evaluate, train.cmd_evaluate),

@@ -99,6 +99,17 @@ def add_max_side(p) -> None:
     )
 
 
+def add_proposals(p) -> None:
+    p.add_argument(
+        "--proposals",
+        metavar="FILE",
+        help="precomputed proposals instead of Selective Search: a .mat file of R-CNN's and "
+        "Fast R-CNN's layout ('boxes', one [y1 x1 y2 x2] 1-based array an image; 'images', "
+        "their ids), e.g. selective_search_data/voc_2007_test.mat, or one `rcnn proposals` "
+        "wrote",
+    )
+
+
 def add_cache_dir(p) -> None:
     p.add_argument(
         "--cache-dir",

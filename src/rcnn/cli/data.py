@@ -1,12 +1,15 @@
-"""``rcnn synth`` and ``rcnn prepare``."""
+"""``rcnn synth``, ``rcnn prepare`` and ``rcnn proposals``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rcnn.cli.common import (
     add_cache_dir,
     add_dataset_flags,
     add_max_side,
     add_progress,
+    add_proposals,
     default,
     parser,
 )
@@ -127,6 +130,7 @@ def add_prepare(sub) -> None:
         help="Selective Search strategy (quality: more, slower proposals)",
     )
     add_max_side(p)
+    add_proposals(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -160,7 +164,7 @@ def cmd_prepare(args) -> None:
         splits=args.splits,
         classes=args.classes,
         labels=labels,
-        proposals=ProposalConfig(mode=args.mode, max_side=args.max_side),
+        proposals=ProposalConfig(mode=args.mode, max_side=args.max_side, file=args.proposals),
         workers=args.workers,
         cache_dir=args.cache_dir,
         strict=args.strict,
@@ -185,3 +189,50 @@ def format_prepare_summary(summary: dict, out: str) -> str:
         f"region stores in {out}/{{{','.join(summary['splits'])}}}, summary in {out}/summary.json"
     )
     return "\n".join(lines)
+
+
+def add_proposals_export(sub) -> None:
+    p = parser(
+        sub,
+        "proposals",
+        "write a split's Selective Search proposals as a .mat file (R-CNN's layout)",
+        "Write the Selective Search proposals of every image of a split (read from the "
+        "proposal cache, or searched now, in parallel) to a .mat file of R-CNN's and Fast "
+        "R-CNN's layout: 'boxes', one [y1 x1 y2 x2] 1-based array an image, and 'images', "
+        "their ids. Any machine then reads them with --proposals FILE (rcnn prepare, test, "
+        "ablate, detect) instead of searching again.",
+    )
+    add_dataset_flags(p, "trainval", "the split")
+    p.add_argument("--out", required=True, metavar="FILE.mat", help="the file to write")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=default(ProposalConfig, "mode"),
+        help="Selective Search strategy",
+    )
+    add_max_side(p)
+    p.add_argument(
+        "--workers", type=int, default=0, help="Selective Search processes (0: a core each)"
+    )
+    add_cache_dir(p)
+    add_progress(p)
+
+
+def cmd_proposals_export(args) -> None:
+    from rcnn.data.annotations import check_split_name
+    from rcnn.data.proposal_files import export_proposals
+    from rcnn.data.proposals import default_cache_dir
+    from rcnn.data.readers import open_dataset
+    from rcnn.files import output_dir
+
+    check_split_name(args.split)
+    if not args.out.endswith(".mat"):
+        raise ConfigError(f"--out {args.out}: the proposals are written as a .mat file")
+    output_dir(Path(args.out).parent)
+    dataset = open_dataset(args.voc_root, args.coco, args.images)
+    config = ProposalConfig(mode=args.mode, max_side=args.max_side)
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
+    summary = export_proposals(dataset, args.split, config, cache, args.out,
+                               args.workers, not args.no_progress)  # fmt: skip
+    print(f"{summary['boxes']} proposals of {summary['images']} images ({summary['from_cache']} "
+          f"from the cache, {summary['skipped']} skipped) in {summary['out']}")  # fmt: skip

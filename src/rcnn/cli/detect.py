@@ -9,6 +9,7 @@ from rcnn.cli.common import (
     add_max_side,
     add_model,
     add_progress,
+    add_proposals,
     default,
     inference,
     parser,
@@ -59,6 +60,7 @@ def _add_detector_flags(p, thresh_help: str, caps) -> None:
         help="Selective Search strategy at test time",
     )
     add_max_side(p)
+    add_proposals(p)
     add_inference_flags(p)
     p.add_argument(
         "--workers",
@@ -83,6 +85,7 @@ def _detector_config(args, keep_all: bool = False):
         max_per_class=args.max_per_class,
         mode=args.mode,
         max_side=args.max_side,
+        proposals=args.proposals,
         inference=inference(args),
         workers=args.workers,
         cache_dir=args.cache_dir,

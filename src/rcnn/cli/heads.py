@@ -21,6 +21,9 @@ SVM_FLAGS = {
     "passes": "passes over the negatives (the paper: one)",
     "retrain_every": "hard negatives that make a class train again mid-pass",
     "first_negatives": "random negatives of a class's first training",
+    "solver": "newton (warm-started, on the device) or liblinear (scikit-learn's LinearSVC)",
+    "max_cache_gb": "memory of the hard-negative caches of all classes together; past it the "
+    "easiest cached negatives go first",
 }
 BBOX_FLAGS = {
     "ridge": "ridge penalty lambda",
@@ -124,11 +127,13 @@ def add_train_svm(sub) -> None:
         "over the negatives (as in the paper) scores them for every class; those above -1 "
         "(hard) join the class's cache, and a class trains again whenever --retrain-every "
         "joined, then drops cached ones below -1.2 (easy); every class trains once more at "
-        "the end. liblinear (scikit-learn's LinearSVC, hinge loss) with C 0.001, positive "
-        "weight 2, bias feature 10, features scaled to a mean L2 norm of 20. Features come "
-        "from --features (or a complete RUN/features), else are computed on the fly with no "
-        "store: only the positives and the caches are held. Writes svm.npz, svm.json, "
-        "svm_log.csv.",
+        "the end. liblinear's objective (hinge loss, C 0.001, positive weight 2, bias feature "
+        "10), solved by Newton's method on the stage's device, each class's refit starting "
+        "from its last solution (--solver liblinear: scikit-learn's LinearSVC, as the Python "
+        "port); features scaled to a mean L2 norm of 20. The caches of all classes stay under "
+        "--max-cache-gb. Features come from --features (or a complete RUN/features), else are "
+        "computed on the fly with no store: only the positives and the caches are held. "
+        "Writes svm.npz, svm.json, svm_log.csv.",
     )
     _add_head_flags(p, "svm")
     add_config_flags(p, SVMConfig, SVM_FLAGS)
@@ -140,12 +145,13 @@ def cmd_train_svm(args) -> None:
     result = run_train_svm(_head_config(args), config_from(args, SVMConfig, SVM_FLAGS))
     if result is None:  # another process than torchrun's rank 0: rank 0 reports
         return
-    print(f"{'class':<14}{'pass':>5}{'positives':>11}{'hard+':>7}{'easy-':>7}{'cache':>8}"
-          f"{'objective':>12}")  # fmt: skip
+    print(f"{'class':<14}{'pass':>5}{'positives':>11}{'hard+':>7}{'easy-':>7}{'budget-':>8}"
+          f"{'cache':>8}{'objective':>12}")  # fmt: skip
     for row in result["log"]:
         print(
             f"{row['class']:<14}{row['pass']:>5}{row['positives']:>11}{row['hard_added']:>7}"
-            f"{row['easy_dropped']:>7}{row['negatives_in_cache']:>8}{row['objective']:>12.5f}"
+            f"{row['easy_dropped']:>7}{row['budget_dropped']:>8}{row['negatives_in_cache']:>8}"
+            f"{row['objective']:>12.5f}"
         )
     print(f"SVMs in {result['out']} ({result['seconds']} s; {_held(result)})")
 

@@ -24,6 +24,7 @@ DEFAULT_MAX_SIDE = 1000
 class ProposalConfig:
     mode: str = "quality"
     max_side: int = DEFAULT_MAX_SIDE  # longer side shrunk to at most this first; 0 = never
+    file: str | None = None  # precomputed proposals (R-CNN's .mat layout) instead of a search
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -39,6 +40,12 @@ class ProposalConfig:
         return self
 
     def cache_tag(self) -> str:
+        """What the proposals are: the search's settings and OpenCV's version, or the file's
+        digest (changed proposals make other region stores and `rcnn test` folders)."""
+        if self.file:
+            from rcnn.data.proposal_files import read_proposal_file
+
+            return f"file/sha256={read_proposal_file(self.file).digest}"
         import cv2
 
         # OpenCV's version is part of the key: another release may segment differently.

@@ -17,7 +17,8 @@ import numpy as np
 from rcnn.data.annotations import DatasetError, VOCAnnotation
 from rcnn.data.config import PrepareConfig
 from rcnn.data.labels import label_regions, region_details
-from rcnn.data.proposals import compute_proposals, default_cache_dir
+from rcnn.data.proposal_files import proposal_source, read_proposal_file
+from rcnn.data.proposals import default_cache_dir
 from rcnn.data.readers import Dataset, open_dataset
 from rcnn.data.regions import RegionSet, RegionTruth
 from rcnn.errors import RcnnError
@@ -79,19 +80,23 @@ def _ground_truth(ann: VOCAnnotation, classes: list[str], keep_difficult: bool, 
     return boxes[keep], labels[keep], difficult[keep]
 
 
-def split_proposals(cfg: PrepareConfig, paths: list[str], world: World = SINGLE) -> list | None:
-    """The proposals of every image of ``paths``, in order. Under torchrun each process
-    searches every ``world.size``-th image with its own worker pool (of this machine's cores
-    shared among its processes) and rank 0 gets them all; the other ranks get ``None``."""
+def split_proposals(
+    cfg: PrepareConfig, paths: list[str], ids: list[str], world: World = SINGLE
+) -> list | None:
+    """The proposals of every image of ``paths`` (ids ``ids``), in order, searched or read from
+    ``--proposals``. Under torchrun each process takes every ``world.size``-th image, searching
+    with its own worker pool (of this machine's cores shared among its processes), and rank 0
+    gets them all; the other ranks get ``None``."""
     cache_dir = cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir()
     workers = cfg.workers or max(1, (os.cpu_count() or 1) // local_processes())
-    mine = paths[world.rank :: world.size]
+    mine, names = paths[world.rank :: world.size], ids[world.rank :: world.size]
     progress = cfg.progress and world.is_main
-    found = everywhere(
-        world,
-        lambda: compute_proposals(mine, cfg.proposals, cache_dir, workers, progress),
-        "Selective Search",
-    )
+
+    def compute():
+        with proposal_source(cfg.proposals, cache_dir, workers) as source:
+            return source.compute(mine, progress, names)
+
+    found = everywhere(world, compute, "the proposals")
     if not world.enabled:
         return found
     parts = gather_to_main(found)
@@ -123,7 +128,9 @@ def prepare_split(
     paths = [str(dataset.image_path(i)) for i in annotations]
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     agree(world, digest, f"rcnn prepare: split {split}'s images", FILES)
-    proposals = split_proposals(cfg, paths, world)
+    if cfg.proposals.file:  # every image of the split must be in it: said before any work
+        read_proposal_file(cfg.proposals.file).check_ids(list(annotations), f"split '{split}'")
+    proposals = split_proposals(cfg, paths, list(annotations), world)
     made: list = []
     images = SplitImages(split, annotations, proposals, skipped)
     # Rank 0 labels the split; an error there (no usable image) reaches every rank.
@@ -272,7 +279,11 @@ def run_prepare(cfg: PrepareConfig) -> dict | None:
                 **dataset.settings(),
                 classes=cfg.classes,
                 labels=cfg.labels.to_dict(),
-                proposals={"mode": cfg.proposals.mode, "max_side": cfg.proposals.max_side},
+                proposals={
+                    "mode": cfg.proposals.mode,
+                    "max_side": cfg.proposals.max_side,
+                    "tag": cfg.proposals.cache_tag(),
+                },
                 generation=generation,
                 splits=summaries,
             )

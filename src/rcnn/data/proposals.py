@@ -115,6 +115,15 @@ def _read(path: str) -> tuple[bytes | None, str]:
     return data, ""
 
 
+def image_size_of(path: str) -> tuple[tuple[int, int] | None, str]:
+    """``(width, height)`` of an image from its header, or why it cannot be used."""
+    data, error = _read(path)
+    if data is None:
+        return None, error
+    size = image_size(data)
+    return (size, "") if size is not None else (None, f"{path}: not a readable image")
+
+
 def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalResult:
     """Searches one image whose cache ``key`` the caller found missing, and caches it."""
     path, key, config, cache_root = job
@@ -189,8 +198,11 @@ class ProposalPool:
             self.pool = context.Pool(self.workers, initializer=_init_worker)
         return self.pool.imap(_compute_one, jobs)
 
-    def compute(self, image_paths: list[str], progress: bool = False) -> list[ProposalResult]:
-        """Proposals for every image, in the order given (see :func:`compute_proposals`)."""
+    def compute(
+        self, image_paths: list[str], progress: bool = False, names=None
+    ) -> list[ProposalResult]:
+        """Proposals for every image, in the order given (see :func:`compute_proposals`);
+        ``names`` are for :class:`rcnn.data.proposal_files.FileProposals`'s calls."""
         results: list[ProposalResult | None] = [None] * len(image_paths)
         todo: dict[str, list[int]] = {}  # cache key -> the images with that content
         for i, path in enumerate(image_paths):

@@ -35,6 +35,7 @@ class DetectorConfig:
     max_per_class: int = 0  # per image and class; 0 = no cap
     mode: str = "fast"  # Selective Search at test time, as the reference detector
     max_side: int = DEFAULT_MAX_SIDE  # larger images are shrunk for Selective Search
+    proposals: str | None = None  # precomputed proposals (a .mat file) instead of a search
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     workers: int = 0  # Selective Search processes; 0 = one per core
     chunk: int = 0  # images scored together; 0: twice the Selective Search processes, >= 8

@@ -24,7 +24,8 @@ from torchvision.ops import batched_nms
 
 from rcnn.data.config import ProposalConfig
 from rcnn.data.feeders import image_batches, make_feeder
-from rcnn.data.proposals import ProposalPool, ProposalResult
+from rcnn.data.proposal_files import proposal_source
+from rcnn.data.proposals import ProposalResult
 from rcnn.data.regions import RegionSet
 from rcnn.data.warps import ImageStore
 from rcnn.detection.config import DetectorConfig
@@ -141,13 +142,20 @@ class Detector:
         for result, found in self.run_variants(paths, progress):
             yield result, None if found is None else found[first]
 
+    def proposals(self) -> ProposalConfig:
+        return ProposalConfig(self.cfg.mode, self.cfg.max_side, self.cfg.proposals)
+
     def run_variants(
-        self, paths: list[str], progress: bool = True
+        self, paths: list[str], progress: bool = True, names: dict | None = None
     ) -> Iterator[tuple[ProposalResult, dict | None]]:
         """``{variant name: Detections}`` of every image, in order. Proposals for the next
-        chunk of images are computed while the current one is scored."""
-        config = ProposalConfig(self.cfg.mode, self.cfg.max_side)
-        pool = ProposalPool(config, self.cfg.cache_dir, self.cfg.workers)
+        chunk of images are computed while the current one is scored; from ``--proposals``,
+        an image is found by ``names[path]`` (its file name without extension by default)."""
+        pool = proposal_source(self.proposals(), self.cfg.cache_dir, self.cfg.workers)
+
+        def compute(group: list[str]):
+            return pool.compute(group, False, [names[p] for p in group] if names else None)
+
         # A chunk smaller than the pool would leave Selective Search processes idle: with 8
         # images a chunk and 16 processes, searching was the bottleneck on a 16-core machine.
         size = self.cfg.chunk or max(8, 2 * pool.workers)
@@ -155,11 +163,11 @@ class Detector:
         bar = progress_bar(total=len(paths), enabled=progress, desc="detect", unit="img")
         # Left in reverse order: the executor waits for its search before the pool stops.
         with bar, pool, ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(pool.compute, groups[0]) if groups else None
+            pending = ahead.submit(compute, groups[0]) if groups else None
             for i in range(len(groups)):
                 results = pending.result()
                 if i + 1 < len(groups):
-                    pending = ahead.submit(pool.compute, groups[i + 1])
+                    pending = ahead.submit(compute, groups[i + 1])
                 yield from self._detect(results)
                 bar.update(len(results))
 

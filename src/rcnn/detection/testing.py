@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rcnn.data.annotations import check_split_name
 from rcnn.data.coco import COCODataset
+from rcnn.data.proposal_files import read_proposal_file
 from rcnn.data.readers import Dataset, check_source, open_dataset
 from rcnn.detection.config import DetectorConfig, Variant, eval_detector_config
 from rcnn.detection.image_results import (
@@ -144,6 +145,8 @@ def _open_split(cfg: TestConfig, device: str, variants):
     check_classes_present(truth, loaded.classes, dataset.describe(cfg.split))
     if isinstance(dataset, COCODataset):  # COCO's metrics need a category for each class
         dataset.category_ids(cfg.split, loaded.classes)
+    if cfg.detector.proposals:  # every image of the split must be in it: said before any work
+        read_proposal_file(cfg.detector.proposals).check_ids(ids, dataset.describe(cfg.split))
     inference = replace(cfg.detector.inference, device=device)  # a process's own GPU
     detector = Detector(loaded, replace(cfg.detector, inference=inference), variants)
     return dataset, truth, loaded, detector
@@ -228,7 +231,7 @@ def detect_shared(detector, dataset: Dataset, ids: list[str], expected: dict, st
     if world.enabled:
         stage.everywhere(check, "the images")
     by_path = {str(dataset.image_path(i)): i for i in mine}
-    found = iter(detector.run_variants(list(by_path), progress=False))
+    found = iter(detector.run_variants(list(by_path), progress=False, names=by_path))
     rounds = math.ceil(math.ceil(len(ids) / world.size) / ROUND)
     bar = progress_bar(total=len(ids), enabled=progress and world.is_main, desc="detect",
                        unit="img")  # fmt: skip
@@ -286,6 +289,7 @@ def _settings(cfg: TestConfig, dataset: Dataset, loaded, variant, detector) -> d
         "variant": asdict(variant),
         **heads,
         **{k: det[k] for k in keys},
+        **({"proposals": detector.proposals().cache_tag()} if cfg.detector.proposals else {}),
     }
 
 
