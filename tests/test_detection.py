@@ -442,7 +442,9 @@ def test_split_names_never_become_paths(trained, one_epoch_model, prepared, tmp_
     run = str(trained / "run")
     cases = [
         ["test", run, *voc, "--split", hostile, "--out", str(out), *FLAGS],
-        ["ablate", run, *voc, "--split", hostile, "--out", str(out), *FLAGS],
+        ["ablate", run, "--data", str(prepared), *voc, "--split", hostile, "--out", str(out),
+         *FLAGS],
+        ["visualize", run, "--data", str(prepared), "--split", hostile, "--out", str(out)],
         ["test", "--dets", str(tmp_path / "r.json"), *voc, "--classes", "car", "--split", hostile,
          "--out", str(out)],
         ["features", str(one_epoch_model), "--data", str(prepared), "--split", hostile, "--out",

@@ -62,8 +62,7 @@ def disagreeing_steps(root, prepared, run, trained) -> list[dict]:
         "train-svm": ["train-svm", str(run), "--data", str(prepared), *inference[:-2]],
         "train-bbox": ["train-bbox", str(run), "--data", str(prepared), *inference[:-2]],
         "test": ["test", *detect],
-        "ablate": ["ablate", *detect, "--svm", str(root / "no-svm"), "--bbox-reg",
-                   str(root / "no-bbox")],
+        "ablate": ["ablate", *detect, "--data", str(root / "no-data")],
     }  # fmt: skip
     other = {"train": ["--lr", "0.5"]}
     steps = [

@@ -201,7 +201,7 @@ def test_features_equal_the_networks_activations(heads_run, prepared):
         expected_fc7 = model.classifier[:6](flat)
     np.testing.assert_allclose(pool5.rows(rows), flat.numpy(), rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(fc7.rows(rows), expected_fc7.numpy(), rtol=2e-3, atol=2e-3)
-    assert feature_dims(model) == {"fc7": 128, "pool5": 288}  # the tiny backbone's
+    assert feature_dims(model) == {"pool5": 288, "fc6": 128, "fc7": 128}  # the tiny backbone's
     meta = json.loads((out / "meta.json").read_text())
     assert meta["layers"] == {"fc7": 128, "pool5": 288}
 
@@ -546,16 +546,17 @@ def torchrun_heads(heads_run, prepared, tmp_path_factory):
     common = ["--device", "cpu", "--no-progress", "--batch", "16", "--threads", "1"]
     heads = ["--data", str(data), "--split", "train", "--no-amp", *common]
     detect = [str(run), "--voc-root", str(prepared.parent / "voc"), "--split", "val",
-              "--svm", str(root / "svm1"), "--bbox-reg", str(root / "bbox1"),
-              "--cache-dir", str(root / "cache"), "--workers", "1", *common]  # fmt: skip
+              "--bbox-reg", str(root / "bbox1"), "--cache-dir", str(root / "cache"),
+              "--workers", "1", *common]  # fmt: skip
+    ablate = ["ablate", *detect, "--data", str(data), "--train-split", "train"]
     stages = {
         "svm": ["train-svm", str(run), *heads],
         "bbox": ["train-bbox", str(run), *heads],
         "feats": ["features", str(run), *heads, "--pool5"],
         # The images shared out by `rcnn test` and `rcnn ablate`, in both precisions.
-        "ablate": ["ablate", *detect, "--no-amp"],
-        "ablate-bf16": ["ablate", *detect, "--amp"],
-        "test-bf16": ["test", *detect, "--amp", "--scorer", "svm"],
+        "ablate": [*ablate, "--no-amp"],
+        "ablate-bf16": [*ablate, "--amp"],
+        "test-bf16": ["test", *detect, "--amp", "--scorer", "svm", "--svm", str(root / "svm1")],
     }
     steps = []
     for kind, argv in stages.items():
@@ -592,8 +593,19 @@ def test_torchrun_test_and_ablate_write_the_files_of_one_process(torchrun_heads,
         names = ["comp4_det_val_car.txt", "coco_results.json"]
         assert json.loads((one / "settings.json").read_text())["amp"] is True
     else:
-        names = ["ablation.md", "ablation.json"]
-        names += [f"{v}/comp4_det_val_car.txt" for v in ("softmax", "svm", "svm-bbox")]
+        names = ["ablation.md", "ablation.json", "heads/initial/fc6/svm.npz",
+                 "heads/fine-tuned/pool5/svm.npz"]  # fmt: skip
+        rows = [
+            "initial/pool5",
+            "initial/fc6",
+            "initial/fc7",
+            "fine-tuned/pool5",
+            "fine-tuned/fc6",
+            "fine-tuned/fc7",
+            "fine-tuned/fc7-bbox",
+            "fine-tuned/softmax",
+        ]
+        names += [f"{row}/comp4_det_val_car.txt" for row in rows]
     same_files(one, two, names)
 
 

@@ -107,9 +107,10 @@ def test_normalization_from_weights_metadata():
 def test_feature_taps_of_alexnet_and_of_its_tiny_twin():
     from rcnn.modeling.features import feature_dims
 
-    assert feature_dims(build_model("alexnet", 2, "none")) == {"fc7": 4096, "pool5": 9216}
+    alexnet_dims = feature_dims(build_model("alexnet", 2, "none"))
+    assert alexnet_dims == {"pool5": 9216, "fc6": 4096, "fc7": 4096}
     tiny = build_model("alexnet_tiny", 2, "none")
-    assert feature_dims(tiny) == {"fc7": 128, "pool5": 288}
+    assert feature_dims(tiny) == {"pool5": 288, "fc6": 128, "fc7": 128}
     # The same layout as AlexNet: fc7 is what the first six classifier layers give.
     alexnet = build_model("alexnet", 2, "none")
     assert [type(m) for m in tiny.classifier] == [type(m) for m in alexnet.classifier]

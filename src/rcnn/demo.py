@@ -63,7 +63,7 @@ def demo_train_config(cfg: DemoConfig, weights: str) -> TrainConfig:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from rcnn.data.synth import make_synthetic_voc
-    from rcnn.detection.ablate import run_ablation
+    from rcnn.detection.ablate import AblationConfig, run_ablation
     from rcnn.detection.config import eval_detector_config
     from rcnn.detection.testing import TestConfig
     from rcnn.evaluation.evaluate import run_evaluate
@@ -110,24 +110,21 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(metrics["report"])
     stages = train_heads(cfg, voc, out, train_cfg.out)
     ablation_start = time.time()
+    test = TestConfig(
+        train_cfg.out,
+        str(voc),
+        str(out / "test"),
+        detector=eval_detector_config(inference=inference, cache_dir=str(out / "cache")),
+        overwrite=True,
+        progress=cfg.progress,
+    )
     ablation = run_ablation(
-        TestConfig(
-            train_cfg.out,
-            str(voc),
-            str(out / "test"),
-            detector=eval_detector_config(
-                inference=inference,
-                cache_dir=str(out / "cache"),
-                bbox_reg=str(Path(train_cfg.out) / "bbox"),
-            ),
-            overwrite=True,
-            progress=cfg.progress,
-        )
+        AblationConfig(test, str(out / "regions-paper"), "train", bbox_reg=train_cfg.out + "/bbox")
     )
     stages["ablation"] = round(time.time() - ablation_start, 1)
-    softmax = ablation["variants"]["softmax"]
+    softmax = ablation["rows"]["fine-tuned/softmax"]
     figure = out / "test" / "detections.png"
-    draw_test_images(voc, out / "test" / "softmax", figure)
+    draw_test_images(voc, out / "test" / "fine-tuned" / "softmax", figure)
     print("[6/6] detection on the test split (VOC AP by the devkit's rules), fine-tuned softmax:")
     print(softmax["report"])
     print(
@@ -149,8 +146,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("predictions", Path(metrics["out"]) / "examples.png"),
         ("SVMs", run / "svm"),
         ("box regressors", run / "bbox"),
-        ("detection AP", out / "test" / "softmax" / "metrics.json"),
-        ("result files", out / "test" / "softmax" / "comp4_det_test_car.txt"),
+        ("detection AP", out / "test" / "fine-tuned" / "softmax" / "metrics.json"),
+        ("result files", out / "test" / "fine-tuned" / "softmax" / "comp4_det_test_car.txt"),
         ("ablation", out / "test" / "ablation.md"),
         ("detections", figure),
     ]:

@@ -26,6 +26,7 @@ COMMANDS = {
     "prepare": (data.add_prepare, data.cmd_prepare),
     "train": (train.add_train, train.cmd_train),
     "evaluate": (train.add_evaluate, train.cmd_evaluate),
+    "visualize": (train.add_visualize, train.cmd_visualize),
     "compare": (train.add_compare, train.cmd_compare),
     "detect": (detect.add_detect, detect.cmd_detect),
     "test": (detect.add_test, detect.cmd_test),
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="R-CNN on PASCAL VOC-format data.\n\n"
         "Pipeline: rcnn synth (optional) -> rcnn prepare -> rcnn train -> rcnn evaluate\n"
         "          -> rcnn detect (images) / rcnn test (VOC detection AP)\n"
-        "          -> rcnn features -> rcnn train-svm / train-bbox -> rcnn ablate.\n"
+        "          -> rcnn features -> rcnn train-svm / train-bbox -> rcnn ablate;\n"
+        "rcnn visualize draws what pool5 units respond to.\n"
         "`rcnn demo` runs it all on synthetic data.\n"
         "Run `rcnn COMMAND --help` for each command's flags.",
     )

@@ -243,26 +243,35 @@ def add_ablate(sub) -> None:
     p = parser(
         sub,
         "ablate",
-        "the R-CNN paper's Table 2: softmax vs SVM vs SVM + box regression",
-        "Run `rcnn test` three ways from one forward pass per image: the "
-        "fine-tuned network's softmax, the per-class SVMs on its fc7 features (`rcnn "
-        "train-svm`), and the SVMs with box regression (`rcnn train-bbox`). Writes each "
-        "variant's result files and metrics to OUT/{softmax,svm,svm-bbox}/ and the table to "
-        "OUT/ablation.md, ablation.json and ablation.png (per-class AP side by side).",
+        "the R-CNN paper's Table 2: SVMs on pool5, fc6, fc7, before and after fine-tuning",
+        "Train per-class SVMs on pool5, fc6 and fc7 of the network before fine-tuning (the "
+        "weights the run started from: its initial.pt, or ImageNet's) and of the fine-tuned "
+        "one, on the regions of --data (`rcnn prepare --preset paper`), each network's "
+        "features computed once, on the fly; then score on the split, as `rcnn test` does, "
+        "those six, fc7 with box regression (RUN/bbox, or trained on the fly) and the "
+        "fine-tuned softmax. Writes the SVMs to OUT/heads/, each row's result files and "
+        "metrics to OUT/{initial,fine-tuned}/ROW/, and the table, beside the paper's VOC2007 "
+        "numbers (for reference, not measured), to OUT/ablation.md, ablation.json and "
+        "ablation.png.",
     )
-    add_model(p, "run folder or best.pt")
+    p.add_argument("model", metavar="RUN", help="run folder of `rcnn train`")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--data", required=True, help="`rcnn prepare --preset paper` output: the SVMs' regions"
+    )
+    p.add_argument("--train-split", default="trainval", help="the split of --data to train on")
     _add_split_flags(p)
 
 
 def cmd_ablate(args) -> None:
-    from rcnn.detection.ablate import run_ablation
-    from rcnn.heads.config import run_part
+    from rcnn.detection.ablate import AblationConfig, run_ablation
 
-    if args.bbox_reg is None:
-        args.bbox_reg = str(run_part(args.model, "bbox"))
-    result = run_ablation(_test_config(args))
+    args.classes = None
+    result = run_ablation(
+        AblationConfig(_test_config(args), args.data, args.train_split, bbox_reg=args.bbox_reg)
+    )
     if result:
         print(result["table"])
-        print(f"per-variant results in {result['out']}/{{softmax,svm,svm-bbox}}, table and "
-              f"figure in {result['out']}/ablation.{{md,json,png}}")  # fmt: skip
+        print(f"per-row results in {result['out']}/{{initial,fine-tuned}}/, SVMs in "
+              f"{result['out']}/heads/, table and figure in "
+              f"{result['out']}/ablation.{{md,json,png}}")  # fmt: skip

@@ -14,6 +14,7 @@ from rcnn.cli.common import (
     parser,
 )
 from rcnn.heads.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig
+from rcnn.modeling.config import LAYERS
 
 SVM_FLAGS = {
     "C": "SVM regularization",
@@ -21,6 +22,7 @@ SVM_FLAGS = {
     "passes": "passes over the negatives (the paper: one)",
     "retrain_every": "hard negatives that make a class train again mid-pass",
     "first_negatives": "random negatives of a class's first training",
+    "layer": "the features the SVMs score: pool5, fc6 or fc7 (the paper's Table 2 compares them)",
     "solver": "newton (warm-started, on the device) or liblinear (scikit-learn's LinearSVC)",
     "max_cache_gb": "memory of the hard-negative caches of all classes together; past it the "
     "easiest cached negatives go first",
@@ -62,12 +64,13 @@ def add_features(sub) -> None:
     p = parser(
         sub,
         "features",
-        "fc7 (and pool5) features of every region, for the SVM and box stages",
+        "fc7 (and pool5, fc6) features of every region, for the SVM and box stages",
         "Warp every region of the chosen splits (no flip) and push it through the "
-        "fine-tuned network in eval mode, keeping fc7 (the input of the last layer: 4,096 "
-        "values for AlexNet, after its ReLU) and with --pool5 also pool5 (the input of the "
-        "first fully connected layer: 9,216 for AlexNet). Other backbones: the inputs of their "
-        "last and first nn.Linear. Stored as float16 chunks of 4,096 regions, written "
+        "fine-tuned network in eval mode, keeping the --layers asked: fc7 (the input of the "
+        "last layer: 4,096 values for AlexNet, after its ReLU), fc6 (the input of the second "
+        "fully connected layer: 4,096) and pool5 (the input of the first: 9,216). Other "
+        "backbones: the inputs of their last, second and first nn.Linear. Stored as float16 "
+        "chunks of 4,096 regions, written "
         "atomically: a killed run resumes with the missing chunks, in the store's precision. "
         "Prints the bytes per region before it starts.",
     )
@@ -78,6 +81,9 @@ def add_features(sub) -> None:
         "--split", nargs="+", default=default(FeaturesConfig, "splits"), dest="splits",
         help="splits",
     )  # fmt: skip
+    p.add_argument(
+        "--layers", nargs="+", choices=LAYERS, default=["fc7"], help="the feature taps to keep"
+    )
     p.add_argument("--pool5", action="store_true", help="also pool5 (for box regression)")
     add_inference_flags(p)
     p.add_argument(
@@ -99,7 +105,7 @@ def cmd_features(args) -> None:
             data=args.data,
             out=out,
             splits=args.splits,
-            layers=["fc7", "pool5"] if args.pool5 else ["fc7"],
+            layers=[n for n in LAYERS if n in args.layers or (n == "pool5" and args.pool5)],
             inference=inference(args),
             overwrite=args.overwrite,
             progress=not args.no_progress,

@@ -20,6 +20,7 @@ from rcnn.cli.common import (
 )
 from rcnn.demo import DemoConfig, run_demo
 from rcnn.errors import ConfigError
+from rcnn.evaluation.config import VisualizeConfig
 from rcnn.training.config import (
     BEST_METRICS,
     OPTIMIZERS,
@@ -222,6 +223,61 @@ def cmd_evaluate(args) -> None:
     )
     print(metrics["report"])
     print(f"metrics, pr.png and examples.png in {metrics['out']}")
+
+
+def add_visualize(sub) -> None:
+    p = parser(
+        sub,
+        "visualize",
+        "the regions that pool5 units like best (the paper's Figure 4)",
+        "Treat pool5 units (a channel at one cell of AlexNet's 256 x 6 x 6 map) as object "
+        "detectors: score every region of a split, keep each unit's best regions after "
+        "non-maximum suppression within an image (IoU 0.3), and draw them as the network saw "
+        "them, with the unit's receptive field in white and its activation. Without --unit, "
+        "the units of the highest activations over the split, one a channel. Writes "
+        "units.png and units.json.",
+    )
+    add_model(p, "run folder, .pt checkpoint, or model.pth (+ --classes)")
+    p.add_argument("--data", required=True, help="`rcnn prepare` output folder or a region store")
+    p.add_argument("--split", default=default(VisualizeConfig, "split"), help="split inside --data")
+    p.add_argument("--out", help="output folder (default: RUN/units-SPLIT)")
+    p.add_argument(
+        "--units", type=int, default=default(VisualizeConfig, "units"), help="units to choose"
+    )
+    p.add_argument(
+        "--unit",
+        type=int,
+        nargs=3,
+        action="append",
+        metavar=("C", "Y", "X"),
+        help="draw this unit (channel, row, column of pool5) instead; repeat for more",
+    )
+    p.add_argument(
+        "--top", type=int, default=default(VisualizeConfig, "top"), help="regions drawn a unit"
+    )
+    add_inference_flags(p)
+    add_progress(p)
+
+
+def cmd_visualize(args) -> None:
+    from rcnn.evaluation.units import format_units, run_visualize
+
+    summary = run_visualize(
+        VisualizeConfig(
+            model=args.model,
+            data=args.data,
+            classes=args.classes,
+            split=args.split,
+            out=args.out,
+            units=args.units,
+            unit=[tuple(u) for u in args.unit or []],
+            top=args.top,
+            inference=inference(args),
+            progress=not args.no_progress,
+        )
+    )
+    print(format_units(summary))
+    print(f"units.png and units.json in {summary['out']}")
 
 
 def add_compare(sub) -> None:

@@ -1,90 +1,174 @@
-"""``rcnn ablate``: the R-CNN paper's Table 2 for one dataset.
+"""``rcnn ablate``: the R-CNN paper's Table 2 on one dataset.
 
-The fine-tuned network's own softmax, the per-class SVMs on its fc7 features, and the SVMs
-with bounding-box regression, scored by ``rcnn test``'s rules on the same split, from one
-forward pass per image (the three share proposals, warps and features). Writes each variant's
-result files and metrics to ``OUT/{softmax,svm,svm-bbox}/``, and ``OUT/ablation.json``,
-``OUT/ablation.md`` and ``OUT/ablation.png`` (per-class AP side by side).
+SVMs on pool5, fc6 and fc7 of the network before fine-tuning (the weights the run started
+from) and of the fine-tuned one, fc7 with box regression, and the fine-tuned network's own
+softmax, each scored by ``rcnn test``'s rules on the same split. Each network's features are
+computed once for its three layers' SVMs (on the fly, no store), and once a test image for
+all of its rows. Writes the SVMs to ``OUT/heads/{initial,fine-tuned}/{pool5,fc6,fc7}/``, each
+row's result files and metrics to ``OUT/{initial,fine-tuned}/{row}/``, and the table, with the
+paper's VOC2007 numbers beside for reference, to ``OUT/ablation.{md,json,png}``.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rcnn.detection.config import Variant
 from rcnn.detection.testing import TestConfig, run_test
 from rcnn.files import atomic_write_bytes, atomic_write_json
-
-VARIANTS = [
-    Variant("softmax", "softmax", bbox_reg=False),
-    Variant("svm", "svm", bbox_reg=False),
-    Variant("svm-bbox", "svm", bbox_reg=True),
-]
-TITLES = {
-    "softmax": "fine-tuned softmax",
-    "svm": "fine-tuned fc7 + SVM",
-    "svm-bbox": "SVM + box regression",
-}
+from rcnn.heads.config import BBoxConfig, HeadConfig, SVMConfig, run_part
+from rcnn.heads.train import run_layer_svms, run_train_bbox
+from rcnn.modeling.checkpoint import initial_network
+from rcnn.runtime.distributed import broadcast, rank_zero_first
+from rcnn.runtime.stage import run_stage
 
 
-def run_ablation(cfg: TestConfig) -> dict:
-    """Runs the three variants; returns ``{"variants": {name: metrics}, "table": markdown}``."""
-    results = run_test(replace(cfg, variants=VARIANTS))
-    if not results:  # a torchrun process other than rank 0
-        return {}
-    out = Path(cfg.out)
-    table = format_table(results)
+@dataclass(frozen=True)
+class Row:
+    name: str  # its folder
+    network: str  # "initial" or "fine-tuned"
+    layer: str | None  # the SVMs' layer; None: the network's softmax
+    bbox: bool
+    title: str
+    paper: float  # the paper's VOC2007 test mAP (%), for reference
+
+
+ROWS = (
+    Row("pool5", "initial", "pool5", False, "pool5, not fine-tuned", 44.2),
+    Row("fc6", "initial", "fc6", False, "fc6, not fine-tuned", 46.2),
+    Row("fc7", "initial", "fc7", False, "fc7, not fine-tuned", 44.7),
+    Row("pool5", "fine-tuned", "pool5", False, "pool5, fine-tuned", 47.3),
+    Row("fc6", "fine-tuned", "fc6", False, "fc6, fine-tuned", 53.1),
+    Row("fc7", "fine-tuned", "fc7", False, "fc7, fine-tuned", 54.2),
+    Row("fc7-bbox", "fine-tuned", "fc7", True, "fc7, fine-tuned, + box regression", 58.5),
+    # Not in Table 2: its appendix B, the fine-tuned network's softmax in place of the SVMs.
+    Row("softmax", "fine-tuned", None, False, "fine-tuned softmax (no SVM)", 50.9),
+)
+LAYERS = ("pool5", "fc6", "fc7")
+
+
+@dataclass
+class AblationConfig:
+    """The ablation of a run: ``test`` names the run (``test.model``, a run folder), the
+    dataset, split and ``OUT``; ``data`` the regions of ``rcnn prepare --preset paper`` that
+    the SVMs train on (split ``train_split``). The box regressors are the run's (``bbox_reg``,
+    default ``RUN/bbox``), trained on the fly into ``OUT/heads`` when it has none."""
+
+    test: TestConfig
+    data: str
+    train_split: str = "trainval"
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    bbox_reg: str | None = None
+
+
+def key(row: Row) -> str:
+    return f"{row.network}/{row.name}"
+
+
+def run_ablation(cfg: AblationConfig) -> dict | None:
+    """Trains what the rows need and scores every row; returns ``{"rows": {key: metrics},
+    "table": markdown, "out": OUT}`` (``None`` on torchrun's other ranks)."""
+    test, out = cfg.test, Path(cfg.test.out)
+    run = Path(test.model)
+    with run_stage("rcnn ablate", test.detector.inference.device, cfg) as stage:
+        stage.claim(out)
+        found: dict = {}
+        rank_zero_first(stage.world, lambda: found.update(initial=initial_network(run, out)))
+        initial, what = broadcast(found.get("initial"))
+        networks = {"initial": initial, "fine-tuned": run / "best.pt"}
+        heads = HeadConfig(model="", data=cfg.data, split=cfg.train_split,
+                           inference=test.detector.inference, progress=test.progress)  # fmt: skip
+        folders = {}
+        for name, model in networks.items():
+            layer_heads = replace(heads, model=str(model), out=str(out / "heads" / name))
+            folders[name] = run_layer_svms(layer_heads, cfg.svm, LAYERS)
+        bbox = Path(cfg.bbox_reg or run_part(run, "bbox"))
+        if not (bbox / "bbox.npz").is_file():
+            bbox = out / "heads" / "fine-tuned" / "bbox"
+            run_train_bbox(replace(heads, model=str(run / "best.pt"), out=str(bbox)), BBoxConfig())
+        rows = {}
+        for name, model in networks.items():
+            layers = broadcast(folders[name])
+            variants = [_variant(row, layers) for row in ROWS if row.network == name]
+            detector = replace(test.detector, bbox_reg=str(bbox))
+            scored = run_test(replace(test, model=str(model), out=str(out / name),
+                                      variants=variants, detector=detector))  # fmt: skip
+            if scored is not None:
+                rows.update({f"{name}/{v}": m for v, m in scored.items()})
+        if not stage.world.is_main:
+            return None
+    return _report(out, rows, test.split, what)
+
+
+def _variant(row: Row, layers: dict) -> Variant:
+    if row.layer is None:
+        return Variant(row.name, "softmax")
+    return Variant(row.name, "svm", row.bbox, str(layers[row.layer]))
+
+
+def _report(out: Path, rows: dict, split: str, initial: str) -> dict:
+    table = format_table(rows, initial)
     atomic_write_bytes(out / "ablation.md", (table + "\n").encode())
-    summary = {
-        name: {
-            "map_07": m["map_07"],
-            "map": m["map"],
-            "map_07_strict": m["map_07_strict"],
-            "ap_07": {c: v["ap_07"] for c, v in m["classes"].items()},
-            "ap": {c: v["ap"] for c, v in m["classes"].items()},
+    summary = [  # a list: the paper's order
+        {
+            "row": key(row),
+            "title": row.title,
+            "paper_voc2007_map": row.paper,
+            "map_07": rows[key(row)]["map_07"],
+            "map": rows[key(row)]["map"],
+            "map_07_strict": rows[key(row)]["map_07_strict"],
+            "ap_07": {c: v["ap_07"] for c, v in rows[key(row)]["classes"].items()},
+            "ap": {c: v["ap"] for c, v in rows[key(row)]["classes"].items()},
         }
-        for name, m in results.items()
-    }
-    atomic_write_json(out / "ablation.json", summary)
-    plot_ablation(summary, out / "ablation.png", cfg.split)
-    return {"variants": results, "table": table, "out": str(out)}
+        for row in ROWS
+    ]
+    atomic_write_json(out / "ablation.json", {"initial_network": initial, "rows": summary})
+    plot_ablation(summary, out / "ablation.png", split)
+    return {"rows": rows, "table": table, "out": str(out), "initial_network": initial}
 
 
-def format_table(results: dict) -> str:
-    """Markdown: one row per variant, VOC2007 11-point AP per class, both mAPs, and the
-    11-point mAP when a detection must overlap its object by more than 0.7."""
-    classes = list(next(iter(results.values()))["classes"])
-    head = ["variant", *classes, "mAP (07)", "mAP (area)", "mAP (07) at IoU 0.7"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for name, m in results.items():
+def format_table(rows: dict, initial: str) -> str:
+    """Markdown: one row per line of Table 2, VOC2007 11-point AP per class, both mAPs, the
+    11-point mAP when a detection must overlap its object by more than 0.7, and the paper's
+    VOC2007 mAP (not measured here: for reference)."""
+    classes = list(next(iter(rows.values()))["classes"])
+    head = ["", *classes, "mAP (07)", "mAP (area)", "mAP (07) IoU 0.7", "paper, VOC2007"]
+    lines = [
+        f"Not fine-tuned: {initial}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+    ]
+    for row in ROWS:
+        m = rows[key(row)]
         cells = [f"{m['classes'][c]['ap_07']:.3f}" for c in classes]
-        row = [TITLES.get(name, name), *cells, f"{m['map_07']:.3f}", f"{m['map']:.3f}",
-               f"{m['map_07_strict']:.3f}"]  # fmt: skip
-        lines.append("| " + " | ".join(row) + " |")
+        line = [row.title, *cells, f"{m['map_07']:.3f}", f"{m['map']:.3f}",
+                f"{m['map_07_strict']:.3f}", f"{row.paper / 100:.3f}"]  # fmt: skip
+        lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
 
 
-def plot_ablation(summary: dict, path: Path, split: str) -> None:
+def plot_ablation(summary: list[dict], path: Path, split: str) -> None:
+    """Each row's mAP measured here beside the paper's VOC2007 one."""
     import numpy as np
     from matplotlib.figure import Figure
 
     from rcnn.evaluation.plots import DPI, save_figure
 
-    names = list(summary)
-    classes = list(next(iter(summary.values()))["ap_07"])
-    groups = [*classes, "mean"]
-    fig = Figure(figsize=(max(5.0, 1.1 * len(groups) + 2), 4), dpi=DPI, layout="constrained")
+    titles = [s["title"] for s in summary]
+    measured = [s["map_07"] for s in summary]
+    paper = [s["paper_voc2007_map"] / 100 for s in summary]
+    fig = Figure(figsize=(9, 4.5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / len(names)
-    x = np.arange(len(groups))
-    for i, name in enumerate(names):
-        values = [summary[name]["ap_07"][c] for c in classes] + [summary[name]["map_07"]]
-        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=TITLES[name])
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(x, groups, rotation=45 if len(groups) > 6 else 0)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("AP (VOC2007 11-point)")
-    ax.set_title(f"R-CNN ablation on the {split} split")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(names))
+    y = np.arange(len(titles))
+    bars = ax.barh(y - 0.2, measured, 0.4, label=f"measured, {split} split")
+    ax.barh(y + 0.2, paper, 0.4, label="the paper, VOC2007 test (reference)", alpha=0.5)
+    ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_yticks(y, titles)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("mAP (VOC2007 11-point)")
+    ax.set_title("R-CNN's Table 2: SVMs on each layer, before and after fine-tuning")
+    ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, path)

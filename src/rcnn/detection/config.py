@@ -15,11 +15,13 @@ DEFAULT_THRESH = {"softmax": 0.6, "svm": 0.0}  # the reference detector's; an SV
 @dataclass(frozen=True)
 class Variant:
     """How proposals become detections: ``softmax`` (the fine-tuned network's probability) or
-    ``svm`` (the per-class SVMs on fc7), with or without box regression."""
+    ``svm`` (per-class SVMs on the layer their files name: fc7 by default), with or without
+    box regression. ``svm`` names the SVMs' folder (default: the detector's)."""
 
     name: str
     scorer: str = "softmax"
     bbox_reg: bool = False
+    svm: str | None = None
 
 
 @dataclass

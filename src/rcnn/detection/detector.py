@@ -28,12 +28,13 @@ from rcnn.data.proposal_files import proposal_source
 from rcnn.data.proposals import ProposalResult
 from rcnn.data.regions import RegionSet
 from rcnn.data.warps import ImageStore
-from rcnn.detection.config import DetectorConfig
+from rcnn.detection.config import DetectorConfig, Variant
 from rcnn.errors import RcnnError
 from rcnn.heads.bbox_regression import BBoxRegressor
 from rcnn.heads.config import run_part
 from rcnn.heads.svm import SVMModel
 from rcnn.modeling.checkpoint import LoadedModel
+from rcnn.modeling.config import LAYERS
 from rcnn.modeling.features import feature_dims, forward_features
 from rcnn.progress import progress_bar
 from rcnn.runtime.device import autocast
@@ -68,21 +69,28 @@ class Detector:
     """
 
     def __init__(self, loaded: LoadedModel, cfg: DetectorConfig, variants=None):
-        self.cfg, self.classes = cfg, loaded.classes
+        self.cfg, self.classes, self.source = cfg, loaded.classes, loaded.source
         self.variants = list(variants or [cfg.variant])
         self.device, self.inference, self.model = loaded.for_inference(cfg.inference)
         self.warp = loaded.spec.warp()
         dims = feature_dims(self.model)
-        self.svm = self.bbox = None
-        self.svm_folder = Path(cfg.svm or run_part(loaded.source, "svm"))
+        self.bbox = None
+        self.svms: dict[Path, SVMModel] = {}  # a variant's SVMs by folder
+        for folder in dict.fromkeys(self.svm_folder(v) for v in self.variants if v.scorer == "svm"):
+            svm = SVMModel.load(folder)
+            if svm.layer not in dims:
+                raise RcnnError(f"{folder}: SVMs of a layer {svm.layer!r} not among {LAYERS}")
+            self.svms[folder] = check_head(svm, folder, loaded, dims[svm.layer])
         self.bbox_folder = Path(cfg.bbox_reg or run_part(loaded.source, "bbox"))
-        if any(v.scorer == "svm" for v in self.variants):
-            svm = SVMModel.load(self.svm_folder)
-            self.svm = check_head(svm, self.svm_folder, loaded, dims["fc7"])
         if any(v.bbox_reg for v in self.variants):
             bbox = BBoxRegressor.load(self.bbox_folder)
             self.bbox = check_head(bbox, self.bbox_folder, loaded, dims["pool5"])
-        self.layers = [n for n, head in (("fc7", self.svm), ("pool5", self.bbox)) if head]
+        needed = {svm.layer for svm in self.svms.values()} | ({"pool5"} if self.bbox else set())
+        self.layers = [name for name in LAYERS if name in needed]
+
+    def svm_folder(self, variant: Variant) -> Path:
+        """The folder of a variant's SVMs: its own, the detector's, or the run's ``svm/``."""
+        return Path(variant.svm or self.cfg.svm or run_part(self.source, "svm"))
 
     def forward(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[dict]:
         """Per image: softmax probabilities ``probs [K_i, K + 1]`` of its boxes ``[K_i, 4]`` and
@@ -120,8 +128,11 @@ class Detector:
     def postprocess(self, boxes: np.ndarray, out: dict, size, variant=None) -> Detections:
         """Scores, box regression, threshold, per-class NMS and caps for one image."""
         variant = variant or self.variants[0]
-        svm = variant.scorer == "svm"
-        scores = self.svm.scores(out["fc7"]) if svm else out["probs"][:, 1:]
+        if variant.scorer == "svm":
+            svm = self.svms[self.svm_folder(variant)]
+            scores = svm.scores(out[svm.layer])
+        else:
+            scores = out["probs"][:, 1:]
         if variant.bbox_reg:
             boxes = self.bbox.apply(boxes, out["pool5"], size)
         return select_detections(

@@ -276,7 +276,7 @@ def _settings(cfg: TestConfig, dataset: Dataset, loaded, variant, detector) -> d
             "max_side")  # fmt: skip
     heads = {}
     if variant.scorer == "svm":
-        heads["svm"] = _head_digest(detector.svm_folder, "svm")
+        heads["svm"] = _head_digest(detector.svm_folder(variant), "svm")
     if variant.bbox_reg:
         heads["bbox"] = _head_digest(detector.bbox_folder, "bbox")
     return {

@@ -92,6 +92,7 @@ class SVMConfig:
     # first past it. VOC2007's 20 classes fit a 16 GB machine with it, beside the decoded
     # images (2.8 GB) and the network.
     max_cache_gb: float = 8.0
+    layer: str = "fc7"  # the features the SVMs score: pool5, fc6 or fc7 (the paper's Table 2)
 
     def __post_init__(self):
         _check([
@@ -103,6 +104,7 @@ class SVMConfig:
             (self.first_negatives >= 1, "--first-negatives must be >= 1"),
             (self.solver in SOLVERS, f"--solver must be one of {SOLVERS}, got {self.solver!r}"),
             (self.max_cache_gb > 0, f"--max-cache-gb must be > 0, got {self.max_cache_gb}"),
+            (self.layer in LAYERS, f"--layer must be one of {LAYERS}, got {self.layer!r}"),
         ])  # fmt: skip
 
 

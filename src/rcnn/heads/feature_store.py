@@ -90,7 +90,7 @@ class FeatureStore:
             raise FeatureStoreError(
                 f"{self.root} has no {layer} features of split '{split}' (it has "
                 f"{sorted(meta['layers'])} of {sorted(meta['splits'])}): run `rcnn features` "
-                f"with --split {split}" + (" --pool5" if layer == "pool5" else "")
+                f"with --split {split} --layers {layer}"
             )
         self.meta = meta
         self.dim = meta["layers"][layer]

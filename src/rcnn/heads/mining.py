@@ -57,55 +57,103 @@ def train_svms(
     """
     examples = _checked_examples(regions, cfg)
     positives = _features_of(features, [ex.positives for ex in examples])
-    budget = cfg.max_cache_gb * 1e9
-    pool = NegativePool(features.dim, len(regions))
-    # Room for the first negatives and a retraining's worth, within the budget.
-    pool.reserve(min(cfg.first_negatives + cfg.retrain_every, int(budget / pool.row_bytes)))
-    trainers = {c: ClassTrainer(regions.classes[c], positives[c], cfg, pool, device)
-                for c, ex in enumerate(examples) if len(ex.positives)}  # fmt: skip
-    log: list[dict] = []
-
-    def train(group: list[ClassTrainer], pass_: int) -> None:
-        for row in train_classes(group, scale, pass_) if group else []:
-            row["cache_mb"] = round(pool.nbytes / 1e6, 1)
-            log.append(row)
-            if report is not None:
-                report(row)
-
-    truth = regions.require_truth("train-svm")
-    everyone = np.unique(np.concatenate([ex.negatives for ex in examples]))
-    scale, first = None, []  # first: the first negatives' features, for the scale
+    miner = Miner(regions, examples, positives, cfg, report, device)
     for pass_ in range(1, cfg.passes + 1):
-        for rows, x in features.stream(everyone):
-            negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
-            if scale is None:  # the first negatives of each class go to its cache as they come
-                _cache_first(trainers, rows, x, negative, cfg.first_negatives)
-                hold_budget(pool, trainers.values(), budget)
-                first.append(half(x))
-                if any(len(t.cache) < cfg.first_negatives for t in trainers.values()):
-                    continue
-                scale = _scale([t.positives for t in trainers.values()], first, cfg)
-                train(list(trainers.values()), 0)
-                # then this same block is mined with the first SVMs, as every later one
-            weights = np.stack([t.weights for t in trainers.values()])
-            biases = np.array([t.bias for t in trainers.values()], np.float32)
-            scores = (x @ weights.T) * scale + biases  # [B, K]: every class at once
-            for j, (c, trainer) in enumerate(trainers.items()):
-                hard = negative[:, c] & (scores[:, j] > cfg.hard)
-                if hard.any():
-                    trainer.add(rows[hard], x[hard], scores[hard, j])
-            hold_budget(pool, trainers.values(), budget)
-            train([t for t in trainers.values() if t.due], pass_)
-        if scale is None:  # fewer negatives in all than a first training takes
-            scale = _scale([t.positives for t in trainers.values()], first, cfg)
-        train(list(trainers.values()), pass_)
-    weights = np.zeros((len(examples), features.dim), np.float32)
-    biases = np.zeros(len(examples), np.float32)
-    for c, trainer in trainers.items():
-        weights[c], biases[c] = trainer.weights, trainer.bias
-    untrained = [regions.classes[c] for c in range(len(examples)) if c not in trainers]
-    info = {"config": asdict(cfg), "passes": cfg.passes, "untrained": untrained}
-    return SVMModel(weights, biases, scale, list(regions.classes), info), log
+        for rows, x in features.stream(miner.negatives):
+            miner.block(rows, x, pass_)
+        miner.end_pass(pass_)
+    return miner.model()
+
+
+def train_layer_svms(regions, stream, cfg: SVMConfig, report=None, device="cpu") -> dict:
+    """Every class's SVMs on each layer of a :class:`~rcnn.heads.stream.FeatureStream` of
+    several (``stream.layers``), from one pass of the network: ``{layer: (model, log)}``."""
+    examples = _checked_examples(regions, cfg)
+    union = np.unique(np.concatenate([ex.positives for ex in examples]))
+    found = stream.rows_layers(union)
+    miners = {}
+    for layer, rows in found.items():
+        rows = half(rows)
+        positives = [rows[np.searchsorted(union, ex.positives)] for ex in examples]
+        miners[layer] = Miner(regions, examples, positives, cfg, report, device)
+    for pass_ in range(1, cfg.passes + 1):
+        for rows, xs in stream.stream_layers(next(iter(miners.values())).negatives):
+            for layer, miner in miners.items():
+                miner.block(rows, xs[layer], pass_)
+        for miner in miners.values():
+            miner.end_pass(pass_)
+    return {layer: miner.model() for layer, miner in miners.items()}
+
+
+class Miner:
+    """The state of one pass of hard-negative mining over the negatives of every class: the
+    classes' trainers, their shared pool of cached negatives, the feature scale once known,
+    and the log. :meth:`block` takes the blocks of the pass in order."""
+
+    def __init__(self, regions, examples, positives, cfg: SVMConfig, report=None, device="cpu"):
+        self.regions, self.examples, self.cfg, self.report = regions, examples, cfg, report
+        self.truth = regions.require_truth("train-svm")
+        self.negatives = np.unique(np.concatenate([ex.negatives for ex in examples]))
+        self.dim = positives[0].shape[1]
+        self.budget = cfg.max_cache_gb * 1e9
+        self.pool = NegativePool(self.dim, len(regions))
+        # Room for the first negatives and a retraining's worth, within the budget.
+        room = cfg.first_negatives + cfg.retrain_every
+        self.pool.reserve(min(room, int(self.budget / self.pool.row_bytes)))
+        self.trainers = {c: ClassTrainer(regions.classes[c], positives[c], cfg, self.pool, device)
+                         for c, ex in enumerate(examples) if len(ex.positives)}  # fmt: skip
+        self.log: list[dict] = []
+        self.scale, self.first = None, []  # first: the first negatives' features, for the scale
+
+    def train(self, group: list[ClassTrainer], pass_: int) -> None:
+        for row in train_classes(group, self.scale, pass_) if group else []:
+            row["cache_mb"] = round(self.pool.nbytes / 1e6, 1)
+            self.log.append(row)
+            if self.report is not None:
+                self.report(row)
+
+    def block(self, rows: np.ndarray, x: np.ndarray, pass_: int) -> None:
+        """Mines a block of negatives (their region indices and float32 features)."""
+        cfg, trainers = self.cfg, self.trainers
+        truth = self.truth
+        negative = ~truth.is_gt[rows, None] & (truth.class_ious[rows] < cfg.neg_iou)
+        if self.scale is None:  # the first negatives of each class go to its cache as they come
+            _cache_first(trainers, rows, x, negative, cfg.first_negatives)
+            hold_budget(self.pool, trainers.values(), self.budget)
+            self.first.append(half(x))
+            if any(len(t.cache) < cfg.first_negatives for t in trainers.values()):
+                return
+            self.scale = _scale([t.positives for t in trainers.values()], self.first, cfg)
+            self.first = []
+            self.train(list(trainers.values()), 0)
+            # then this same block is mined with the first SVMs, as every later one
+        weights = np.stack([t.weights for t in trainers.values()])
+        biases = np.array([t.bias for t in trainers.values()], np.float32)
+        scores = (x @ weights.T) * self.scale + biases  # [B, K]: every class at once
+        for j, (c, trainer) in enumerate(trainers.items()):
+            hard = negative[:, c] & (scores[:, j] > cfg.hard)
+            if hard.any():
+                trainer.add(rows[hard], x[hard], scores[hard, j])
+        hold_budget(self.pool, trainers.values(), self.budget)
+        self.train([t for t in trainers.values() if t.due], pass_)
+
+    def end_pass(self, pass_: int) -> None:
+        """Every class trains once more at the end of a pass."""
+        if self.scale is None:  # fewer negatives in all than a first training takes
+            self.scale = _scale([t.positives for t in self.trainers.values()], self.first,
+                                self.cfg)  # fmt: skip
+        self.train(list(self.trainers.values()), pass_)
+
+    def model(self) -> tuple[SVMModel, list[dict]]:
+        count = len(self.examples)
+        weights = np.zeros((count, self.dim), np.float32)
+        biases = np.zeros(count, np.float32)
+        for c, trainer in self.trainers.items():
+            weights[c], biases[c] = trainer.weights, trainer.bias
+        classes = list(self.regions.classes)
+        untrained = [classes[c] for c in range(count) if c not in self.trainers]
+        info = {"config": asdict(self.cfg), "passes": self.cfg.passes, "untrained": untrained}
+        return SVMModel(weights, biases, self.scale, classes, info), self.log
 
 
 def hold_budget(pool: NegativePool, trainers, budget: float) -> int:

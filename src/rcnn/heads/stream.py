@@ -30,7 +30,9 @@ from rcnn.runtime.device import autocast, precision_name
 
 
 class FeatureStream:
-    """One layer's features of the regions of ``regions``, computed by ``loaded`` when asked.
+    """Features of the regions of ``regions``, computed by ``loaded`` when asked: of one layer
+    (``layer``; :meth:`stream` and :meth:`rows`), or of several from one forward pass
+    (``layers``; :meth:`stream_layers` and :meth:`rows_layers`).
 
     The images are decoded once, when the stream is made (their bytes are in
     :attr:`image_bytes`); nothing is written to disk.
@@ -43,11 +45,14 @@ class FeatureStream:
         layer: str,
         inference: InferenceConfig,
         progress: bool = False,
+        layers: tuple[str, ...] | None = None,
     ):
         self.device, self.inference, self.model = loaded.for_inference(inference)
         self.warp = loaded.spec.warp()
         self.regions, self.layer, self.progress = regions, layer, progress
-        self.dim = feature_dims(self.model)[layer]
+        self.layers = tuple(layers or (layer,))
+        self.dims = {name: feature_dims(self.model)[name] for name in self.layers}
+        self.dim = self.dims[layer]
         self.store = ImageStore.of(regions, self.inference.threads)
         self.computed = 0  # regions pushed through the network so far
         self.precision = precision_name(self.device, self.inference.amp)
@@ -63,39 +68,53 @@ class FeatureStream:
     def stream(self, indices, desc: str = "features") -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(indices of a batch, their float32 [B, D] features)``, batch by batch in order.
         Under torchrun (:attr:`shared` set) the batches are computed by every process."""
+        for batch, found in self.stream_layers(indices, desc):
+            yield batch, found[self.layer]
+
+    def stream_layers(self, indices, desc: str = "features") -> Iterator[tuple[np.ndarray, dict]]:
+        """``(indices of a batch, {layer: float32 [B, D]})`` of every layer, in order."""
         indices = np.asarray(indices, dtype=np.int64)
         batches = chunks(indices, self.inference.batch)
         if not batches:
             return
         if self.shared is not None:
-            outputs = self.shared.map(self.layer, batches)
+            outputs = self.shared.map("features", batches)
         else:
             outputs = ahead(self._forward(batches))
         bar = progress_bar(total=len(indices), enabled=self.progress, desc=desc, unit="region")
         with bar:
-            for batch, rows in zip(batches, outputs, strict=True):
+            for batch, found in zip(batches, outputs, strict=True):
                 self.computed += len(batch)
                 bar.update(len(batch))
-                yield batch, rows
+                yield batch, found
 
-    def compute(self, _layer, batches: list[np.ndarray]) -> list[np.ndarray]:
+    def compute(self, _key, batches: list[np.ndarray]) -> list[dict]:
         """The float32 features of each batch (a process's share for :attr:`shared`)."""
         return list(self._forward([np.asarray(b, dtype=np.int64) for b in batches]))
 
-    def _forward(self, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
+    def _forward(self, batches: list[np.ndarray]) -> Iterator[dict]:
         feeder = make_feeder(self.regions, batches, self.warp, self.device,
                              workers=self.inference.threads, store=self.store)  # fmt: skip
         outputs = forward_features(
-            self.model, feeder, [self.layer], lambda: autocast(self.device, self.inference.amp)
+            self.model, feeder, self.layers, lambda: autocast(self.device, self.inference.amp)
         )
         for _, features in outputs:
             # float16, as a feature store keeps them: both sources give the same numbers.
-            yield features[self.layer].to("cpu", torch.float32).numpy()
+            yield {n: features[n].to("cpu", torch.float32).numpy() for n in self.layers}
 
     def rows(self, indices) -> np.ndarray:
         """float32 ``[len(indices), D]`` features of the given regions, in the given order."""
-        parts = [rows for _, rows in self.stream(indices)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        return self.rows_layers(indices)[self.layer]
+
+    def rows_layers(self, indices) -> dict[str, np.ndarray]:
+        """``{layer: float32 [len(indices), D]}`` of the given regions, in the given order."""
+        parts = [found for _, found in self.stream_layers(indices)]
+        return {
+            name: np.concatenate([p[name] for p in parts])
+            if parts
+            else np.zeros((0, dim), np.float32)
+            for name, dim in self.dims.items()
+        }
 
 
 def ahead(items: Iterator, depth: int = 8) -> Iterator:

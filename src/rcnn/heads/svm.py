@@ -31,6 +31,11 @@ class SVMModel(LinearHeads):
     def biases(self) -> np.ndarray:
         return self.offsets
 
+    @property
+    def layer(self) -> str:
+        """The features it scores (files of before the choice hold fc7's)."""
+        return self.info.get("layer", "fc7")
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``[N, K]`` SVM scores of raw (unscaled) features ``[N, D]``; a class that had no
         positive to train on scores -inf (it is never detected)."""

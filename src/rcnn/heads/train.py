@@ -25,23 +25,24 @@ from rcnn.heads.bbox_regression import train_bbox
 from rcnn.heads.config import BBoxConfig, FeaturesConfig, HeadConfig, SVMConfig, run_part
 from rcnn.heads.extract import StoreClash, run_features
 from rcnn.heads.feature_store import FeatureStore, FeatureStoreError, read_meta
-from rcnn.heads.mining import train_svms
+from rcnn.heads.mining import train_layer_svms, train_svms
 from rcnn.heads.stream import FeatureStream
+from rcnn.heads.svm import SVMModel
+from rcnn.modeling.config import LAYERS
 from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
 
 
-def feature_source(cfg: HeadConfig, layer: str, world=None) -> tuple:
-    """The network, the regions of ``cfg.split`` and where their ``layer`` features come
-    from: a feature store (``cfg.features``, completed first if needed, or a complete
-    ``RUN/features``), else a stream that computes them when asked."""
+def head_inputs(cfg: HeadConfig, command: str) -> tuple:
+    """The network and the regions of ``cfg.split``, checked for the heads (ground-truth boxes
+    among them, the network's classes)."""
     from rcnn.data.regions import load_split
     from rcnn.modeling.checkpoint import load_model
 
     loaded = load_model(cfg.model)
     regions = load_split(cfg.data, cfg.split)
-    regions.require_truth(f"train-{'svm' if layer == 'fc7' else 'bbox'}")
+    regions.require_truth(command.removeprefix("rcnn "))
     if [class_key(c) for c in regions.classes] != [class_key(c) for c in loaded.classes]:
         raise RcnnError(
             f"--data {cfg.data}: its regions are of classes {regions.classes}, but "
@@ -49,6 +50,14 @@ def feature_source(cfg: HeadConfig, layer: str, world=None) -> tuple:
             f"trained on regions of its own classes (`rcnn prepare --classes "
             f"{' '.join(loaded.classes)}`)"
         )
+    return loaded, regions
+
+
+def feature_source(cfg: HeadConfig, layer: str, world=None, command="rcnn train-svm") -> tuple:
+    """The network, the regions of ``cfg.split`` and where their ``layer`` features come
+    from: a feature store (``cfg.features``, completed first if needed, or a complete
+    ``RUN/features``), else a stream that computes them when asked."""
+    loaded, regions = head_inputs(cfg, command)
     if cfg.features:
         return loaded, regions, _store(cfg, layer, loaded, regions, Path(cfg.features), world)
     root = run_part(cfg.model, "features")
@@ -87,7 +96,7 @@ def _store(cfg: HeadConfig, layer: str, loaded, regions, root: Path, world=None)
                 f"... -m rcnn features {cfg.model} --data {cfg.data} --out {root}`"
             ) from None
         logger.info("computing %s features first (%s)", layer, err)
-    layers = sorted({layer, *(meta["layers"] if meta else [])}, key=["fc7", "pool5"].index)
+    layers = [n for n in LAYERS if n == layer or n in (meta["layers"] if meta else [])]
     features = FeaturesConfig(
         model=cfg.model, data=cfg.data, out=str(root), splits=[cfg.split], layers=layers,
         inference=cfg.inference, progress=cfg.progress,
@@ -130,7 +139,7 @@ def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> 
         cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
         frame.claim(out)
         loaded, regions, features = frame.everywhere(
-            lambda: feature_source(cfg, layer, frame.world)
+            lambda: feature_source(cfg, layer, frame.world, command)
         )
         frame.agree(loaded.digest, f"the weights of {cfg.model}")
         frame.agree(regions.info.get("generation"), f"the region store of split {cfg.split}")
@@ -159,7 +168,7 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict | None:
 
         device = resolve_device(cfg.inference.device)  # the solver's: the stage's device
         model, log = train_svms(regions, features, svm, report, device)
-        model.info.update(_source_info(loaded, features))
+        model.info.update(_source_info(loaded, features), layer=svm.layer)
         model.save(out)
         write_log(out / "svm_log.csv", log)
         held = int(max(r["cache_mb"] for r in log) * 1e6) + model.weights.nbytes
@@ -167,7 +176,62 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict | None:
                 "scale": model.scale, "classes": model.classes,
                 "features": model.info["features"], "memory": _memory(features, held)}  # fmt: skip
 
-    return _run_head(cfg, "fc7", "rcnn train-svm", "svm", stage)
+    return _run_head(cfg, svm.layer, "rcnn train-svm", "svm", stage)
+
+
+def run_layer_svms(cfg: HeadConfig, svm: SVMConfig, layers) -> dict | None:
+    """SVMs on each of ``layers`` of one network, from one pass of its features computed on
+    the fly, each in ``cfg.out/{layer}/``; a folder that holds SVMs of this network, regions
+    and settings already is kept. Returns ``{layer: folder}`` (``None`` on torchrun's other
+    ranks)."""
+    from rcnn.runtime.distributed import broadcast
+    from rcnn.runtime.shared import SharedWork, run_on_main
+
+    out = Path(cfg.out)
+    settings = {"heads": cfg, "svm": svm, "layers": list(layers)}
+    with run_stage("rcnn train-svm", cfg.inference.device, settings) as frame:
+        cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
+        frame.claim(out)
+        loaded, regions = frame.everywhere(lambda: head_inputs(cfg, "rcnn train-svm"))
+        frame.agree(loaded.digest, f"the weights of {cfg.model}")
+        frame.agree(regions.info.get("generation"), f"the region store of split {cfg.split}")
+        todo = [n for n in layers if not _made_as(out / n, loaded, regions, replace(svm, layer=n))]
+        todo = broadcast(todo)
+        if todo:
+            stream = FeatureStream(loaded, regions, todo[0], cfg.inference, cfg.progress,
+                                   layers=tuple(todo))  # fmt: skip
+            shared = SharedWork(frame.world, stream.compute)
+            stream.shared = shared if frame.world.enabled else None
+
+            def stage() -> None:
+                from rcnn.runtime.device import resolve_device
+
+                device = resolve_device(cfg.inference.device)
+                found = train_layer_svms(regions, stream, svm, device=device)
+                for layer, (model, log) in found.items():
+                    model.info.update(_source_info(loaded, stream), layer=layer,
+                                      regions=regions.info.get("generation"))  # fmt: skip
+                    model.info["config"]["layer"] = layer
+                    model.save(out / layer)
+                    write_log(out / layer / "svm_log.csv", log)
+
+            run_on_main(shared, stage)
+        return {n: out / n for n in layers} if frame.world.is_main else None
+
+
+def _made_as(folder: Path, loaded, regions, svm: SVMConfig) -> bool:
+    """Whether ``folder`` holds SVMs of this network and regions, made with ``svm``."""
+    from dataclasses import asdict
+
+    try:
+        made = SVMModel.load(folder)
+    except (FileNotFoundError, RcnnError):
+        return False
+    return (
+        made.info.get("model", {}).get("digest") == loaded.digest
+        and made.info.get("regions") == regions.info.get("generation")
+        and made.info.get("config") == asdict(svm)
+    )
 
 
 def run_train_bbox(cfg: HeadConfig, bbox: BBoxConfig) -> dict | None:

@@ -217,3 +217,25 @@ def _spec_beside(path: Path) -> ModelSpec:
         logger.info("no config.json beside %s: AlexNet at 227x227, no context padding", path)
         return ModelSpec()
     return _spec(read_json(config, "`rcnn train` config"), config)
+
+
+def initial_network(run: str | Path, scratch: str | Path) -> tuple[Path, str]:
+    """The network a run started from, as a checkpoint file, and what it is: the run's
+    ``initial.pt`` (``rcnn train`` keeps it), or, for a run from ImageNet's weights, those
+    weights (from torchvision's cache) with the run's new head, written to ``scratch``."""
+    run = Path(run)
+    if (run / "initial.pt").is_file():
+        return run / "initial.pt", "the run's initial weights (initial.pt)"
+    ckpt = load_checkpoint(run / "last.pt")
+    config = ckpt["config"]
+    if config.get("weights") != "imagenet":
+        raise CheckpointError(
+            f"{run} has no initial.pt, the weights it started from (runs keep it since rcnn "
+            "records the network before fine-tuning): train it again to compare with it"
+        )
+    torch.manual_seed(config.get("seed", 0))  # the new head as the run drew it
+    model = build_model(config.get("backbone", "alexnet"), len(ckpt["classes"]), "imagenet")
+    state = {"model": model.state_dict(), "optimizer": {}, "scheduler": {}}
+    path = Path(scratch) / "initial.pt"
+    save_checkpoint(path, checkpoint_record(0, config, ckpt["classes"], state, [], None))
+    return path, f"ImageNet's weights of {config.get('backbone', 'alexnet')} (torchvision)"

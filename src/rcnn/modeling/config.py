@@ -1,4 +1,4 @@
 """Names of the network's feature taps (:mod:`rcnn.modeling.features`), kept free of torch so
 that the command line can list them without importing it."""
 
-LAYERS = ("fc7", "pool5")
+LAYERS = ("pool5", "fc6", "fc7")

@@ -3,12 +3,15 @@
 * ``fc7``: the input of the classifier's last layer. For AlexNet that is fc7 after its ReLU
   (4,096 values), the features R-CNN trains its SVMs on; for other torchvision backbones, the
   layer before their last ``nn.Linear`` (ResNet-50: the 2,048 pooled features).
+* ``fc6``: the input of the second ``nn.Linear``: AlexNet's fc6 after its ReLU (4,096 values);
+  the same tap as ``fc7`` for a backbone with fewer than three linear layers.
 * ``pool5``: the input of the classifier's first ``nn.Linear``. For AlexNet that is pool5,
   256 x 6 x 6 = 9,216 values, R-CNN's features for box regression (VGG-16: 25,088); for a
   backbone with a single linear layer it is the same tap as ``fc7``.
 
 Forward hooks read the inputs of those layers, so the model runs unchanged: in eval mode,
-dropout is off and every region is seen unflipped.
+dropout is off and every region is seen unflipped. The paper's Table 2 compares SVMs on the
+three.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from rcnn.modeling.config import LAYERS
 
 
 def tapped_modules(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers whose inputs are the features: ``{"fc7": head, "pool5": first}``."""
+    """The linear layers whose inputs are the features: pool5 the first one's, fc6 the
+    second's (the first's where there are fewer than three), fc7 the head's."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return {"fc7": model.get_submodule(model.rcnn_head), "pool5": linears[0]}
+    head = model.get_submodule(model.rcnn_head)
+    return {"pool5": linears[0], "fc6": linears[1] if len(linears) >= 3 else head, "fc7": head}
 
 
 def feature_dims(model: nn.Module) -> dict[str, int]:

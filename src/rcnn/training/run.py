@@ -196,7 +196,8 @@ def resume_config(run: str | Path, **overrides) -> TrainConfig:
     return replace(cfg, out=str(run), **overrides)
 
 
-RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.pth")
+RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.pth",
+             "initial.pt")  # fmt: skip
 
 
 def claim_run_folder(out: Path, overwrite: bool) -> None:

@@ -13,6 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from rcnn.errors import ConfigError
+from rcnn.modeling.checkpoint import checkpoint_record, save_checkpoint
 from rcnn.progress import minutes_seconds
 from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.device import configure_device, resolve_device
@@ -57,6 +58,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -
 def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict) -> dict:
     run = setup_run(cfg, resume, world, device)
     run.requested = requested
+    if not resume and world.is_main and cfg.weights != "imagenet":
+        keep_initial(cfg, run)
     say = print if world.is_main else (lambda *a, **k: None)
     if run.first_epoch:
         if run.first_epoch >= cfg.epochs:
@@ -84,6 +87,14 @@ def _train(cfg: TrainConfig, resume: bool, world: World, device, requested: dict
         f"weights in {Path(cfg.out) / 'model.pth'}"
     )
     return next((r for r in run.history if r["epoch"] == best["epoch"]), run.history[-1])
+
+
+def keep_initial(cfg: TrainConfig, run: Run) -> None:
+    """``initial.pt``: the network before its first step, which the paper's Table 2 compares
+    with the fine-tuned one (a run from ImageNet's weights finds them in torchvision)."""
+    state = {"model": run.model.state_dict(), "optimizer": {}, "scheduler": {}}
+    record = checkpoint_record(0, run.requested, run.class_names, state, [], None)
+    save_checkpoint(Path(cfg.out) / "initial.pt", record)
 
 
 def train_epoch(cfg: TrainConfig, run: Run, epoch: int) -> None:

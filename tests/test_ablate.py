@@ -1,0 +1,70 @@
+"""`rcnn ablate`: the paper's Table 2, each row what `rcnn test` gives for its scorer."""
+
+import json
+
+import pytest
+
+from rcnn.cli import main
+from rcnn.detection.ablate import ROWS
+from rcnn.errors import RcnnError
+from rcnn.modeling.checkpoint import initial_network
+from tests.helpers import copy_run
+
+FLAGS = ["--device", "cpu", "--workers", "1", "--no-progress", "--no-amp"]
+
+
+@pytest.fixture(scope="module")
+def ablation(trained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    voc, cache = str(trained / "voc"), str(trained / "cache")
+    assert main(["prepare", "--voc-root", voc, "--split", "train", "--preset", "paper",
+                 "--mode", "fast", "--cache-dir", cache, "--out", str(root / "paper"),
+                 "--no-progress"]) == 0  # fmt: skip
+    common = ["--voc-root", voc, "--cache-dir", cache, *FLAGS]
+    argv = ["ablate", str(trained / "run"), "--data", str(root / "paper"), "--train-split",
+            "train", "--out", str(root / "out"), *common]  # fmt: skip
+    assert main(argv) == 0
+    return root, common
+
+
+def test_the_ablation_has_the_papers_rows_beside_its_numbers(ablation, capsys):
+    root, _ = ablation
+    found = json.loads((root / "out" / "ablation.json").read_text())
+    assert [r["row"] for r in found["rows"]] == [f"{r.network}/{r.name}" for r in ROWS]
+    assert len(ROWS) == 8
+    assert found["initial_network"] == "the run's initial weights (initial.pt)"
+    paper = {row["title"]: row["paper_voc2007_map"] for row in found["rows"]}
+    assert paper["fc7, fine-tuned, + box regression"] == 58.5
+    assert paper["pool5, not fine-tuned"] == 44.2
+    table = (root / "out" / "ablation.md").read_text()
+    assert "paper, VOC2007" in table and table.count("\n| ") == 10  # header, rule and eight rows
+    for network, layer in (("initial", "pool5"), ("fine-tuned", "fc6")):
+        svm = json.loads((root / "out" / "heads" / network / layer / "svm.json").read_text())
+        assert svm["layer"] == layer and svm["features"] == "computed on the fly"
+    assert (root / "out" / "ablation.png").is_file()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.network}-{r.name}")
+def test_each_row_is_what_rcnn_test_reports_for_its_scorer(ablation, trained, row, tmp_path):
+    root, common = ablation
+    out = root / "out"
+    model = trained / "run" / ("initial.pt" if row.network == "initial" else "best.pt")
+    argv = ["test", str(model), "--out", str(tmp_path / "t"), *common]
+    if row.layer:
+        argv += ["--scorer", "svm", "--svm", str(out / "heads" / row.network / row.layer)]
+    if row.bbox:
+        argv += ["--bbox-reg", str(trained / "run" / "bbox")]
+        if not (trained / "run" / "bbox" / "bbox.npz").is_file():  # trained by the ablation
+            argv[-1] = str(out / "heads" / "fine-tuned" / "bbox")
+    assert main(argv) == 0
+    alone = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    found = json.loads((out / "ablation.json").read_text())["rows"]
+    (row_metrics,) = [r for r in found if r["row"] == f"{row.network}/{row.name}"]
+    assert row_metrics["map_07"] == alone["map_07"] and row_metrics["map"] == alone["map"]
+
+
+def test_a_run_without_its_initial_weights_is_named(trained, tmp_path):
+    run = copy_run(trained / "run", tmp_path / "run")
+    (run / "initial.pt").unlink()
+    with pytest.raises(RcnnError, match="has no initial.pt, the weights it started from"):
+        initial_network(run, tmp_path)
