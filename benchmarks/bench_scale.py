@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,9 @@ def subset(voc: Path, root: Path, counts: dict[str, int]) -> Path:
 
 
 def run_fraction(work: Path, voc_all: Path, fraction: float, files: dict, args) -> dict:
+    """Every stage on the fraction's subset, from scratch (an earlier run's outputs of this
+    fraction are removed; the shared scenes and proposals are kept)."""
+    shutil.rmtree(work, ignore_errors=True)
     counts = counts_of(fraction)
     voc = subset(voc_all, work / "voc", counts)
     run = work / "run"

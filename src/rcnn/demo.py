@@ -1,8 +1,9 @@
-"""``rcnn demo``: the whole pipeline, offline, on a synthetic VOC-format dataset.
+"""``rcnn demo``: synthetic VOC-format scenes, then ``rcnn pipeline`` on them, offline.
 
-synth -> prepare (fast Selective Search) -> train -> evaluate -> detect and score the test
-split by the VOC devkit's rules -> figures of predictions and detections.
-Sized to finish in a few minutes on a 2-core CPU; on a GPU it is faster still.
+synth -> rcnn pipeline (prepare, fine-tune, evaluate, SVMs and box regressors, the paper's
+Table 2 on the test split, report.md) -> a figure of test images with their detections.
+Sized to finish in a few minutes on a 2-core CPU; on a GPU it is faster still. A re-run goes
+on where the last one stopped, and does nothing once it is complete.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.progress import minutes_seconds
 from rcnn.runtime.config import InferenceConfig
-from rcnn.training.config import TrainConfig
 
 # The stages are imported where they run: `rcnn --help` reads DemoConfig without torch.
 logger = logging.getLogger(__name__)
@@ -42,33 +42,35 @@ class DemoConfig:
             )
 
 
-def demo_train_config(cfg: DemoConfig, weights: str) -> TrainConfig:
-    """The recipe's batches and schedule, with Adam at 1e-4 (the recipe's third remedy), which
-    also learns quickly from random initialisation when no ImageNet weights are at hand."""
+def demo_pipeline(cfg: DemoConfig, weights: str):
+    """The pipeline's settings for the demo: the recipe's batches and schedule with Adam at
+    1e-4 (the recipe's third remedy, which also learns quickly from random initialisation
+    when no ImageNet weights are at hand) on the recipe's regions; the SVMs on trainval."""
+    from rcnn.pipeline.config import PipelineConfig
+
     out = Path(cfg.out)
-    return TrainConfig(
-        data=str(out / "regions"),
-        out=str(out / "run"),
-        weights=weights,
-        epochs=cfg.epochs,
-        optimizer="adam",
-        lr=1e-4,
-        input_size=cfg.input_size,
-        workers=cfg.workers,
-        device=cfg.device,
-        seed=cfg.seed,
+    inference = InferenceConfig(device=cfg.device, threads=cfg.workers)
+    return PipelineConfig(
+        out=str(out),
+        voc_root=str(out / "voc"),
+        classes=list(cfg.classes),
+        preset="adam",
+        train={
+            "weights": weights,
+            "epochs": cfg.epochs,
+            "input_size": cfg.input_size,
+            "seed": cfg.seed,
+        },  # fmt: skip
+        inference=inference,
+        cache_dir=str(out / "cache"),
         progress=cfg.progress,
     )
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     from rcnn.data.synth import make_synthetic_voc
-    from rcnn.detection.ablate import AblationConfig, run_ablation
-    from rcnn.detection.config import eval_detector_config
-    from rcnn.detection.testing import TestConfig
-    from rcnn.evaluation.evaluate import run_evaluate
     from rcnn.modeling.model import imagenet_weights_cached
-    from rcnn.training.train import run_train
+    from rcnn.pipeline.run import run_pipeline
 
     out = Path(cfg.out)
     start = time.time()
@@ -82,17 +84,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             f"{voc} has no {', '.join(lacking)} (an older demo's data, or other --classes?); "
             "delete it or use another --out"
         )
-    print(f"[1/6] synthetic VOC dataset of {', '.join(cfg.classes)}: {voc}")
-    prepared = _prepare(cfg, voc, out / "regions", "seed", ["train", "val"])
-    for split, s in prepared["splits"].items():
-        print(
-            f"[2/6] {split}: {s['images']} images, {s['proposals']} proposals -> "
-            f"{s['positives']} positives, {s['negatives']} negatives"
-        )
+    print(f"synthetic VOC dataset of {', '.join(cfg.classes)}: {voc}")
     cached = imagenet_weights_cached("alexnet")
-    weights = "imagenet" if cached else "none"
     print(
-        "[3/6] fine-tuning AlexNet from "
+        "fine-tuning AlexNet from "
         + (
             "ImageNet weights (found in the torch cache)"
             if cached
@@ -100,109 +95,35 @@ def run_demo(cfg: DemoConfig) -> dict:
             "`rcnn train --weights imagenet` once online to fetch them)"
         )
     )
-    train_cfg = demo_train_config(cfg, weights)
-    run_train(train_cfg, overwrite=True)  # the demo's own folder: a re-run replaces its run
-    inference = InferenceConfig(device=cfg.device, threads=cfg.workers)
-    metrics = run_evaluate(
-        train_cfg.out, str(out / "regions"), "val", inference=inference, progress=cfg.progress
-    )
-    print("[4/6] evaluation of the best checkpoint on all validation regions:")
-    print(metrics["report"])
-    stages = train_heads(cfg, voc, out, train_cfg.out)
-    ablation_start = time.time()
-    test = TestConfig(
-        train_cfg.out,
-        str(voc),
-        str(out / "test"),
-        detector=eval_detector_config(inference=inference, cache_dir=str(out / "cache")),
-        overwrite=True,
-        progress=cfg.progress,
-    )
-    ablation = run_ablation(
-        AblationConfig(test, str(out / "regions-paper"), "train", bbox_reg=train_cfg.out + "/bbox")
-    )
-    stages["ablation"] = round(time.time() - ablation_start, 1)
-    softmax = ablation["rows"]["fine-tuned/softmax"]
-    figure = out / "test" / "detections.png"
-    draw_test_images(voc, out / "test" / "fine-tuned" / "softmax", figure)
-    print("[6/6] detection on the test split (VOC AP by the devkit's rules), fine-tuned softmax:")
-    print(softmax["report"])
-    print(
-        f"R-CNN's ablation (Table 2 of the paper) on the test split, AP (VOC2007 11-point), "
-        f"{stages['ablation']} s:"
-    )
-    print(ablation["table"])
+    found = run_pipeline(demo_pipeline(cfg, "imagenet" if cached else "none"))
+    ablation = out / "ablation"
+    figure = ablation / "detections.png"
+    draw_test_images(voc, ablation / "fine-tuned" / "softmax", figure)
+    table = (ablation / "ablation.md").read_text().strip()
+    final = json.loads((ablation / "fine-tuned" / "fc7-bbox" / "metrics.json").read_text())
+    regions = json.loads((out / "evaluate" / "metrics.json").read_text())
+    print("\nR-CNN's ablation (Table 2 of the paper) on the test split, AP (VOC2007 11-point):")
+    print(table)
     elapsed = time.time() - start
-    print(f"\nDemo finished in {minutes_seconds(elapsed)}. Files:")
-    run = Path(train_cfg.out)
+    print(f"\nDemo finished in {minutes_seconds(elapsed)} (stages run: "
+          f"{', '.join(found['ran']) or 'none, all up to date'}). Files:")  # fmt: skip
+    run = out / "run"
     for label, path in [
+        ("report", out / "report.md"),
         ("dataset", voc),
-        ("regions", out / "regions"),
         ("training log", run / "metrics.csv"),
         ("curves", run / "curves.png"),
         ("best weights", run / "model.pth"),
-        ("metrics", Path(metrics["out"]) / "metrics.json"),
-        ("PR curve", Path(metrics["out"]) / "pr.png"),
-        ("predictions", Path(metrics["out"]) / "examples.png"),
+        ("region metrics", out / "evaluate" / "metrics.json"),
         ("SVMs", run / "svm"),
         ("box regressors", run / "bbox"),
-        ("detection AP", out / "test" / "fine-tuned" / "softmax" / "metrics.json"),
-        ("result files", out / "test" / "fine-tuned" / "softmax" / "comp4_det_test_car.txt"),
-        ("ablation", out / "test" / "ablation.md"),
+        ("ablation", ablation / "ablation.md"),
         ("detections", figure),
     ]:
         print(f"  {label:<15}{path}")
-    seconds = {**stages, "total": round(elapsed, 1)}
-    return {**metrics, "test": softmax, "ablation": ablation, "seconds": seconds}
-
-
-def _prepare(cfg: DemoConfig, voc: Path, out: Path, preset: str, splits: list[str]) -> dict:
-    from rcnn.data.config import PrepareConfig, ProposalConfig
-    from rcnn.data.labels import PRESETS as LABEL_PRESETS
-    from rcnn.data.prepare import run_prepare
-
-    return run_prepare(
-        PrepareConfig(
-            str(voc),
-            str(out),
-            splits=splits,
-            classes=list(cfg.classes),
-            labels=LABEL_PRESETS[preset],
-            proposals=ProposalConfig("fast"),
-            workers=0,
-            cache_dir=str(Path(cfg.out) / "cache"),
-            progress=cfg.progress,
-        )
-    )
-
-
-def train_heads(cfg: DemoConfig, voc: Path, out: Path, run: str) -> dict:
-    """R-CNN's SVMs and box regressors on the training split, their features computed on the
-    fly (no feature store); returns each stage's seconds."""
-    from rcnn.heads.config import BBoxConfig, HeadConfig, SVMConfig
-    from rcnn.heads.train import run_train_bbox, run_train_svm
-
-    times = {}
-    start = time.time()
-    prepared = _prepare(cfg, voc, out / "regions-paper", "paper", ["train"])  # + the GT boxes
-    inference = InferenceConfig(device=cfg.device)
-    heads = HeadConfig(model=run, data=str(out / "regions-paper"), inference=inference,
-                       progress=cfg.progress)  # fmt: skip
-    times["prepare_paper"] = round(time.time() - start, 1)
-    svm = run_train_svm(heads, SVMConfig())
-    times["train_svm"] = svm["seconds"]
-    bbox = run_train_bbox(heads, BBoxConfig())
-    times["train_bbox"] = bbox["seconds"]
-    last = {row["class"]: row for row in svm["log"]}
-    cached = ", ".join(f"{c}: {r['negatives_in_cache']}" for c, r in last.items())
-    examples = ", ".join(f"{r['examples']} {r['class']}" for r in bbox["log"])
-    print(
-        f"[5/6] R-CNN's heads on {prepared['splits']['train']['regions']} training regions, "
-        f"their features computed on the fly (no feature store): SVMs after one pass of "
-        f"hard-negative mining (negatives cached: {cached}; {times['train_svm']} s), box "
-        f"regressors on {examples} regions ({times['train_bbox']} s)"
-    )
-    return times
+    seconds = {name: r["seconds"] for name, r in found["stages"].items() if r}
+    return {"regions": regions, "test": final, "table": table, "ran": found["ran"],
+            "seconds": {**seconds, "total": round(elapsed, 1)}}  # fmt: skip
 
 
 def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:

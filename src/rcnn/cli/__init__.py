@@ -14,13 +14,14 @@ import sys
 import traceback
 
 from rcnn import __version__
-from rcnn.cli import data, detect, heads, train
+from rcnn.cli import data, detect, heads, pipeline, train
 from rcnn.cli.common import Formatter
 from rcnn.errors import RcnnError
 
 logger = logging.getLogger("rcnn")
 
 COMMANDS = {
+    "pipeline": (pipeline.add_pipeline, pipeline.cmd_pipeline),
     "synth": (data.add_synth, data.cmd_synth),
     "proposals": (data.add_proposals_export, data.cmd_proposals_export),
     "prepare": (data.add_prepare, data.cmd_prepare),
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rcnn",
         formatter_class=Formatter,
         description="R-CNN on PASCAL VOC-format data.\n\n"
-        "Pipeline: rcnn synth (optional) -> rcnn prepare -> rcnn train -> rcnn evaluate\n"
+        "All of it on your dataset, with a report: rcnn pipeline --voc-root DIR --classes ...\n"
+        "--out DIR. Stage by stage:\n"
+        "          rcnn synth (optional) -> rcnn prepare -> rcnn train -> rcnn evaluate\n"
         "          -> rcnn detect (images) / rcnn test (VOC detection AP)\n"
         "          -> rcnn features -> rcnn train-svm / train-bbox -> rcnn ablate;\n"
         "rcnn visualize draws what pool5 units respond to.\n"

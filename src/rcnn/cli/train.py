@@ -87,10 +87,22 @@ def add_train(sub) -> None:
         help="replace the run already in --out (its checkpoints, metrics and config)",
     )
 
+    add_training_flags(p)
+    add_device(p, None)
+    add_amp(p)
+    add_progress(p)
+
+
+def add_training_flags(p, skip=()) -> None:
+    """Every TrainConfig setting as a flag defaulting to None (the preset's value), except
+    ``skip``; the device, precision and progress flags are the caller's."""
+
     def described(text: str, name: str) -> str:
         return f"{text} (default {default(TrainConfig, name)})"
 
     for flag, kind, text in _TRAIN_FLAGS:
+        if flag in skip:
+            continue
         p.add_argument(flag, type=kind, help=described(text, flag[2:].replace("-", "_")))
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=described("optimizer", "optimizer"))
     p.add_argument(
@@ -106,7 +118,6 @@ def add_train(sub) -> None:
         choices=BEST_METRICS,
         help=described("what best.pt maximises (val_loss is minimised)", "best_metric"),
     )
-    add_device(p, None)
     p.add_argument(
         "--pipeline",
         choices=PIPELINES,
@@ -114,7 +125,6 @@ def add_train(sub) -> None:
         "auto on CUDA), threads (OpenCV threads into one batch buffer; auto on CPU) or "
         "loader (DataLoader worker processes)",
     )
-    add_amp(p)
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -160,17 +170,21 @@ def add_train(sub) -> None:
             "under torchrun, linear multiplies --lr by the number of processes", "lr_scale"
         ),
     )
-    add_progress(p)
+
+
+def training_flags(args) -> dict:
+    """Every TrainConfig field with a flag of the same name; unset flags are None."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")]
+    flags = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    flags.pop("progress", None)
+    return flags
 
 
 def cmd_train(args) -> None:
     from rcnn.training.run import resume_config
     from rcnn.training.train import run_train
 
-    # Every TrainConfig field with a flag of the same name; unset flags are None.
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")]
-    flags = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    flags.pop("progress", None)
+    flags = training_flags(args)
     progress = False if args.no_progress else None
     if args.resume:
         if args.preset is not None:
@@ -221,8 +235,9 @@ def cmd_evaluate(args) -> None:
         inference=inference(args),
         progress=not args.no_progress,
     )
-    print(metrics["report"])
-    print(f"metrics, pr.png and examples.png in {metrics['out']}")
+    if metrics is not None:  # rank 0 of torchrun's processes
+        print(metrics["report"])
+        print(f"metrics, pr.png and examples.png in {metrics['out']}")
 
 
 def add_visualize(sub) -> None:
@@ -326,12 +341,13 @@ def add_demo(sub) -> None:
         "demo",
         "the whole pipeline, offline, on synthetic data",
         "Synthesize a VOC-format dataset of cars and buses (train, val and test splits), "
-        "prepare regions (fast Selective Search), fine-tune AlexNet (ImageNet weights when "
-        "they are in the torch cache, else random initialisation), evaluate the regions, train "
-        "R-CNN's SVMs and box regressors with their features computed on the fly, then detect "
-        "on the test split three ways (R-CNN's ablation) and score them by the VOC devkit's "
-        "rules, per class, and draw predictions and detections. About 5 minutes on a 2-core "
-        "CPU; a re-run replaces the demo's run.",
+        "then run `rcnn pipeline` on it: regions by fast Selective Search, AlexNet fine-tuned "
+        "(from ImageNet weights when they are in the torch cache, else from random "
+        "initialisation) with Adam at 1e-4 on small warps, the regions evaluated, SVMs on "
+        "pool5, fc6 and fc7 before and after fine-tuning, box regression, and the paper's "
+        "Table 2 on the test split by the VOC devkit's rules; then draws test images with "
+        "their detections. Writes OUT/report.md. A few minutes on a 2-core CPU (see "
+        "docs/performance.md); a re-run goes on where the last one stopped.",
     )
     add_config_flags(p, DemoConfig, DEMO_FLAGS)
     p.add_argument(

@@ -60,6 +60,9 @@ class AblationConfig:
     train_split: str = "trainval"
     svm: SVMConfig = field(default_factory=SVMConfig)
     bbox_reg: str | None = None
+    # The fine-tuned network's fc7 SVMs and box regressors in the run's svm/ and bbox/ (where
+    # `rcnn train-svm` and `train-bbox` put them, and `rcnn detect` looks): `rcnn pipeline`.
+    into_run: bool = False
 
 
 def key(row: Row) -> str:
@@ -82,10 +85,11 @@ def run_ablation(cfg: AblationConfig) -> dict | None:
         folders = {}
         for name, model in networks.items():
             layer_heads = replace(heads, model=str(model), out=str(out / "heads" / name))
-            folders[name] = run_layer_svms(layer_heads, cfg.svm, LAYERS)
+            own = {"fc7": run / "svm"} if cfg.into_run and name == "fine-tuned" else None
+            folders[name] = run_layer_svms(layer_heads, cfg.svm, LAYERS, own)
         bbox = Path(cfg.bbox_reg or run_part(run, "bbox"))
         if not (bbox / "bbox.npz").is_file():
-            bbox = out / "heads" / "fine-tuned" / "bbox"
+            bbox = run / "bbox" if cfg.into_run else out / "heads" / "fine-tuned" / "bbox"
             run_train_bbox(replace(heads, model=str(run / "best.pt"), out=str(bbox)), BBoxConfig())
         rows = {}
         for name, model in networks.items():

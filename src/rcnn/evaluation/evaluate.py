@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,11 @@ from rcnn.data.warps import ImageStore, RegionDataset, mean_fill
 from rcnn.evaluation.metrics import classification_metrics, format_metrics, pr_curves
 from rcnn.evaluation.plots import figure_format, plot_compare, plot_pr, plot_predictions
 from rcnn.evaluation.predict import predict
-from rcnn.files import DamagedFileError, atomic_write_json, output_dir, read_regular_file
+from rcnn.files import DamagedFileError, atomic_write_json, read_regular_file
 from rcnn.modeling.checkpoint import CheckpointError, checkpoint_path, load_model
 from rcnn.runtime.allocator import reuse_freed_memory
 from rcnn.runtime.config import InferenceConfig
+from rcnn.runtime.stage import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -32,41 +34,53 @@ def run_evaluate(
     classes: list[str] | None = None,
     inference: InferenceConfig | None = None,
     progress: bool = True,
-) -> dict:
+) -> dict | None:
     """Every metric of a checkpoint on a region set; writes metrics.json, pr.png, examples.png.
     Precision and batch are this machine's choice (``inference``), not the training one's;
-    ``classes`` are needed for a plain state dict (model.pth)."""
+    ``classes`` are needed for a plain state dict (model.pth). Under torchrun each process
+    scores a contiguous share of the regions; rank 0 writes and returns the metrics (the
+    others ``None``)."""
     check_split_name(split)
+    inference = inference or InferenceConfig()
     path = checkpoint_path(checkpoint, default="best.pt")
-    loaded = load_model(path, classes)
-    out_dir = output_dir(out if out else path.parent / f"eval-{split}")  # before the work
-    regions = load_split(data, split, allow_store=True)
-    if regions.classes != loaded.classes:
-        raise CheckpointError(
-            f"{path} was trained for classes {loaded.classes} but {data} has {regions.classes}"
+    settings = {"model": str(path), "data": str(data), "split": split, "out": out,
+                "classes": classes, "inference": inference}  # fmt: skip
+    with run_stage("rcnn evaluate", inference.device, settings) as stage:
+        loaded = stage.everywhere(lambda: load_model(path, classes), str(path))
+        stage.agree(loaded.digest, f"the weights of {path}")
+        out_dir = stage.claim(out if out else path.parent / f"eval-{split}")  # before the work
+        regions = stage.everywhere(lambda: load_split(data, split, allow_store=True), str(data))
+        if regions.classes != loaded.classes:
+            raise CheckpointError(
+                f"{path} was trained for classes {loaded.classes} but {data} has {regions.classes}"
+            )
+        class_names = ["background", *regions.classes]
+        device, inference, model = loaded.for_inference(replace(inference, device=stage.device))
+        warp = loaded.spec.warp()
+        store = ImageStore.of(regions, inference.threads)
+        world = stage.world
+        share = np.array_split(np.arange(len(regions)), world.size)[world.rank]  # in order
+        batches = chunks(share, inference.batch)
+        feeder = make_feeder(regions, batches, warp, device, workers=inference.threads,
+                             store=store)  # fmt: skip
+        with reuse_freed_memory(enabled=device.type == "cpu"):
+            probs, labels, loss_sum = predict(model, feeder, inference.amp, progress)
+        if not world.is_main:
+            return None
+        metrics = classification_metrics(probs, labels, class_names)
+        metrics["loss"] = loss_sum / len(labels)
+        metrics["checkpoint"], metrics["data"] = str(path), str(data)
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        plot_pr(
+            pr_curves(probs, labels, class_names),
+            out_dir / "pr.png",
+            title=f"Precision-recall on {split} ({len(labels)} regions)",
         )
-    class_names = ["background", *regions.classes]
-    device, inference, model = loaded.for_inference(inference or InferenceConfig())
-    warp = loaded.spec.warp()
-    store = ImageStore.of(regions, inference.threads)
-    batches = chunks(np.arange(len(regions)), inference.batch)
-    feeder = make_feeder(regions, batches, warp, device, workers=inference.threads, store=store)
-    with reuse_freed_memory(enabled=device.type == "cpu"):
-        probs, labels, loss_sum = predict(model, feeder, inference.amp, progress)
-    metrics = classification_metrics(probs, labels, class_names)
-    metrics["loss"] = loss_sum / len(labels)
-    metrics["checkpoint"], metrics["data"] = str(path), str(data)
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    plot_pr(
-        pr_curves(probs, labels, class_names),
-        out_dir / "pr.png",
-        title=f"Precision-recall on {split} ({len(labels)} regions)",
-    )
-    dataset = RegionDataset(regions, store, warp.size, warp.pad, mean_fill(warp.mean))
-    write_examples(dataset, probs, labels, class_names, out_dir / "examples.png")
-    metrics["report"] = format_metrics(metrics, class_names)
-    metrics["out"] = str(out_dir)
-    return metrics
+        dataset = RegionDataset(regions, store, warp.size, warp.pad, mean_fill(warp.mean))
+        write_examples(dataset, probs, labels, class_names, out_dir / "examples.png")
+        metrics["report"] = format_metrics(metrics, class_names)
+        metrics["out"] = str(out_dir)
+        return metrics
 
 
 def write_examples(dataset, probs, labels, class_names, path, count: int = 24, seed: int = 0):

@@ -179,23 +179,27 @@ def run_train_svm(cfg: HeadConfig, svm: SVMConfig) -> dict | None:
     return _run_head(cfg, svm.layer, "rcnn train-svm", "svm", stage)
 
 
-def run_layer_svms(cfg: HeadConfig, svm: SVMConfig, layers) -> dict | None:
+def run_layer_svms(cfg: HeadConfig, svm: SVMConfig, layers, folders=None) -> dict | None:
     """SVMs on each of ``layers`` of one network, from one pass of its features computed on
-    the fly, each in ``cfg.out/{layer}/``; a folder that holds SVMs of this network, regions
-    and settings already is kept. Returns ``{layer: folder}`` (``None`` on torchrun's other
-    ranks)."""
+    the fly, each in ``cfg.out/{layer}/`` (or ``folders[layer]``); a folder that holds SVMs of
+    this network, regions and settings already is kept. Returns ``{layer: folder}`` (``None``
+    on torchrun's other ranks)."""
     from rcnn.runtime.distributed import broadcast
     from rcnn.runtime.shared import SharedWork, run_on_main
 
     out = Path(cfg.out)
-    settings = {"heads": cfg, "svm": svm, "layers": list(layers)}
+    where = {n: Path(folders[n]) if folders and n in folders else out / n for n in layers}
+    settings = {"heads": cfg, "svm": svm, "layers": {n: str(f) for n, f in where.items()}}
     with run_stage("rcnn train-svm", cfg.inference.device, settings) as frame:
         cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
         frame.claim(out)
+        for folder in where.values():
+            if out not in folder.parents:
+                frame.claim(folder)  # another stage's folder (the run's svm/): held as well
         loaded, regions = frame.everywhere(lambda: head_inputs(cfg, "rcnn train-svm"))
         frame.agree(loaded.digest, f"the weights of {cfg.model}")
         frame.agree(regions.info.get("generation"), f"the region store of split {cfg.split}")
-        todo = [n for n in layers if not _made_as(out / n, loaded, regions, replace(svm, layer=n))]
+        todo = [n for n in layers if not _made_as(where[n], loaded, regions, replace(svm, layer=n))]
         todo = broadcast(todo)
         if todo:
             stream = FeatureStream(loaded, regions, todo[0], cfg.inference, cfg.progress,
@@ -212,11 +216,11 @@ def run_layer_svms(cfg: HeadConfig, svm: SVMConfig, layers) -> dict | None:
                     model.info.update(_source_info(loaded, stream), layer=layer,
                                       regions=regions.info.get("generation"))  # fmt: skip
                     model.info["config"]["layer"] = layer
-                    model.save(out / layer)
-                    write_log(out / layer / "svm_log.csv", log)
+                    model.save(where[layer])
+                    write_log(where[layer] / "svm_log.csv", log)
 
             run_on_main(shared, stage)
-        return {n: out / n for n in layers} if frame.world.is_main else None
+        return where if frame.world.is_main else None
 
 
 def _made_as(folder: Path, loaded, regions, svm: SVMConfig) -> bool:

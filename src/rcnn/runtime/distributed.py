@@ -222,6 +222,11 @@ def broadcast(value):
     return box[0]
 
 
+def in_group() -> bool:
+    """Whether this process is in a process group already (an outer stage started it)."""
+    return _group() is not None
+
+
 def barrier() -> None:
     dist = _group()
     if dist is not None:

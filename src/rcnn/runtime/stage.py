@@ -32,6 +32,7 @@ from rcnn.runtime.distributed import (
     World,
     agree,
     everywhere,
+    in_group,
     init_world,
     rank_zero_first,
     shutdown,
@@ -100,7 +101,9 @@ class Stage:
 @contextlib.contextmanager
 def run_stage(command: str, device: str, settings) -> Iterator[Stage]:
     """The frame of one stage (see the module's notes); ``settings`` are the stage's config,
-    compared across ranks by :func:`settings_digest`."""
+    compared across ranks by :func:`settings_digest`. A frame inside another (the ablation's
+    stages, the pipeline's) leaves the group to the outer one, which ends it."""
+    nested = in_group()
     world, device_name = init_world(device)
     try:
         with contextlib.ExitStack() as stack:
@@ -113,7 +116,8 @@ def run_stage(command: str, device: str, settings) -> Iterator[Stage]:
             raise
         raise lost from err
     finally:
-        shutdown()
+        if not nested:
+            shutdown()
 
 
 def _lost_peers(command: str, err: RuntimeError) -> RcnnError | None:
