@@ -117,3 +117,9 @@ def test_overwrite_replaces_a_run(prepared, run_folder, tmp_path):
     assert main([*argv, "--overwrite", "--seed", "3"]) == 0
     assert (copy / "last.pt").read_bytes() != (run_folder / "last.pt").read_bytes()
     assert '"seed": 3' in (copy / "config.json").read_text()
+
+
+def test_the_commands_reference_is_the_parsers_help():
+    from tools.commands_doc import DOC, commands_markdown
+
+    assert DOC.read_text() == commands_markdown(), "run python tools/commands_doc.py"

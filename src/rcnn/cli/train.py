@@ -136,15 +136,15 @@ def add_training_flags(p, skip=()) -> None:
         action="store_true",
         default=None,
         help="torch.compile the model; on one GPU with CUDA graphs (reduce-overhead): "
-        "1.24x the training steps on an H200 after 10 to 30 s of compiling",
+        "faster steps after some seconds of compiling (docs/performance.md)",
     )
     p.add_argument(
         "--cuda-graphs",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="capture the training step (forward, backward, SGD step) as a CUDA graph and "
-        "replay it: one launch a step instead of ~100; 1.04x the steps and 7%% shorter epochs "
-        "on an H200 (default: on one GPU with SGD and without --compile)",
+        "replay it: one launch a step instead of ~100 (default: on one GPU with SGD and "
+        "without --compile)",
     )
     p.add_argument(
         "--overlap-val",
@@ -152,7 +152,8 @@ def add_training_flags(p, skip=()) -> None:
         default=None,
         help="validate epoch N on a copy of its weights, on a second CUDA stream, while epoch "
         "N+1 trains; the same numbers, each log line and checkpoint an epoch later. Off by "
-        "default: on an H200 training alone keeps the GPU busy and epochs took as long",
+        "default: where training alone keeps the GPU busy it saves nothing "
+        "(docs/performance.md)",
     )
     p.add_argument(
         "--tensorboard",

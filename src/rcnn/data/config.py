@@ -14,9 +14,9 @@ from rcnn.data.readers import check_source
 from rcnn.errors import ConfigError
 
 MODES = ("quality", "fast")  # Selective Search strategies
-# Selective Search takes time and memory in proportion to pixels: a 6000x4000 photo took more
-# than 7 minutes and 3 GB at full size. Larger images are shrunk to this for the search (VOC's
-# and COCO's images, at most 500 and 640 pixels, are searched as they are).
+# Selective Search takes time and memory in proportion to pixels (docs/performance.md). Larger
+# images are shrunk to this for the search (VOC's and COCO's images, at most 500 and 640
+# pixels, are searched as they are).
 DEFAULT_MAX_SIDE = 1000
 
 

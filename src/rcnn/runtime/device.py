@@ -46,9 +46,8 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 def default_amp(device: torch.device) -> bool:
     """bfloat16 autocast where the device computes bfloat16 natively: CUDA GPUs that have it
-    (1.45x the float32 training steps on an H200) and CPUs with AVX512-BF16 or AMX (1.9x the
-    AlexNet steps on one batch on a 2-core AVX512-BF16 machine). Elsewhere it is emulated and
-    slower (3.4x slower on a CPU without)."""
+    and CPUs with AVX512-BF16 or AMX. Elsewhere it is emulated and slower (the speeds are in
+    docs/performance.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

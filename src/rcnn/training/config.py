@@ -34,13 +34,13 @@ class TrainConfig:
     context_pad: int = 0
     norm: str = "imagenet"  # imagenet: the backbone's weights metadata; half: 0.5 / 0.5
     val_max: int = 0  # 0 = the whole validation set
-    val_batch: int = 0  # 0: 1024 on CUDA (measured 8% faster than 256 on an H200), 256 elsewhere
+    val_batch: int = 0  # 0: 1024 on CUDA, 256 elsewhere (docs/performance.md)
     best_metric: str = "val_balanced_acc"
     workers: int = 2
     device: str = "auto"
     pipeline: str = "auto"  # device (default on CUDA) | threads (default on CPU) | loader
     amp: bool | None = None  # None: bfloat16 autocast where the device has it natively
-    channels_last: bool = True  # faster for AlexNet on CPU (1.1-1.5x across runs), usual on GPUs
+    channels_last: bool = True  # faster for AlexNet on CPUs and GPUs (docs/performance.md)
     compile: bool = False  # torch.compile the model
     cuda_graphs: bool | None = None  # None: the training step as a CUDA graph where it can be
     overlap_val: bool | None = None  # validate epoch N while N+1 trains (None: off)

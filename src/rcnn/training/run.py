@@ -51,8 +51,8 @@ def for_device(cfg: TrainConfig, device: torch.device, world: World = SINGLE) ->
         raise ConfigError(
             "--overlap-val: not under torchrun (validation is sharded across the processes)"
         )
-    # Off unless asked: on an H200 the training kernels already keep the GPU busy (96%), so
-    # validating alongside gave the same epoch time (25.7 s) and delays each log by an epoch.
+    # Off unless asked: where training alone keeps the GPU busy, validating alongside saves
+    # nothing and delays each log by an epoch (docs/performance.md).
     overlap = bool(cfg.overlap_val)
     return replace(cfg, amp=amp, val_batch=val_batch, cuda_graphs=cuda_graphs, overlap_val=overlap)
 
