@@ -144,6 +144,46 @@ def test_an_out_folder_with_other_files_is_refused_untouched(runs, tmp_path, cap
     assert (out / "regions" / "notes.txt").read_text() == "mine"
 
 
+def test_each_split_reads_the_proposal_file_that_holds_it(runs, tmp_path, capsys):
+    """Fast R-CNN's two files (trainval and test), written from the searched proposals: the
+    fine-tuning and SVM regions read the first, detection the second, and the regions are the
+    ones the search gave; a file lacking a split's images is refused before any stage."""
+    from rcnn.data.readers import open_dataset
+    from rcnn.pipeline.config import PipelineConfig
+    from rcnn.pipeline.run import steps_of
+
+    root, common = runs
+    files = {}
+    for split in ("trainval", "test"):
+        files[split] = tmp_path / f"{split}.mat"
+        assert main(["proposals", "--voc-root", str(root / "voc"), "--split", split,
+                     "--mode", "fast", "--cache-dir", str(root / "cache"), "--workers", "1",
+                     "--out", str(files[split]), "--no-progress"]) == 0  # fmt: skip
+    mats = [str(files["trainval"]), str(files["test"])]
+    cfg = PipelineConfig(out=str(tmp_path / "p"), voc_root=str(root / "voc"), classes=CLASSES,
+                         proposal_files=mats, progress=False)  # fmt: skip
+    steps = {s.name: s for s in steps_of(cfg, open_dataset(cfg.voc_root), "trainval")}
+    assert steps["regions"].settings["prepare"]["proposals"]["file"] == mats[0]
+    assert steps["regions-svm"].settings["prepare"]["proposals"]["file"] == mats[0]
+    assert steps["ablation"].settings["test"]["detector"]["proposals"] == mats[1]
+    assert steps["regions"].inputs["proposals"] != steps["ablation"].inputs["proposals"]
+    steps["regions"].run()
+    for split in ("train", "val"):
+        for name in ("boxes.npy", "labels.npy"):
+            made, searched = (
+                f / "regions" / split / name for f in (tmp_path / "p", root / "killed")
+            )
+            assert np.array_equal(np.load(made), np.load(searched)), (split, name)
+    out = tmp_path / "refused"
+    assert main([*common, "--out", str(out), "--proposals", mats[1]]) == 2
+    err = capsys.readouterr().err
+    n = sum(len(open_dataset(cfg.voc_root).ids(split)) for split in ("train", "val"))
+    assert (
+        f"no file holds every image of split train + val ({n} images; {mats[1]} lacks {n})" in err
+    )
+    assert not (out / ".stages").exists()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -89,6 +89,15 @@ def add_pipeline(sub) -> None:
     )
     add_max_side(search)
     search.add_argument(
+        "--proposals",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="precomputed proposals instead of Selective Search: .mat files of R-CNN's and "
+        "Fast R-CNN's layout (see `rcnn prepare --help`); each split reads the first file "
+        "holding all its images, e.g. --proposals voc_2007_trainval.mat voc_2007_test.mat",
+    )
+    search.add_argument(
         "--nms",
         type=float,
         default=default(PipelineConfig, "detector").nms,
@@ -131,6 +140,7 @@ def cmd_pipeline(args) -> None:
         test_split=args.test_split,
         svm_split=args.svm_split,
         proposals=ProposalConfig(args.mode, args.max_side),
+        proposal_files=args.proposals,
         detector=eval_detector_config(
             mode=args.mode, max_side=args.max_side, nms=args.nms, inference=inference(args)
         ),  # fmt: skip

@@ -68,6 +68,28 @@ def svm_split_of(cfg: PipelineConfig, dataset) -> str:
     return "trainval"
 
 
+def proposal_file_of(cfg: PipelineConfig, dataset, splits: list[str]):
+    """The first of ``--proposals``' files holding every image of ``splits`` (``None``
+    without files: Selective Search); a one-line error naming the splits when none does."""
+    from rcnn.data.proposal_files import ProposalFileError, read_proposal_file
+
+    if not cfg.proposal_files:
+        return None
+    ids = [i for split in splits for i in dataset.ids(split)]
+    lacking = []
+    for path in cfg.proposal_files:
+        found = read_proposal_file(path)
+        missing = sum(i not in found.boxes for i in ids)
+        if not missing:
+            return found
+        lacking.append(f"{path} lacks {missing}")
+    raise ProposalFileError(
+        f"--proposals: no file holds every image of split {' + '.join(splits)} "
+        f"({len(ids)} images; {', '.join(lacking)}); give one that does, e.g. the split's "
+        "`rcnn proposals` file"
+    )
+
+
 def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
     from rcnn.detection.ablate import AblationConfig, run_ablation
     from rcnn.detection.testing import TestConfig
@@ -78,25 +100,41 @@ def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
     out = Path(cfg.out)
     run, source = out / "run", {"voc_root": cfg.voc_root, "coco": cfg.coco, "images": cfg.images}
 
-    def prepare(folder: str, splits: list[str], labels: str) -> PrepareConfig:
-        return PrepareConfig(**source, out=str(out / folder), splits=splits, classes=cfg.classes,
-                             labels=LABEL_PRESETS[labels], proposals=cfg.proposals,
+    proposal_files = {}  # split(s) -> the proposal file they read, or None
+
+    def proposals_of(*splits: str):
+        key = " + ".join(splits)
+        if key not in proposal_files:
+            proposal_files[key] = proposal_file_of(cfg, dataset, list(splits))
+        return proposal_files[key]
+
+    def prepare(folder: str, splits: dict[str, str], labels: str) -> PrepareConfig:
+        found = proposals_of(*splits.values())
+        proposals = replace(cfg.proposals, file=found and str(found.path))
+        return PrepareConfig(**source, out=str(out / folder),
+                             splits=[f"{k}={v}" for k, v in splits.items()], classes=cfg.classes,
+                             labels=LABEL_PRESETS[labels], proposals=proposals,
                              workers=cfg.workers, cache_dir=cfg.cache_dir,
                              progress=cfg.progress)  # fmt: skip
 
     def files(*splits: str) -> dict:
-        return {split: dataset_digest(dataset, split) for split in splits}
+        found = {split: dataset_digest(dataset, split) for split in splits}
+        chosen = proposals_of(*splits)
+        if chosen is not None:  # the file's bytes, not only its name, decide a redo
+            found["proposals"] = chosen.digest
+        return found
 
     # The stores are named train, val (what `rcnn train` reads) and svm, whatever the splits.
-    regions = prepare("regions", [f"train={cfg.train_split}", f"val={cfg.val_split}"],
-                      cfg.labels)  # fmt: skip
-    paper = prepare("regions-svm", [f"svm={svm_split}"], "paper")
+    regions = prepare("regions", {"train": cfg.train_split, "val": cfg.val_split}, cfg.labels)
+    paper = prepare("regions-svm", {"svm": svm_split}, "paper")
+    tested = proposals_of(cfg.test_split)
     overrides = {"workers": cfg.inference.threads, "device": cfg.inference.device,
                  "amp": cfg.inference.amp, **cfg.train}  # fmt: skip
     train = train_config(cfg.preset, data=regions.out, out=str(run), progress=cfg.progress,
                          **overrides)  # fmt: skip
     test = TestConfig(str(run), cfg.voc_root, str(out / "ablation"), split=cfg.test_split,
-                      detector=replace(cfg.detector, workers=cfg.workers, cache_dir=cfg.cache_dir),
+                      detector=replace(cfg.detector, workers=cfg.workers, cache_dir=cfg.cache_dir,
+                                       proposals=tested and str(tested.path)),
                       progress=cfg.progress, analyze=cfg.analyze, coco=cfg.coco,
                       images=cfg.images)  # fmt: skip
     ablation = AblationConfig(test, paper.out, "svm", cfg.svm, str(run / "bbox"), True)
