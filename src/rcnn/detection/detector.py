@@ -37,6 +37,7 @@ from rcnn.modeling.checkpoint import LoadedModel
 from rcnn.modeling.config import LAYERS
 from rcnn.modeling.features import feature_dims, forward_features
 from rcnn.progress import progress_bar
+from rcnn.runtime.allocator import release_freed_memory
 from rcnn.runtime.device import autocast
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,16 @@ class Detector:
     def forward(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[dict]:
         """Per image: softmax probabilities ``probs [K_i, K + 1]`` of its boxes ``[K_i, 4]`` and
         the features the scorers need (``fc7``, ``pool5``), in one pass over all of them."""
+        return list(self.forward_each(paths, boxes, sizes))
+
+    def forward_each(
+        self, paths: list[str], boxes: list[np.ndarray], sizes: list
+    ) -> Iterator[dict]:
+        """:meth:`forward`'s dicts one image at a time, each as soon as its last batch is
+        scored: only one image's features are held (pool5 and fc7 of 2,000 proposals are about
+        100 MB in float32), however many images are scored together."""
         if not paths:
-            return []
+            return
         counts = [len(b) for b in boxes]
         index = np.repeat(np.arange(len(paths)), counts)
         flat = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32)
@@ -104,22 +113,32 @@ class Detector:
         regions = RegionSet(paths, index, flat, zeros, zeros, self.classes, list(sizes))
         threads = self.inference.threads
         store = ImageStore.of(regions, threads)
-        order = image_batches(counts, self.inference.batch)
+        order = image_batches(counts, self.inference.batch)  # no batch holds two images
         feeder = make_feeder(regions, order, self.warp, self.device, workers=threads, store=store)
-        parts: dict[str, list] = {"probs": [], **{name: [] for name in self.layers}}
+        names = ["probs", *self.layers]
+        width = {"probs": len(self.classes) + 1}
+        parts: dict[str, list] = {name: [] for name in names}
+        image = filled = 0
+
+        def finished():
+            nonlocal parts, image, filled
+            while image < len(counts) and filled == counts[image]:
+                yield {
+                    name: torch.cat(p).float().cpu().numpy()
+                    if p
+                    else np.zeros((0, width.get(name, 0)), np.float32)
+                    for name, p in parts.items()
+                }
+                parts, image, filled = {name: [] for name in names}, image + 1, 0
+
+        yield from finished()  # images without a region
         amp = functools.partial(autocast, self.device, self.inference.amp)
         for probs, features in forward_features(self.model, feeder, self.layers, amp):
             parts["probs"].append(probs)
             for name in self.layers:
                 parts[name].append(features[name])
-        width = {"probs": len(self.classes) + 1}
-        joined = {
-            name: torch.cat(p).float().cpu().numpy() if p else np.zeros((0, width.get(name, 0)))
-            for name, p in parts.items()
-        }
-        cuts = np.cumsum(counts)[:-1]
-        pieces = {name: np.split(array, cuts) for name, array in joined.items()}
-        return [{name: pieces[name][i] for name in pieces} for i in range(len(paths))]
+            filled += len(probs)
+            yield from finished()
 
     def score(self, paths: list[str], boxes: list[np.ndarray], sizes: list) -> list[np.ndarray]:
         """Softmax probabilities ``[K_i, K + 1]`` of each image's boxes ``[K_i, 4]``."""
@@ -180,30 +199,42 @@ class Detector:
                 if i + 1 < len(groups):
                     pending = ahead.submit(compute, groups[i + 1])
                 yield from self._detect(results)
+                release_freed_memory()
                 bar.update(len(results))
 
     def _detect(self, results: list[ProposalResult]):
         good = [r for r in results if not r.error and r.boxes is not None and len(r.boxes)]
-        try:
-            outs = self.forward(
-                [r.path for r in good], [r.boxes for r in good], [r.size for r in good]
-            )
-        except (OSError, RcnnError):
-            # An image was read again for the network and had changed since its proposals (gone,
-            # replaced, resized): scored one by one, only that image is lost. An image's scores
-            # do not depend on the images beside it.
-            outs = [self._forward_alone(r) for r in good]
-        scored = {id(r): out for r, out in zip(good, outs, strict=True)}
+        outs = self.forward_each(
+            [r.path for r in good], [r.boxes for r in good], [r.size for r in good]
+        )
+        alone = False
         for r in results:
-            out = scored.get(id(r))
-            if isinstance(out, str):  # why it failed
-                r = replace(r, error=out)
             if r.error:
                 yield r, None
-            elif out is None:  # no proposal at all
+                continue
+            if r.boxes is None or not len(r.boxes):  # no proposal at all
                 yield r, {v.name: Detections.empty() for v in self.variants}
+                continue
+            out = None
+            if not alone:
+                try:
+                    out = next(outs)
+                except (OSError, RcnnError):
+                    # An image was read again for the network and had changed since its
+                    # proposals (gone, replaced, resized): the rest are scored one by one, so
+                    # that only that image is lost. An image's scores do not depend on the
+                    # images beside it.
+                    alone = True
+            if alone:
+                out = self._forward_alone(r)
+            if isinstance(out, str):  # why it failed
+                yield replace(r, error=out), None
             else:
                 yield r, {v.name: self.postprocess(r.boxes, out, r.size, v) for v in self.variants}
+            del out  # its features go before the next image's arrive
+        if not alone:
+            for _ in outs:  # nothing is left: lets the feeder finish its pass
+                raise AssertionError("an image's features were not used")
 
     def _forward_alone(self, r: ProposalResult) -> dict | str:
         """:meth:`forward` of one image, or why it failed."""

@@ -77,3 +77,18 @@ def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
             if _depth == 0:
                 _set(libc, DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+def release_freed_memory() -> None:
+    """Hands the freed pages of every glibc arena back to the kernel (``malloc_trim``).
+
+    Detection frees a chunk's features (hundreds of MB, of another size each chunk) and
+    allocates the next one's: with glibc's self-adjusting mmap threshold, blocks of up to 32 MB
+    then come from the arenas, whose freed pages stay resident, and the process grows chunk
+    after chunk. Trimming after each chunk keeps it at one chunk's working set; it takes
+    milliseconds. Nothing happens elsewhere than on glibc, or inside :func:`reuse_freed_memory`,
+    whose point is to keep the pages."""
+    libc = _glibc()
+    if libc is not None and _depth == 0:
+        libc.malloc_trim(0)
+
