@@ -91,4 +91,3 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None and _depth == 0:
         libc.malloc_trim(0)
-
