@@ -144,7 +144,7 @@ def test_an_out_folder_with_other_files_is_refused_untouched(runs, tmp_path, cap
     assert (out / "regions" / "notes.txt").read_text() == "mine"
 
 
-def test_each_split_reads_the_proposal_file_that_holds_it(runs, tmp_path, capsys):
+def test_each_stage_reads_the_proposal_file_that_holds_its_splits(runs, tmp_path, capsys):
     """Fast R-CNN's two files (trainval and test), written from the searched proposals: the
     fine-tuning and SVM regions read the first, detection the second, and the regions are the
     ones the search gave; a file lacking a split's images is refused before any stage."""

@@ -21,7 +21,7 @@ SVM_FLAGS = {
     "pos_weight": "loss weight of positives",
     "passes": "passes over the negatives (the paper: one)",
     "retrain_every": "hard negatives that make a class train again mid-pass",
-    "first_negatives": "random negatives of a class's first training",
+    "first_negatives": "negatives of a class's first training (its first ones, in region order)",
     "layer": "the features the SVMs score: pool5, fc6 or fc7 (the paper's Table 2 compares them)",
     "solver": "newton (warm-started, on the device) or liblinear (scikit-learn's LinearSVC)",
     "max_cache_gb": "memory of the hard-negative caches of all classes together; past it the "
@@ -42,7 +42,12 @@ def _add_head_flags(p, default_out: str) -> None:
         "proposal and adds the ground-truth boxes",
     )
     p.add_argument("--out", help=f"output folder (default: RUN/{default_out})")
-    p.add_argument("--features", help="feature store (default: RUN/features; computed if missing)")
+    p.add_argument(
+        "--features",
+        help="a feature store to read, completed first if it lacks features (default: "
+        "RUN/features when it holds this network's features of these regions, else features "
+        "are computed on the fly and nothing is stored)",
+    )
     p.add_argument("--split", default=default(HeadConfig, "split"), help="split to train on")
     add_inference_flags(p)
     add_progress(p)
@@ -129,7 +134,8 @@ def add_train_svm(sub) -> None:
         "per-class linear SVMs on fc7 features, with hard-negative mining",
         "R-CNN's SVMs: per class, the non-difficult ground-truth boxes are the "
         "positives and proposals with IoU < 0.3 with every box of the class the negatives. "
-        "After a first training on the positives and a random sample of negatives, one pass "
+        "After a first training on the positives and the first --first-negatives negatives "
+        "(in region order, as the original's first pass caches them), one pass "
         "over the negatives (as in the paper) scores them for every class; those above -1 "
         "(hard) join the class's cache, and a class trains again whenever --retrain-every "
         "joined, then drops cached ones below -1.2 (easy); every class trains once more at "

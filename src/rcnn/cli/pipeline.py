@@ -94,8 +94,9 @@ def add_pipeline(sub) -> None:
         default=[],
         metavar="FILE",
         help="precomputed proposals instead of Selective Search: .mat files of R-CNN's and "
-        "Fast R-CNN's layout (see `rcnn prepare --help`); each split reads the first file "
-        "holding all its images, e.g. --proposals voc_2007_trainval.mat voc_2007_test.mat",
+        "Fast R-CNN's layout (see `rcnn prepare --help`); each stage reads the first file "
+        "holding every image of its splits (fine-tuning: train and val in one file), e.g. "
+        "--proposals voc_2007_trainval.mat voc_2007_test.mat",
     )
     search.add_argument(
         "--nms",

@@ -33,8 +33,8 @@ class PipelineConfig:
     test_split: str = "test"
     svm_split: str | None = None  # the SVMs' regions; None: trainval where it exists, else train
     proposals: ProposalConfig = field(default_factory=lambda: ProposalConfig("fast"))
-    # precomputed proposals (.mat files) instead of a search: each split reads the first file
-    # holding all its images (e.g. voc_2007_trainval.mat and voc_2007_test.mat)
+    # precomputed proposals (.mat files) instead of a search: each stage reads the first file
+    # holding every image of its splits (e.g. voc_2007_trainval.mat and voc_2007_test.mat)
     proposal_files: list[str] = field(default_factory=list)
     detector: DetectorConfig = field(default_factory=eval_detector_config)
     svm: SVMConfig = field(default_factory=SVMConfig)
