@@ -1,5 +1,7 @@
+import gc
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -176,6 +178,24 @@ def test_every_path_flips_the_same_regions(val_set):
             assert 0 < int(mask.sum()) < len(mask)
             torch.testing.assert_close(after[mask], before[mask].flip(-1), rtol=0, atol=0)
             torch.testing.assert_close(after[~mask], before[~mask], rtol=0, atol=0)
+
+
+def test_the_feeders_of_one_store_share_its_normalized_images(val_set):
+    """Feeders of one store alive at once (the SVM stage's positives and negatives) hold one
+    float32 copy of its images, not one each; it goes with the last of them."""
+    regions, _ = val_set
+    store = ImageStore(regions.image_paths)
+    index = [np.arange(0, len(regions), 7)]
+    first, second = (ThreadFeeder(regions, store, index, 24, 0, CPU, MEAN, STD) for _ in "ab")
+    assert np.shares_memory(first.views[0], second.views[0])
+    assert torch.equal(next(iter(first))[0], next(iter(second))[0])
+    other = ThreadFeeder(regions, store, index, 24, 0, CPU, (0.5,) * 3, (0.5,) * 3)
+    assert not np.shares_memory(other.views[0], first.views[0])
+    assert len(store.normalized) == 2
+    del first, second
+    gc.collect()
+    assert list(store.normalized) == [((0.5,) * 3, (0.5,) * 3)]
+    assert len(pickle.loads(pickle.dumps(store)).normalized) == 0
 
 
 def test_thread_feeder_recycles_only_buffers_nobody_holds(val_set):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,21 +116,35 @@ class LoaderFeeder:
             yield images, labels.to(self.device, non_blocking=True)
 
 
+_normalizing = threading.Lock()
+
+
+class NormalizedImages(list):
+    """The float32 views of one normalization of a store (a list that can be weakly held)."""
+
+
 def normalized_images(store: ImageStore, mean, std) -> list[np.ndarray]:
     """Every image of ``store``, normalized once: float32 ``[H, W, 3]`` views of one array.
 
     Four times the bytes of the uint8 store, and the CPU path's biggest saving: a region is
     then cut and resized straight into its batch slot, already normalized, in one pass, where
     a uint8 warp needs a second pass to convert and normalize. Context outside an image is 0,
-    exactly the mean colour.
+    exactly the mean colour. The feeders of one store alive at the same time (the positives'
+    and the negatives' of the SVM stage) share one copy instead of each making its own; it is
+    freed with the last of them.
     """
-    lut = normalization_table(mean, std)
-    flat = np.empty(int(store.offsets[-1]), np.float32)
-    views = []
-    for i in range(len(store)):
-        image = store.image(i)
-        view = flat[store.offsets[i] : store.offsets[i + 1]].reshape(image.shape)
-        views.append(cv2.LUT(image, lut, dst=view))
+    key = (tuple(map(float, mean)), tuple(map(float, std)))
+    with _normalizing:
+        views = store.normalized.get(key)
+        if views is None:
+            lut = normalization_table(mean, std)
+            flat = np.empty(int(store.offsets[-1]), np.float32)
+            views = NormalizedImages()
+            for i in range(len(store)):
+                image = store.image(i)
+                view = flat[store.offsets[i] : store.offsets[i + 1]].reshape(image.shape)
+                views.append(cv2.LUT(image, lut, dst=view))
+            store.normalized[key] = views
     return views
 
 
@@ -254,7 +269,7 @@ class ThreadFeeder:
 
 
 def float_images_budget() -> int:
-    """Bytes the normalized images of one feeder may take: a fifth of physical memory."""
+    """Bytes the normalized images of one image store may take: a fifth of physical memory."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 5
     except (ValueError, OSError, AttributeError):  # no sysconf: assume 16 GB

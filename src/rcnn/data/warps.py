@@ -10,6 +10,7 @@ training loop owns, so a run is reproducible and resumable whatever the number o
 from __future__ import annotations
 
 import logging
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -67,6 +68,15 @@ class ImageStore:
         flat = self.data.numpy()
         for i, image in enumerate(images):
             flat[self.offsets[i] : self.offsets[i + 1]] = image.ravel()
+        # The images normalized as float32 (rcnn.data.feeders.normalized_images): made by a
+        # CPU feeder, shared by the feeders alive at the same time, freed with the last.
+        self.normalized = weakref.WeakValueDictionary()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "normalized"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, normalized=weakref.WeakValueDictionary())
 
     @classmethod
     def of(cls, regions: RegionSet, threads: int = 4) -> ImageStore:
