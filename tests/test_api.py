@@ -75,6 +75,9 @@ def test_bad_images_raise_the_projects_error(trained, tmp_path):
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(RcnnError, match="broken.jpg"):
         det(broken)
+    for one in (str(broken), broken, np.zeros((10, 10, 3), np.uint8)):  # not a list of them
+        with pytest.raises(RcnnError, match="detect_many takes a list"):
+            next(det.detect_many(one))
     with pytest.raises(FileNotFoundError, match="model not found"):
         Detector.load(tmp_path / "nothing")
     with pytest.raises(RcnnError, match="--nms"):

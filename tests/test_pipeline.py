@@ -133,6 +133,42 @@ def test_a_changed_flag_redoes_its_stage_and_the_old_one_comes_back(runs, caplog
     assert settings["test"]["detector"]["nms"] == 0.5  # the newer one is kept in its place
 
 
+def test_another_spelling_of_the_same_settings_is_no_change(runs, capsys, monkeypatch):
+    """Paths written otherwise, and `--device auto` where it means the CPU."""
+    import torch
+
+    root, common = runs
+    out = root / "straight"
+    before = records(out)
+    monkeypatch.chdir(root)
+    other = {str(root / "voc"): "voc/"}
+    if not torch.cuda.is_available():
+        other["cpu"] = "auto"
+    spelled = [other.get(arg, arg) for arg in common]
+    assert main([*spelled, "--out", "./straight/"]) == 0
+    assert "stages run: none (all up to date)" in capsys.readouterr().out
+    assert records(out) == before
+
+
+def test_a_pipeline_killed_before_its_first_epoch_trains_again(runs, capsys):
+    """What a kill during the first epoch leaves: the train stage started, initial.pt and
+    config.json in the run folder, no last.pt. The re-run trains from the start, to the
+    same weights."""
+    root, common = runs
+    out = root / "straight"
+    run = out / "run"
+    weights = (run / "model.pth").read_bytes()
+    record = json.loads((out / ".stages" / "train.json").read_text())
+    for name in ("last.pt", "best.pt", "model.pth", "metrics.csv", "curves.png"):
+        (run / name).unlink()
+    record["state"] = "started"
+    (out / ".stages" / "train.json").write_text(json.dumps(record))
+    assert main([*common, "--out", str(out)]) == 0
+    assert "stages run: train" in capsys.readouterr().out
+    assert (run / "model.pth").read_bytes() == weights
+    assert epochs_done(run) == 3
+
+
 def test_an_out_folder_with_other_files_is_refused_untouched(runs, tmp_path, capsys):
     root, common = runs
     out = tmp_path / "mine"

@@ -13,6 +13,7 @@ with the command line's messages. Nothing here imports torch until a detector is
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -111,6 +112,11 @@ class Detector:
         is scored. An image that cannot be read raises :class:`rcnn.RcnnError` naming it."""
         if batch_images < 1:
             raise RcnnError(f"batch_images must be >= 1, got {batch_images}")
+        if isinstance(images, str | os.PathLike | np.ndarray) or hasattr(images, "getpixel"):
+            raise RcnnError(
+                "detect_many takes a list (or any iterable) of images; for one image call the "
+                f"detector itself: det({type(images).__name__})"
+            )
         core = self._core
         core.cfg = replace(core.cfg, chunk=batch_images)
         batch: list = []

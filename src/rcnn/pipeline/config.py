@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from rcnn.data.annotations import check_split_name, resolve_classes
@@ -45,6 +46,12 @@ class PipelineConfig:
     progress: bool = True
 
     def __post_init__(self):
+        # Absolute paths: `voc/`, `./voc` and `/data/voc` are one dataset to the stages'
+        # records, which compare settings (a different spelling would redo every stage).
+        for name in ("out", "voc_root", "coco", "images"):
+            if getattr(self, name):
+                setattr(self, name, os.path.abspath(getattr(self, name)))
+        self.proposal_files = [os.path.abspath(path) for path in self.proposal_files]
         check_source(self.voc_root, self.coco, self.images)
         self.classes = resolve_classes(list(self.classes))
         if self.preset not in PRESETS:

@@ -57,6 +57,20 @@ def stable(settings) -> dict:
     return strip(json.loads(json.dumps(asdict(settings), default=str)))
 
 
+def resolved(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with what ``--device auto`` and the default precision mean on this machine, so
+    that the stages' records compare what runs: ``--device auto`` where it means the CPU is no
+    change from ``--device cpu``, nor ``--amp`` from the default where bfloat16 is native."""
+    from rcnn.runtime.device import default_amp, resolve_device
+
+    device = resolve_device(cfg.inference.device)
+    name = device.type if cfg.inference.device == "auto" else cfg.inference.device
+    amp = default_amp(device) if cfg.inference.amp is None else cfg.inference.amp
+    inference = replace(cfg.inference, device=name, amp=amp)
+    return replace(cfg, inference=inference,
+                   detector=replace(cfg.detector, inference=inference))  # fmt: skip
+
+
 def svm_split_of(cfg: PipelineConfig, dataset) -> str:
     """``--svm-split``, or trainval where the dataset has it (the paper's), else train."""
     if cfg.svm_split:
@@ -85,8 +99,8 @@ def proposal_file_of(cfg: PipelineConfig, dataset, splits: list[str]):
         lacking.append(f"{path} lacks {missing}")
     raise ProposalFileError(
         f"--proposals: no file holds every image of split {' + '.join(splits)} "
-        f"({len(ids)} images; {', '.join(lacking)}); give one that does, e.g. the split's "
-        "`rcnn proposals` file"
+        f"({len(ids)} images; {', '.join(lacking)}); give one file holding them all (`rcnn "
+        "proposals --split trainval` writes VOC's train and val together)"
     )
 
 
@@ -158,7 +172,9 @@ def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
 
     def trained() -> dict | None:
         resume = (run / "last.pt").is_file()
-        row = run_train(train, resume=resume)
+        # Without last.pt the run folder holds at most what a run killed before its first
+        # epoch wrote (initial.pt, config.json): the stage's own files, started again.
+        row = run_train(train, resume=resume, overwrite=not resume)
         return None if row is None else {"best": row, "resumed": resume}
 
     def ablated() -> dict | None:
@@ -195,6 +211,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict | None:
 
     out = Path(cfg.out)
     start = time.perf_counter()
+    cfg = resolved(cfg)
     with run_stage("rcnn pipeline", cfg.inference.device, cfg) as frame:
         world = frame.world
         frame.claim(out)

@@ -215,7 +215,7 @@ def claim_run_folder(out: Path, overwrite: bool) -> None:
     if (out / BOARD).is_dir():  # the replaced run's curves would mix with the new ones
         shutil.rmtree(out / BOARD)
         found.append(BOARD + "/")
-    logger.warning("--overwrite: deleted %s from %s", ", ".join(found), out)
+    logger.warning("replacing the run in %s: deleted %s", out, ", ".join(found))
 
 
 def config_from_checkpoint(ckpt: dict) -> TrainConfig:
