@@ -77,10 +77,21 @@ def test_files_of_another_kind_are_one_line_errors(small_voc, tmp_path, capsys):
     assert not (tmp_path / "out" / "train").exists()
 
 
-def test_prepare_reads_the_searched_proposals_back_from_a_file(small_voc, tmp_path, caplog):
+def test_prepare_reads_the_searched_proposals_back_from_a_file(small_voc, tmp_path, caplog, capsys):
     common = ["--voc-root", str(small_voc), "--mode", "fast", "--cache-dir",
               str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
-    assert main(["proposals", *common, "--split", "train", "--out", str(tmp_path / "t.mat")]) == 0
+    export = ["proposals", *common, "--split", "train", "--out"]
+    assert main([*export, str(tmp_path / "t.mat")]) == 0
+    written = (tmp_path / "t.mat").read_bytes()
+    (tmp_path / "folder.mat").mkdir()
+    for out, message in ((tmp_path / "t.mat", "exists; pass --overwrite"),
+                         (tmp_path / "folder.mat", "is a folder"),
+                         (tmp_path / "t.txt", "written as a .mat file")):  # fmt: skip
+        assert main([*export, str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*export, str(tmp_path / "t.mat"), "--overwrite"]) == 0
+    assert (tmp_path / "t.mat").read_bytes() == written
+    assert main([*export, str(tmp_path / "upper.MAT")]) == 0
     assert main(["prepare", *common, "--split", "train", "--out", str(tmp_path / "ss")]) == 0
     argv = ["prepare", "--voc-root", str(small_voc), "--split", "train", "--no-progress",
             "--proposals", str(tmp_path / "t.mat"), "--out", str(tmp_path / "file")]  # fmt: skip

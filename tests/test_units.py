@@ -1,6 +1,7 @@
 """`rcnn visualize`: each pool5 unit's best regions, checked against a direct computation."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -68,7 +69,9 @@ def test_a_units_regions_are_its_highest_activations_after_nms(one_epoch_model, 
     assert picture.startswith(b"\x89PNG")
 
 
-def test_named_units_are_drawn_and_bad_ones_refused(one_epoch_model, prepared, tmp_path, capsys):
+def test_named_units_are_drawn_and_bad_ones_refused(
+    one_epoch_model, prepared, tmp_path, capsys, caplog
+):
     out = tmp_path / "named"
     argv = ["visualize", str(one_epoch_model), "--data", str(prepared), "--out", str(out), *FLAGS]
     assert main([*argv, "--unit", "5", "1", "2", "--unit", "0", "0", "0", "--top", "2"]) == 0
@@ -80,6 +83,10 @@ def test_named_units_are_drawn_and_bad_ones_refused(one_epoch_model, prepared, t
     assert "--unit 32 0 0" in capsys.readouterr().err
     assert main([*argv, "--top", "0"]) == 2
     assert (out / "units.json").read_bytes() == before  # a refused run leaves the last one
+    caplog.set_level(logging.WARNING)
+    assert main([*argv, "--units", "40", "--top", "1"]) == 0  # 32 channels, one unit each
+    assert len(json.loads((out / "units.json").read_text())["units"]) == 32
+    assert "--units 40: pool5 has 32 channels, one unit a channel: drawing 32" in caplog.text
 
 
 def linearized(model: nn.Module) -> nn.Module:

@@ -204,6 +204,7 @@ def add_proposals_export(sub) -> None:
     )
     add_dataset_flags(p, "trainval", "the split")
     p.add_argument("--out", required=True, metavar="FILE.mat", help="the file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument(
         "--mode",
         choices=MODES,
@@ -226,9 +227,14 @@ def cmd_proposals_export(args) -> None:
     from rcnn.files import output_dir
 
     check_split_name(args.split)
-    if not args.out.endswith(".mat"):
+    out = Path(args.out)
+    if out.suffix.lower() != ".mat":
         raise ConfigError(f"--out {args.out}: the proposals are written as a .mat file")
-    output_dir(Path(args.out).parent)
+    if out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; name the .mat file to write")
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        raise ConfigError(f"--out {args.out} exists; pass --overwrite to replace it")
+    output_dir(out.parent)
     dataset = open_dataset(args.voc_root, args.coco, args.images)
     config = ProposalConfig(mode=args.mode, max_side=args.max_side)
     cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()

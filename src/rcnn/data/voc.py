@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_HINT = (
     "expected a VOC layout: Annotations/{id}.xml, JPEGImages/{id}.jpg, "
-    "ImageSets/Main/{split}.txt (try `rcnn synth DIR` for an example)"
+    "ImageSets/Main/{split}.txt (`rcnn synth DIR --test-fraction 0.25` writes an example "
+    "with train, val and test splits)"
 )
 
 

@@ -147,6 +147,9 @@ def run_visualize(cfg: VisualizeConfig) -> dict:
     found = top_regions(model, feeder, asked, CANDIDATES, inference.amp, cfg.progress)
     if asked is None:
         asked = choose_units(found["values"][0], shape, cfg.units)
+        if len(asked) < cfg.units:
+            logger.warning("--units %d: pool5 has %d channels, one unit a channel: drawing %d",
+                           cfg.units, shape[0], len(asked))  # fmt: skip
         columns = asked
     else:
         columns = list(range(len(asked)))

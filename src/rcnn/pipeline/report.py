@@ -28,7 +28,7 @@ def write_report(cfg, out: Path, stages: dict, seconds: float) -> Path:
     """Per-class AP of the final detector, the ablation beside the paper's numbers, the
     fine-tuning, and each stage's time and peak memory; returns the report's path."""
     ablation = out / "ablation"
-    data = f"--coco {cfg.coco} --images {cfg.images}" if cfg.coco else f"--voc-root {cfg.voc_root}"
+    data = f"COCO {cfg.coco} (images {cfg.images})" if cfg.coco else f"VOC {cfg.voc_root}"
     lines = [
         f"# R-CNN on {data}",
         "",
