@@ -92,6 +92,11 @@ def test_multiclass_labels(small_voc, tmp_path):
     assert len(train.image_paths) == 4  # the dog-only image is chosen too
 
 
+def test_a_class_without_objects_is_named_when_prepared(small_voc, tmp_path, caplog):
+    run_prepare(config(small_voc, tmp_path / "out", tmp_path / "cache", classes=["car", "bus"]))
+    assert "no object region of bus; check --classes" in caplog.text
+
+
 def test_bad_images_are_skipped_and_listed(make_voc, tmp_path):
     voc = make_voc([(f"{i}", "train", [("car", (10, 10, 50, 40), False)]) for i in range(5)])
     (voc / "JPEGImages" / "0.jpg").unlink()

@@ -200,6 +200,14 @@ def label_split(cfg: PrepareConfig, dataset: Dataset, images: SplitImages):
         logger.warning("split '%s': no object regions; check --classes %s against the object "
                        "names of %s", split, " ".join(cfg.classes),
                        dataset.describe(split))  # fmt: skip
+    per_class = {
+        c: int(np.count_nonzero(regions.labels == k + 1)) for k, c in enumerate(cfg.classes)
+    }
+    absent = [c for c, n in per_class.items() if n == 0]
+    if regions.num_positive and absent:  # said now, not after training on the others
+        logger.warning("split '%s': no object region of %s; check --classes against the "
+                       "object names of %s", split, ", ".join(absent),
+                       dataset.describe(split))  # fmt: skip
     summary = {
         "images": len(labelled),
         "skipped": skipped,
@@ -208,9 +216,7 @@ def label_split(cfg: PrepareConfig, dataset: Dataset, images: SplitImages):
         "regions": len(regions),
         "positives": regions.num_positive,
         "negatives": regions.num_negative,
-        "positives_per_class": {
-            c: int(np.count_nonzero(regions.labels == k + 1)) for k, c in enumerate(cfg.classes)
-        },
+        "positives_per_class": per_class,
     }
     return regions, summary
 
