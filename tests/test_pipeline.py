@@ -227,13 +227,14 @@ def test_each_stage_reads_the_proposal_file_that_holds_its_splits(runs, tmp_path
         (["--test-split", "val"], "must differ"),
         (["--svm-split", "../x"], "--svm-split"),
         (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--voc-root", "/nonexistent/voc"], "/nonexistent/voc/Annotations not found"),
     ],
 )
 def test_bad_flags_are_named(runs, tmp_path, capsys, flags, message):
     root, common = runs
     assert main([*common, "--out", str(tmp_path / "o"), *flags]) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "o" / ".stages").exists()
+    assert not (tmp_path / "o").exists()  # nothing left behind, not even the lock
 
 
 def test_torchrun_runs_every_stage_across_processes(runs, tmp_path):

@@ -72,12 +72,23 @@ class Stage:
     def claim(self, out: str | Path, check=None) -> Path:
         """Rank 0 takes ``out``: creates it, holds its lock until the stage ends, removes the
         temporaries of interrupted writes, then calls ``check(out)`` (what the folder may hold).
-        An error there stops every rank with its message."""
+        An error there stops every rank with its message. A folder it created is removed again
+        when the stage fails before writing anything into it."""
         from rcnn.files import output_dir, output_lock, remove_temporaries
 
         out = Path(out)
 
+        def forget(failed, *_) -> bool:  # runs after the lock is released
+            if failed is not None:
+                with contextlib.suppress(OSError):
+                    if {p.name for p in out.iterdir()} <= {".lock"}:
+                        (out / ".lock").unlink(missing_ok=True)
+                        out.rmdir()
+            return False
+
         def take() -> None:
+            if not out.exists() and not out.is_symlink():
+                self.stack.push(forget)
             output_dir(out)
             self.stack.enter_context(output_lock(out, self.command))
             remove_temporaries(out)
