@@ -68,3 +68,24 @@ def test_a_run_without_its_initial_weights_is_named(trained, tmp_path):
     (run / "initial.pt").unlink()
     with pytest.raises(RcnnError, match="has no initial.pt, the weights it started from"):
         initial_network(run, tmp_path)
+
+
+def test_an_ablation_of_other_settings_is_refused_before_any_work(ablation, trained, capsys):
+    """Another --nms (or another --data) into the same --out: refused before a head is
+    trained, the folder as it was; --scorer, --svm and a checkpoint file are named."""
+    root, common = ablation
+    out = root / "out"
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    argv = ["ablate", str(trained / "run"), "--data", str(root / "paper"), "--train-split",
+            "train", "--out", str(out), *common]  # fmt: skip
+    assert main([*argv, "--nms", "0.5"]) == 2
+    assert f"--out {out} holds an ablation made otherwise (test.detector.nms)" in (
+        capsys.readouterr().err
+    )
+    after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before
+    assert main([*argv, "--scorer", "svm"]) == 2
+    assert "--scorer and --svm are for `rcnn test`" in capsys.readouterr().err
+    argv[1] = str(trained / "run" / "best.pt")
+    assert main(argv) == 2
+    assert "needs the run folder of `rcnn train`" in capsys.readouterr().err

@@ -82,6 +82,8 @@ def test_bad_images_raise_the_projects_error(trained, tmp_path):
         Detector.load(tmp_path / "nothing")
     with pytest.raises(RcnnError, match="--nms"):
         Detector.load(trained / "run", nms=0)
+    with pytest.raises(RcnnError, match="is read only with --scorer svm"):
+        Detector.load(trained / "run", svm=trained / "run")
 
 
 def test_import_rcnn_leaves_torch_alone():

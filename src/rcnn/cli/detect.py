@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rcnn.cli.common import (
     add_cache_dir,
     add_dataset_flags,
@@ -267,6 +269,16 @@ def cmd_ablate(args) -> None:
     from rcnn.detection.ablate import AblationConfig, run_ablation
 
     args.classes = None
+    if args.scorer != "softmax" or args.svm:
+        raise ConfigError(
+            "rcnn ablate scores every row of Table 2 itself: --scorer and --svm are for `rcnn "
+            "test`; --bbox-reg gives the box regressors"
+        )
+    if Path(args.model).is_file():
+        raise ConfigError(
+            f"{args.model}: rcnn ablate needs the run folder of `rcnn train` (it reads best.pt "
+            "and initial.pt), not a checkpoint file"
+        )
     result = run_ablation(
         AblationConfig(_test_config(args), args.data, args.train_split, bbox_reg=args.bbox_reg)
     )

@@ -11,11 +11,12 @@ paper's VOC2007 numbers beside for reference, to ``OUT/ablation.{md,json,png}``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rcnn.detection.config import Variant
 from rcnn.detection.testing import TestConfig, run_test
+from rcnn.errors import RcnnError
 from rcnn.files import atomic_write_bytes, atomic_write_json
 from rcnn.heads.config import BBoxConfig, HeadConfig, SVMConfig, run_part
 from rcnn.heads.train import run_layer_svms, run_train_bbox
@@ -75,7 +76,7 @@ def run_ablation(cfg: AblationConfig) -> dict | None:
     test, out = cfg.test, Path(cfg.test.out)
     run = Path(test.model)
     with run_stage("rcnn ablate", test.detector.inference.device, cfg) as stage:
-        stage.claim(out)
+        stage.claim(out, lambda folder: claim_ablation(folder, cfg))
         found: dict = {}
         rank_zero_first(stage.world, lambda: found.update(initial=initial_network(run, out)))
         initial, what = broadcast(found.get("initial"))
@@ -103,6 +104,65 @@ def run_ablation(cfg: AblationConfig) -> dict | None:
         if not stage.world.is_main:
             return None
     return _report(out, rows, test.split, what)
+
+
+SETTINGS = "ablation-settings.json"
+
+
+def ablation_record(cfg: AblationConfig) -> dict:
+    """What an ablation folder's results depend on: the settings (without each process's
+    own) and the bytes of the networks they come from."""
+    import json
+
+    from rcnn.files import file_digest
+    from rcnn.runtime.stage import PER_PROCESS
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in PER_PROCESS and k != "overwrite"}  # fmt: skip
+        return value
+
+    run = Path(cfg.test.model)
+    networks = {name: file_digest(run / name) for name in ("best.pt", "initial.pt")
+                if (run / name).is_file()}  # fmt: skip
+    settings = strip(json.loads(json.dumps(asdict(cfg), default=str)))
+    return {"settings": settings, "networks": networks}
+
+
+def claim_ablation(out: Path, cfg: AblationConfig) -> None:
+    """Refuses, before anything is trained or written, an ``out`` holding an ablation of other
+    settings or networks (unless ``--overwrite``), then records this one's."""
+    import json
+
+    record = ablation_record(cfg)
+    path = out / SETTINGS
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = None
+    found = found if isinstance(found, dict) else None
+    made = [n for n in ("heads", "initial", "fine-tuned", "ablation.json") if (out / n).exists()]
+    if found != record and (found is not None or made) and not cfg.test.overwrite:
+        if found is None:
+            differ = ["results of an unknown version"]
+        else:
+            differ = _differences(found.get("settings"), record["settings"])
+            if found.get("networks") != record["networks"]:
+                differ.append("the networks' weights")
+        differ = ", ".join(differ)
+        raise RcnnError(
+            f"--out {out} holds an ablation made otherwise ({differ}); choose another --out "
+            "or pass --overwrite"
+        )
+    atomic_write_json(path, record)
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]  # fmt: skip
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _variant(row: Row, layers: dict) -> Variant:

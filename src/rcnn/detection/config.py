@@ -48,6 +48,10 @@ class DetectorConfig:
         checks = [
             (self.scorer in SCORERS, f"--scorer must be one of {SCORERS}, got {self.scorer!r}"),
             (
+                self.svm is None or self.scorer == "svm",
+                f"--svm {self.svm} is read only with --scorer svm (scoring by {self.scorer})",
+            ),
+            (
                 thresh is None or self.scorer != "softmax" or 0 <= thresh <= 1,
                 f"--score-thresh must be in [0, 1] for softmax scores, got {thresh}",
             ),
