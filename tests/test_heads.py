@@ -282,13 +282,21 @@ def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
         (["train-svm", str(other), "--data", str(heads_run / "regions"), "--features",
           str(heads_run / "feats"), *FLAGS], "holds features of another model"),
         (["train-svm", str(run), "--data", str(prepared), "--features", str(tmp_path / "f"),
-          *FLAGS], "ground-truth"),
-        (["train-svm", str(run), "--data", str(tmp_path / "nothing"), *FLAGS], "not found"),
+          "--overwrite", *FLAGS], "ground-truth"),
+        (["train-svm", str(run), "--data", str(tmp_path / "nothing"), "--overwrite", *FLAGS],
+         "not found"),
+        # SVMs already there (maybe of another layer or network): replaced only when asked
+        (["train-svm", str(run), "--data", str(heads_run / "regions"), *FLAGS],
+         "svm already holds svm.npz, svm.json, svm_log.csv; pass --overwrite"),
+        (["train-bbox", str(run), "--data", str(heads_run / "regions"), "--out",
+          str(run / "svm"), *FLAGS], "svm already holds svm.npz"),
     ]  # fmt: skip
+    svms = (run / "svm" / "svm.npz").read_bytes()
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert (run / "svm" / "svm.npz").read_bytes() == svms
     with pytest.raises(FeatureStoreError, match="no pool5 features|run `rcnn features`"):
         FeatureStore(tmp_path / "f", "train", "pool5")
 
@@ -348,7 +356,7 @@ def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_p
     detect = ["detect", str(run), image, "--out", str(tmp_path / "d"), *FLAGS]
     svm = [*detect, "--scorer", "svm"]
     train_svm = ["train-svm", str(run), "--data", str(data), "--features", str(feats),
-                 "--device", "cpu", "--no-progress"]  # fmt: skip
+                 "--device", "cpu", "--no-progress", "--overwrite"]  # fmt: skip
 
     def damage(path, data: bytes):
         path.write_bytes(data)
@@ -411,7 +419,7 @@ def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_p
 
 
 def test_svms_need_the_ground_truth_positives_of_the_paper_preset(heads_run, prepared, capsys):
-    argv = ["train-svm", str(heads_run / "run"), "--data", str(prepared), *FLAGS]
+    argv = ["train-svm", str(heads_run / "run"), "--data", str(prepared), "--overwrite", *FLAGS]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "without their ground-truth boxes" in err and "--preset paper" in err
@@ -621,8 +629,8 @@ def test_heads_refuse_regions_of_other_classes_before_any_work(heads_run, tmp_pa
         shutil.rmtree(run / folder, ignore_errors=True)
     (run / "svm").mkdir()
     (run / "svm" / "svm.npz").write_bytes(b"a good model")
-    for command in ("train-svm", "train-bbox"):
-        argv = [command, str(run), "--data", str(regions), *FLAGS]
+    for command in ("train-svm", "train-bbox"):  # even --overwrite keeps it: refused first
+        argv = [command, str(run), "--data", str(regions), "--overwrite", *FLAGS]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "regions are of classes ['bus']" in err and "trained for ['car']" in err, err

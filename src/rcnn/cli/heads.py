@@ -49,6 +49,7 @@ def _add_head_flags(p, default_out: str) -> None:
         "are computed on the fly and nothing is stored)",
     )
     p.add_argument("--split", default=default(HeadConfig, "split"), help="split to train on")
+    p.add_argument("--overwrite", action="store_true", help="replace the heads already in --out")
     add_inference_flags(p)
     add_progress(p)
 
@@ -62,6 +63,7 @@ def _head_config(args):
         split=args.split,
         inference=inference(args),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
 
 

@@ -91,7 +91,8 @@ def run_ablation(cfg: AblationConfig) -> dict | None:
         bbox = Path(cfg.bbox_reg or run_part(run, "bbox"))
         if not (bbox / "bbox.npz").is_file():
             bbox = run / "bbox" if cfg.into_run else out / "heads" / "fine-tuned" / "bbox"
-            run_train_bbox(replace(heads, model=str(run / "best.pt"), out=str(bbox)), BBoxConfig())
+            own = replace(heads, model=str(run / "best.pt"), out=str(bbox), overwrite=True)
+            run_train_bbox(own, BBoxConfig())  # into a folder of its own, without regressors
         rows = {}
         for name, model in networks.items():
             layers = broadcast(folders[name])

@@ -66,6 +66,7 @@ class HeadConfig:
     split: str = "train"
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     progress: bool = True
+    overwrite: bool = False  # replace the SVMs or regressors already in out
 
     def __post_init__(self):
         check_split_name(self.split)

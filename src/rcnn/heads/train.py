@@ -128,6 +128,21 @@ def _memory(features, held_bytes: int) -> dict:
             "regions_computed": computed}  # fmt: skip
 
 
+HEAD_FILES = ("svm.npz", "svm.json", "svm_log.csv", "bbox.npz", "bbox.json", "bbox_log.csv")
+
+
+def refuse_earlier_heads(out: Path) -> None:
+    """SVMs or regressors already in ``out`` are replaced only when asked (``--overwrite``):
+    they may be of another layer, network or split, and `rcnn test` would take the new ones
+    for them."""
+    found = [name for name in HEAD_FILES if (out / name).exists()]
+    if found:
+        raise RcnnError(
+            f"--out {out} already holds {', '.join(found)}; pass --overwrite to replace them, "
+            "or choose another --out"
+        )
+
+
 def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> dict | None:
     """The frame of ``train-svm`` and ``train-bbox``: under torchrun every process computes its
     share of the features on the fly (:mod:`rcnn.runtime.shared`) while rank 0 trains, writes
@@ -137,7 +152,7 @@ def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> 
     out = Path(cfg.out or run_part(cfg.model, folder))
     with run_stage(command, cfg.inference.device, cfg) as frame:
         cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
-        frame.claim(out)
+        frame.claim(out, None if cfg.overwrite else refuse_earlier_heads)
         loaded, regions, features = frame.everywhere(
             lambda: feature_source(cfg, layer, frame.world, command)
         )
