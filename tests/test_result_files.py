@@ -57,3 +57,15 @@ def test_scored_result_files_must_be_finite_unambiguous_and_of_the_split(trained
     argv = ["test", "--dets", str(dets), "--voc-root", voc, "--out", str(tmp_path / "o"),
             "--competition", "comp4"]  # fmt: skip
     assert main(argv) == 0
+
+
+def test_metrics_read_back_list_the_classes_in_training_order():
+    """metrics.json is written with sorted keys; a finished run's tables read back in the
+    order a fresh run prints them."""
+    from rcnn.detection.image_results import in_class_order
+
+    read = {"classes": {"bus": 1, "car": 2}, "coco": {"classes": {"bus": 3, "car": 4}},
+            "false_positives": {"bus": 5, "car": 6}, "map": 0.5}  # fmt: skip
+    found = in_class_order(read, ["car", "bus"])
+    assert list(found["classes"]) == list(found["coco"]["classes"]) == ["car", "bus"]
+    assert list(found["false_positives"]) == ["car", "bus"] and found["classes"]["car"] == 2

@@ -67,6 +67,24 @@ def files_digest(folder: Path, ids: list[str]) -> str | None:
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
+def in_class_order(metrics: dict, classes) -> dict:
+    """``metrics`` read back from JSON (whose keys are written sorted) with its per-class
+    tables in the classes' order again, as a run that computes them gives them."""
+
+    def ordered(table):
+        if not isinstance(table, dict):
+            return table
+        return {**{c: table[c] for c in classes if c in table}, **table}
+
+    if "classes" in metrics:
+        metrics["classes"] = ordered(metrics["classes"])
+    if isinstance(metrics.get("coco"), dict):
+        metrics["coco"]["classes"] = ordered(metrics["coco"].get("classes"))
+    if "false_positives" in metrics:
+        metrics["false_positives"] = ordered(metrics["false_positives"])
+    return metrics
+
+
 def finished_metrics(
     folder: Path, digest: str, classes, split: str, ids: list[str], analyze: bool = False
 ) -> dict | None:
@@ -85,7 +103,7 @@ def finished_metrics(
         return None
     if done.get("metrics") != file_digest(folder / "metrics.json"):  # replaced since
         return None
-    metrics = nan_from_null(metrics)
+    metrics = in_class_order(nan_from_null(metrics), classes)
     if analyze and "false_positives" not in metrics:  # asked for now, not then
         return None
     if "coco" not in metrics:

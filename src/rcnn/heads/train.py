@@ -151,6 +151,9 @@ def _run_head(cfg: HeadConfig, layer: str, command: str, folder: str, stage) -> 
 
     out = Path(cfg.out or run_part(cfg.model, folder))
     with run_stage(command, cfg.inference.device, cfg) as frame:
+        from rcnn.runtime.device import resolve_device
+
+        resolve_device(frame.device)  # a device that is not there is named, store or not
         cfg = replace(cfg, inference=replace(cfg.inference, device=frame.device))
         frame.claim(out, None if cfg.overwrite else refuse_earlier_heads)
         loaded, regions, features = frame.everywhere(

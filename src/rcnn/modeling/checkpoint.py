@@ -183,8 +183,8 @@ def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedMode
     else:
         if not classes:
             raise ConfigError(
-                f"{path} holds only weights: pass --classes (in the training order) or give its "
-                "run folder"
+                f"{path} holds only weights: give its run folder (or best.pt), which knows the "
+                "classes; commands that have --classes also take them in the training order"
             )
         names = check_class_names(classes, "--classes")
         spec, weights = _spec_beside(path), state
