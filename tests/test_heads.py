@@ -3,6 +3,7 @@ the feature store they read."""
 
 import csv
 import json
+import logging
 import shutil
 from dataclasses import replace
 
@@ -772,7 +773,7 @@ def test_classes_solved_together_are_the_classes_solved_alone():
         assert objective[0] == pytest.approx(objective[1], rel=1e-3), k
 
 
-def test_the_caches_stay_under_the_memory_budget_with_a_weak_network(heads_run, tmp_path):
+def test_the_caches_stay_under_the_memory_budget_with_a_weak_network(heads_run, tmp_path, caplog):
     # A network of random weights: every negative looks hard to it, and the caches grow with
     # the pass, unless a budget bounds them.
     run = tmp_path / "random"
@@ -796,3 +797,10 @@ def test_the_caches_stay_under_the_memory_budget_with_a_weak_network(heads_run, 
     assert max(float(r["cache_mb"]) for r in bounded) <= budget_mb
     assert sum(int(r["budget_dropped"]) for r in bounded) > 0
     assert sum(int(r["budget_dropped"]) for r in free) == 0
+    caplog.set_level(logging.WARNING)  # a budget too small for any negative: said, not hidden
+    argv[argv.index("--max-cache-gb") + 1], argv[argv.index("--out") + 1] = (
+        "1e-9",
+        str(tmp_path / "t"),
+    )
+    assert main(argv) == 0
+    assert "have no cached negative left and train on their positives alone" in caplog.text

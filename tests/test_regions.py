@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn.data.regions import RegionSet, RegionStoreError
+from rcnn.data.regions import RegionSet, RegionStoreError, load_split
 
 
 def make_set(n=50, seed=0):
@@ -54,6 +54,9 @@ def test_invalid_arrays_rejected():
 def test_missing_store(tmp_path):
     with pytest.raises(RegionStoreError, match="meta.json not found: .* is not a region store"):
         RegionSet.load(tmp_path)
+    make_set().save(tmp_path / "trainval")  # the split asked for is not among those there
+    with pytest.raises(RegionStoreError, match="has no split 'train' \\(it has trainval\\)"):
+        load_split(tmp_path, "train")
 
 
 def test_truncated_array_detected(tmp_path):

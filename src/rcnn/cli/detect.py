@@ -28,7 +28,8 @@ def _add_detector_flags(p, thresh_help: str, caps) -> None:
         "--scorer",
         choices=SCORERS,
         default=default(DetectorConfig, "scorer"),
-        help="score proposals by the network's softmax or by the SVMs on its fc7 features",
+        help="score proposals by the network's softmax or by the SVMs on its features (of the "
+        "layer they were trained on: fc7 by default)",
     )
     p.add_argument("--svm", metavar="SVMDIR", help="`rcnn train-svm` output (default: RUN/svm)")
     p.add_argument(

@@ -248,6 +248,13 @@ def load_split(data: str | Path, split: str, allow_store: bool = False) -> Regio
             f"--data {data} is a single region store; give the `rcnn prepare` output folder "
             f"that holds train/ and val/ (here perhaps {data.parent})"
         )
+    if not (data / split / "meta.json").is_file():
+        stores = sorted(p.name for p in data.iterdir() if (p / "meta.json").is_file())
+        if stores:
+            raise RegionStoreError(
+                f"--data {data} has no split {split!r} (it has {', '.join(stores)}); choose one "
+                f"with --split, or prepare {split!r} with `rcnn prepare --split {split}`"
+            )
     return RegionSet.load(data / split)
 
 

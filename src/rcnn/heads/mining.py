@@ -180,6 +180,11 @@ def hold_budget(pool: NegativePool, trainers, budget: float) -> int:
         trainer.over_budget += trainer.cache.keep(~drop[owner == k])
     logger.info("%d cached negatives dropped to hold the caches under %.3g GB", count,
                 budget / 1e9)  # fmt: skip
+    emptied = [t for k, t in enumerate(trainers) if len(t.cache) == 0 and (owner == k).any()]
+    if emptied:
+        logger.warning("--max-cache-gb %.3g: %d class(es) have no cached negative left and train "
+                       "on their positives alone until the pass brings more; raise the budget",
+                       budget / 1e9, len(emptied))  # fmt: skip
     return count
 
 
