@@ -185,7 +185,7 @@ def test_rcnn_test_scores_a_coco_file_as_its_voc_twin(trained, tmp_path, capsys)
 
 def test_model_pth_needs_matching_classes(trained, tmp_path):
     pth = trained / "run" / "model.pth"
-    with pytest.raises(RcnnError, match="pass --classes"):
+    with pytest.raises(RcnnError, match="holds only weights: give its run folder"):
         load_model(pth)
     with pytest.raises(RcnnError, match="3 classes"):
         load_model(pth, ["car", "bus", "dog"])
