@@ -286,6 +286,9 @@ def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
           "--overwrite", *FLAGS], "ground-truth"),
         (["train-svm", str(run), "--data", str(tmp_path / "nothing"), "--overwrite", *FLAGS],
          "not found"),
+        # a folder of other files is not made a feature store
+        (["train-svm", str(run), "--data", str(heads_run / "regions"), "--features", str(run),
+          "--overwrite", *FLAGS], "holds other files and no feature store"),
         # SVMs already there (maybe of another layer or network): replaced only when asked
         (["train-svm", str(run), "--data", str(heads_run / "regions"), *FLAGS],
          "svm already holds svm.npz, svm.json, svm_log.csv; pass --overwrite"),

@@ -78,7 +78,14 @@ def feature_source(cfg: HeadConfig, layer: str, world=None, command="rcnn train-
 def _store(cfg: HeadConfig, layer: str, loaded, regions, root: Path, world=None) -> FeatureStore:
     """The store ``root``, with the missing features of ``cfg.split`` computed first (by
     `rcnn features` beforehand under torchrun)."""
+    if root.exists() and not root.is_dir():
+        raise FeatureStoreError(f"--features {root} is a file; give a feature store's folder")
     meta = read_meta(root)
+    if meta is None and root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir()):
+        raise FeatureStoreError(
+            f"--features {root} holds other files and no feature store: give a store of "
+            "`rcnn features`, or a new folder to make one in"
+        )
     if meta is not None and meta["model"].get("digest") != loaded.digest:
         raise FeatureStoreError(
             f"--features {root} holds features of another model ({meta['model'].get('path')}), "
