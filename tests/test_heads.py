@@ -286,6 +286,10 @@ def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
           "--overwrite", *FLAGS], "ground-truth"),
         (["train-svm", str(run), "--data", str(tmp_path / "nothing"), "--overwrite", *FLAGS],
          "not found"),
+        # a device that is not there, even where a feature store means no network runs
+        (["train-bbox", str(run), "--data", str(heads_run / "regions"), "--features",
+          str(heads_run / "feats"), "--out", str(tmp_path / "b"), "--device", "nodevice",
+          "--no-progress"], "--device 'nodevice' is not a device"),
         # a folder of other files is not made a feature store
         (["train-svm", str(run), "--data", str(heads_run / "regions"), "--features", str(run),
           "--overwrite", *FLAGS], "holds other files and no feature store"),

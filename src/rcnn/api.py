@@ -107,9 +107,9 @@ class Detector:
         return next(iter(self.detect_many([image])))
 
     def detect_many(self, images: Iterable, batch_images: int = 8) -> Iterator[Result]:
-        """The detections of each image, in order, ``batch_images`` at a time: their
-        proposals are searched together (in parallel, and cached) while the previous batch
-        is scored. An image that cannot be read raises :class:`rcnn.RcnnError` naming it."""
+        """The detections of each image, in order, ``batch_images`` at a time: a batch's
+        proposals are searched together (in parallel, and cached), then its images scored.
+        An image that cannot be read raises :class:`rcnn.RcnnError` naming it."""
         if batch_images < 1:
             raise RcnnError(f"batch_images must be >= 1, got {batch_images}")
         if isinstance(images, str | os.PathLike | np.ndarray) or hasattr(images, "getpixel"):

@@ -110,6 +110,13 @@ def add_proposals(p) -> None:
     )
 
 
+def add_search_workers(p) -> None:
+    """``--workers``: the Selective Search processes, one flag with one help text."""
+    p.add_argument(
+        "--workers", type=int, default=0, help="Selective Search processes (0 = one per core)"
+    )
+
+
 def add_cache_dir(p) -> None:
     p.add_argument(
         "--cache-dir",

@@ -10,6 +10,7 @@ from rcnn.cli.common import (
     add_max_side,
     add_progress,
     add_proposals,
+    add_search_workers,
     default,
     parser,
 )
@@ -131,12 +132,7 @@ def add_prepare(sub) -> None:
     )
     add_max_side(p)
     add_proposals(p)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=default(PrepareConfig, "workers"),
-        help="Selective Search processes (0 = one per core)",
-    )
+    add_search_workers(p)
     add_cache_dir(p)
     p.add_argument(
         "--strict",
@@ -212,9 +208,7 @@ def add_proposals_export(sub) -> None:
         help="Selective Search strategy",
     )
     add_max_side(p)
-    p.add_argument(
-        "--workers", type=int, default=0, help="Selective Search processes (0: a core each)"
-    )
+    add_search_workers(p)
     add_cache_dir(p)
     add_progress(p)
 

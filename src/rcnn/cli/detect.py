@@ -12,6 +12,7 @@ from rcnn.cli.common import (
     add_model,
     add_progress,
     add_proposals,
+    add_search_workers,
     default,
     inference,
     parser,
@@ -65,12 +66,7 @@ def _add_detector_flags(p, thresh_help: str, caps) -> None:
     add_max_side(p)
     add_proposals(p)
     add_inference_flags(p)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=default(DetectorConfig, "workers"),
-        help="Selective Search processes (0 = one per core)",
-    )
+    add_search_workers(p)
     add_cache_dir(p)
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     add_progress(p)

@@ -9,6 +9,7 @@ from rcnn.cli.common import (
     add_inference_flags,
     add_max_side,
     add_progress,
+    add_search_workers,
     default,
     inference,
     parser,
@@ -112,12 +113,7 @@ def add_pipeline(sub) -> None:
     )
     machine = p.add_argument_group("this machine")
     add_inference_flags(machine)
-    machine.add_argument(
-        "--workers",
-        type=int,
-        default=default(PipelineConfig, "workers"),
-        help="Selective Search processes (0 = one per core)",
-    )
+    add_search_workers(machine)
     add_cache_dir(machine)
     add_progress(p)
 

@@ -142,14 +142,13 @@ def mat_to_boxes(yxyx: np.ndarray) -> np.ndarray:
     """R-CNN's ``.mat`` proposals, ``[y1 x1 y2 x2]`` 1-based inclusive rows ``[K, 4]`` (as
     MATLAB indexes pixels), as project boxes (float64, unrounded)."""
     yxyx = np.asarray(yxyx, dtype=np.float64).reshape(-1, 4)
-    return yxyx[:, [1, 0, 3, 2]] - np.array([1.0, 1.0, 0.0, 0.0])
+    return voc_to_boxes(yxyx[:, [1, 0, 3, 2]])  # VOC's numbering, the axes swapped
 
 
 def boxes_to_mat(boxes: np.ndarray) -> np.ndarray:
     """Project boxes ``[K, 4]`` as R-CNN's ``[y1 x1 y2 x2]`` 1-based inclusive (float64): the
     inverse of :func:`mat_to_boxes`."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([1.0, 1.0, 0.0, 0.0])
-    return boxes[:, [1, 0, 3, 2]]
+    return boxes_to_voc(boxes)[:, [1, 0, 3, 2]]
 
 
 def coco_to_box(x: float, y: float, w: float, h: float) -> tuple[int, int, int, int]:

@@ -11,7 +11,7 @@ paper's VOC2007 numbers beside for reference, to ``OUT/ablation.{md,json,png}``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rcnn.detection.config import Variant
@@ -21,6 +21,7 @@ from rcnn.files import atomic_write_bytes, atomic_write_json
 from rcnn.heads.config import BBoxConfig, HeadConfig, SVMConfig, run_part
 from rcnn.heads.train import run_layer_svms, run_train_bbox
 from rcnn.modeling.checkpoint import initial_network
+from rcnn.modeling.config import LAYERS
 from rcnn.runtime.distributed import broadcast, rank_zero_first
 from rcnn.runtime.stage import run_stage
 
@@ -46,7 +47,6 @@ ROWS = (
     # Not in Table 2: its appendix B, the fine-tuned network's softmax in place of the SVMs.
     Row("softmax", "fine-tuned", None, False, "fine-tuned softmax (no SVM)", 50.9),
 )
-LAYERS = ("pool5", "fc6", "fc7")
 
 
 @dataclass
@@ -113,22 +113,13 @@ SETTINGS = "ablation-settings.json"
 def ablation_record(cfg: AblationConfig) -> dict:
     """What an ablation folder's results depend on: the settings (without each process's
     own) and the bytes of the networks they come from."""
-    import json
-
     from rcnn.files import file_digest
-    from rcnn.runtime.stage import PER_PROCESS
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()
-                    if k not in PER_PROCESS and k != "overwrite"}  # fmt: skip
-        return value
+    from rcnn.runtime.stage import shared_settings
 
     run = Path(cfg.test.model)
     networks = {name: file_digest(run / name) for name in ("best.pt", "initial.pt")
                 if (run / name).is_file()}  # fmt: skip
-    settings = strip(json.loads(json.dumps(asdict(cfg), default=str)))
-    return {"settings": settings, "networks": networks}
+    return {"settings": shared_settings(cfg, drop={"overwrite"}), "networks": networks}
 
 
 def claim_ablation(out: Path, cfg: AblationConfig) -> None:

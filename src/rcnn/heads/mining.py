@@ -12,7 +12,7 @@ ones that then score below -1.2 (easy), and every class trains once more at the 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -75,7 +75,8 @@ def train_layer_svms(regions, stream, cfg: SVMConfig, report=None, device="cpu")
     for layer, rows in found.items():
         rows = half(rows)
         positives = [rows[np.searchsorted(union, ex.positives)] for ex in examples]
-        miners[layer] = Miner(regions, examples, positives, cfg, report, device)
+        miners[layer] = Miner(regions, examples, positives, replace(cfg, layer=layer), report,
+                              device)  # fmt: skip
     for pass_ in range(1, cfg.passes + 1):
         for rows, xs in stream.stream_layers(next(iter(miners.values())).negatives):
             for layer, miner in miners.items():

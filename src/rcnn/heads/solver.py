@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-DELTAS = (1e-4,)  # the smoothing widths, solved in turn
+DELTA = 1e-4  # the hinge's smoothing width
 MAX_STEPS = 100  # Newton steps a width
 WOODBURY_MAX = 2048  # beyond this many examples on the margin, conjugate gradients
 TOLERANCE = 1e-6  # a step that lowers a class's objective by less (relative) ends its solve
@@ -165,24 +165,24 @@ def solve_svms(x, y, u, bias: float, scale: float = 1.0, start=None) -> tuple[to
     if start is not None:
         v = start.to(x.device, x.dtype).clone()
     steps = 0
-    for delta in DELTAS:
-        everyone = torch.arange(y.shape[1], device=x.device)
-        z = 1 - p.margins(v)
-        value = p.objective(v, z, delta, everyone)
-        active = everyone
-        for step in range(1, MAX_STEPS + 1):
-            zs = z[:, active]
-            s = newton_steps(p, v[:, active], zs, delta, active)
-            t, zs = line_search(p, v[:, active], s, zs, delta, active)
-            v[:, active] += t * s
-            z[:, active] = zs
-            now = p.objective(v[:, active], zs, delta, active)
-            converged = value[active] - now <= TOLERANCE * now.abs()
-            value[active] = now
-            steps = max(steps, step)
-            active = active[~converged]
-            if len(active) == 0:
-                break
+    delta = DELTA
+    everyone = torch.arange(y.shape[1], device=x.device)
+    z = 1 - p.margins(v)
+    value = p.objective(v, z, delta, everyone)
+    active = everyone
+    for step in range(1, MAX_STEPS + 1):
+        zs = z[:, active]
+        s = newton_steps(p, v[:, active], zs, delta, active)
+        t, zs = line_search(p, v[:, active], s, zs, delta, active)
+        v[:, active] += t * s
+        z[:, active] = zs
+        now = p.objective(v[:, active], zs, delta, active)
+        converged = value[active] - now <= TOLERANCE * now.abs()
+        value[active] = now
+        steps = step
+        active = active[~converged]
+        if len(active) == 0:
+            break
     return v, steps
 
 

@@ -103,7 +103,6 @@ class ClassTrainer:
         self.solution = None  # the Newton solver's last one: the next training starts there
         self.pending = 0  # hard negatives added since the last training
         self.over_budget = 0  # cached ones dropped to hold the memory budget since then
-        self.steps = 0  # the solver's steps, all trainings together
 
     def add(self, rows: np.ndarray, x: np.ndarray, scores=None) -> int:
         """Caches the hard negatives ``rows`` (features ``x``, scored ``scores``) not cached
@@ -168,11 +167,11 @@ def train_classes(trainers: list[ClassTrainer], scale: float, pass_: int) -> lis
     if any(t.solution is not None for t in trainers):
         zero = torch.zeros(x.shape[1] + 1, device=device)
         start = torch.stack([zero if t.solution is None else t.solution for t in trainers], 1)
-    solutions, steps = solve_svms(x, y, u, cfg.bias, scale, start)
+    solutions, _ = solve_svms(x, y, u, cfg.bias, scale, start)
     scores = scale * (x @ solutions[:-1]) + cfg.bias * solutions[-1]
     logs = []
     for k, t in enumerate(trainers):
-        t.solution, t.steps = solutions[:, k].clone(), t.steps + steps
+        t.solution = solutions[:, k].clone()
         index = torch.from_numpy(rows[k]).to(device)
         intercept = float(solutions[-1, k]) * cfg.bias
         logs.append(t.finish(solutions[:-1, k], intercept, scores[index, k], y[index, k], pass_))

@@ -240,7 +240,6 @@ def run_layer_svms(cfg: HeadConfig, svm: SVMConfig, layers, folders=None) -> dic
                 for layer, (model, log) in found.items():
                     model.info.update(_source_info(loaded, stream), layer=layer,
                                       regions=regions.info.get("generation"))  # fmt: skip
-                    model.info["config"]["layer"] = layer
                     model.save(where[layer])
                     write_log(where[layer] / "svm_log.csv", log)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from rcnn.data.annotations import DatasetError
@@ -36,25 +36,10 @@ from rcnn.pipeline.records import (
     done_record,
     plan,
 )
-from rcnn.runtime.stage import PER_PROCESS
+from rcnn.runtime.stage import shared_settings
 from rcnn.training.config import train_config
 
 logger = logging.getLogger(__name__)
-
-
-def stable(settings) -> dict:
-    """``settings`` (a dataclass) as JSON-able values, without what each machine sets for
-    itself (processes, threads, cache folder, progress bars)."""
-    import json
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in PER_PROCESS}
-        if isinstance(value, list | tuple):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(json.loads(json.dumps(asdict(settings), default=str)))
 
 
 def resolved(cfg: PipelineConfig) -> PipelineConfig:
@@ -153,7 +138,7 @@ def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
                       images=cfg.images)  # fmt: skip
     ablation = AblationConfig(test, paper.out, "svm", cfg.svm, str(run / "bbox"), True)
     evaluate = {"model": str(run / "best.pt"), "data": regions.out, "split": "val",
-                "inference": stable(cfg.inference)}  # fmt: skip
+                "inference": shared_settings(cfg.inference)}  # fmt: skip
 
     def evaluated() -> dict | None:
         m = run_evaluate(str(run / "best.pt"), regions.out, "val", str(out / "evaluate"),
@@ -184,19 +169,20 @@ def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
     dataset_settings = dataset.settings()
     return [
         Step("regions", "regions for fine-tuning (rcnn prepare)", [out / "regions"],
-             {"prepare": stable(regions), "dataset": dataset_settings}, prepared(regions),
+             {"prepare": shared_settings(regions), "dataset": dataset_settings}, prepared(regions),
              inputs=files(cfg.train_split, cfg.val_split)),
         Step("regions-svm", "regions for the SVMs and box regressors (rcnn prepare --preset "
-             "paper)", [out / "regions-svm"], {"prepare": stable(paper),
+             "paper)", [out / "regions-svm"], {"prepare": shared_settings(paper),
              "dataset": dataset_settings}, prepared(paper), inputs=files(svm_split)),
         Step("train", "fine-tuning (rcnn train)",
-             [*(run / name for name in RUN_FILES), run / "tensorboard"], stable(train), trained,
+             [*(run / name for name in RUN_FILES), run / "tensorboard"],
+             shared_settings(train), trained,
              after=["regions"], required=[run / "best.pt", run / "model.pth"]),
         Step("evaluate", "the best checkpoint on every val region (rcnn evaluate)",
              [out / "evaluate"], evaluate, evaluated,
              after=["train"]),
         Step("ablation", "SVMs, box regression and detection by every scorer (rcnn ablate)",
-             [out / "ablation", run / "svm", run / "bbox"], stable(ablation), ablated,
+             [out / "ablation", run / "svm", run / "bbox"], shared_settings(ablation), ablated,
              after=["train", "regions-svm"], inputs=files(cfg.test_split),
              required=[out / "ablation" / "ablation.json", run / "svm", run / "bbox"]),
     ]  # fmt: skip

@@ -43,20 +43,27 @@ from rcnn.runtime.distributed import (
 PER_PROCESS = frozenset({"progress", "workers", "threads", "cache_dir"})
 
 
-def settings_digest(settings) -> str:
-    """A digest of ``settings`` (a dataclass or a dict, nested ones included) without the
-    keys of :data:`PER_PROCESS`: what every rank must have been given alike."""
+def shared_settings(settings, drop=()) -> dict:
+    """``settings`` (a dataclass or a dict, nested ones included) as JSON values, without the
+    keys of :data:`PER_PROCESS` (nor those of ``drop``): what decides a stage's results, the
+    same on every machine."""
     if dataclasses.is_dataclass(settings):
         settings = dataclasses.asdict(settings)
+    dropped = PER_PROCESS | set(drop)
 
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in PER_PROCESS}
-        if isinstance(value, (list, tuple)):
+            return {k: strip(v) for k, v in value.items() if k not in dropped}
+        if isinstance(value, list):
             return [strip(v) for v in value]
         return value
 
-    text = json.dumps(strip(settings), sort_keys=True, default=str)
+    return strip(json.loads(json.dumps(settings, default=str)))
+
+
+def settings_digest(settings) -> str:
+    """A digest of :func:`shared_settings`: what every rank must have been given alike."""
+    text = json.dumps(shared_settings(settings), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
