@@ -16,7 +16,6 @@ from rcnn.cli.common import (
 )
 from rcnn.cli.train import add_training_flags, training_flags
 from rcnn.data.config import MODES, ProposalConfig
-from rcnn.detection.config import eval_detector_config
 from rcnn.pipeline.config import PipelineConfig
 from rcnn.training.config import PRESETS
 
@@ -102,7 +101,7 @@ def add_pipeline(sub) -> None:
     search.add_argument(
         "--nms",
         type=float,
-        default=default(PipelineConfig, "detector").nms,
+        default=default(PipelineConfig, "nms"),
         help="IoU above which a lower-scored box of a class is suppressed",
     )
     search.add_argument(
@@ -138,9 +137,7 @@ def cmd_pipeline(args) -> None:
         svm_split=args.svm_split,
         proposals=ProposalConfig(args.mode, args.max_side),
         proposal_files=args.proposals,
-        detector=eval_detector_config(
-            mode=args.mode, max_side=args.max_side, nms=args.nms, inference=inference(args)
-        ),  # fmt: skip
+        nms=args.nms,
         inference=inference(args),
         workers=args.workers,
         cache_dir=args.cache_dir,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from rcnn.data.annotations import check_split_name, resolve_classes
 from rcnn.data.config import ProposalConfig
 from rcnn.data.readers import check_source
-from rcnn.detection.config import DetectorConfig, eval_detector_config
+from rcnn.detection.config import eval_detector_config
 from rcnn.errors import ConfigError
 from rcnn.heads.config import SVMConfig
 from rcnn.runtime.config import InferenceConfig
@@ -37,7 +37,7 @@ class PipelineConfig:
     # precomputed proposals (.mat files) instead of a search: each stage reads the first file
     # holding every image of its splits (e.g. voc_2007_trainval.mat and voc_2007_test.mat)
     proposal_files: list[str] = field(default_factory=list)
-    detector: DetectorConfig = field(default_factory=eval_detector_config)
+    nms: float = 0.3  # the detector's; its proposals are those of `proposals` (or the files)
     svm: SVMConfig = field(default_factory=SVMConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     workers: int = 0  # Selective Search processes; 0 = one per core
@@ -53,6 +53,7 @@ class PipelineConfig:
                 setattr(self, name, os.path.abspath(getattr(self, name)))
         self.proposal_files = [os.path.abspath(path) for path in self.proposal_files]
         check_source(self.voc_root, self.coco, self.images)
+        eval_detector_config(nms=self.nms)  # the detector's own checks, before any stage
         self.classes = resolve_classes(list(self.classes))
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")

@@ -26,6 +26,7 @@ from rcnn.data.annotations import DatasetError
 from rcnn.data.config import PrepareConfig
 from rcnn.data.labels import PRESETS as LABEL_PRESETS
 from rcnn.data.readers import open_dataset
+from rcnn.detection.config import eval_detector_config
 from rcnn.pipeline.config import PipelineConfig
 from rcnn.pipeline.records import (
     PeakMemory,
@@ -51,9 +52,7 @@ def resolved(cfg: PipelineConfig) -> PipelineConfig:
     device = resolve_device(cfg.inference.device)
     name = device.type if cfg.inference.device == "auto" else cfg.inference.device
     amp = default_amp(device) if cfg.inference.amp is None else cfg.inference.amp
-    inference = replace(cfg.inference, device=name, amp=amp)
-    return replace(cfg, inference=inference,
-                   detector=replace(cfg.detector, inference=inference))  # fmt: skip
+    return replace(cfg, inference=replace(cfg.inference, device=name, amp=amp))
 
 
 def svm_split_of(cfg: PipelineConfig, dataset) -> str:
@@ -132,8 +131,10 @@ def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
     train = train_config(cfg.preset, data=regions.out, out=str(run), progress=cfg.progress,
                          **overrides)  # fmt: skip
     test = TestConfig(str(run), cfg.voc_root, str(out / "ablation"), split=cfg.test_split,
-                      detector=replace(cfg.detector, workers=cfg.workers, cache_dir=cfg.cache_dir,
-                                       proposals=tested and str(tested.path)),
+                      detector=eval_detector_config(
+                          mode=cfg.proposals.mode, max_side=cfg.proposals.max_side, nms=cfg.nms,
+                          proposals=tested and str(tested.path), inference=cfg.inference,
+                          workers=cfg.workers, cache_dir=cfg.cache_dir),
                       progress=cfg.progress, analyze=cfg.analyze, coco=cfg.coco,
                       images=cfg.images)  # fmt: skip
     ablation = AblationConfig(test, paper.out, "svm", cfg.svm, str(run / "bbox"), True)
