@@ -63,11 +63,44 @@ def test_no_detections_give_zero():
     assert result["ap_07"] == 0.0 and result["ap"] == 0.0 and result["recall"] == 0.0
 
 
-def test_below_or_at_half_overlap_is_a_miss():
-    # IoU exactly 0.5 is not enough: the devkit needs more than 0.5.
+def test_an_overlap_of_exactly_half_is_a_hit():
+    # The devkit's VOCevaldet.m matches at ovmax >= minoverlap: IoU exactly 0.5 is enough.
     gt = {"c": truth([[0, 0, 10, 10]])}
-    assert evaluate([("c", 0.9, [0, 0, 10, 20])], gt)["recall"] == 0.0  # IoU 0.5
-    assert evaluate([("c", 0.9, [0, 0, 10, 19])], gt)["recall"] == 1.0  # IoU 10/19
+    assert evaluate([("c", 0.9, [0, 0, 10, 20])], gt)["recall"] == 1.0  # IoU 0.5
+    assert evaluate([("c", 0.9, [0, 0, 10, 21])], gt)["recall"] == 0.0  # IoU 10/21
+
+
+# VOC's 1-based inclusive GT 56 55 193 128 and detection 56 55 124 128: the devkit's overlap
+# is 69*74 / (138*74) = 0.5 exactly; in this project's convention, minus one at the top left.
+HALF_GT, HALF_DET = [55, 54, 193, 128], [55, 54, 124, 128]
+
+
+def test_integer_boxes_at_exactly_half_score_as_the_devkit_scores_them():
+    # Four images, one car each, each found by a detection at IoU exactly 0.5, plus one
+    # background detection scored lowest: tp tp tp tp fp. By hand: recall reaches 1 at
+    # precision 1, so both APs are 1; a rule needing IoU > 0.5 gives 0 (all five false).
+    gt = {str(i): truth([HALF_GT]) for i in range(4)}
+    dets = [(str(i), 0.9 - 0.1 * i, HALF_DET) for i in range(4)] + [("0", 0.1, BACKGROUND)]
+    result = evaluate(dets, gt)
+    assert result["ap_07"] == 1.0 and result["ap"] == 1.0 and result["recall"] == 1.0
+    assert result["ap"] == devkit_ap(dets, gt, False)
+    assert result["ap_07"] == pytest.approx(devkit_ap(dets, gt, True))  # its sum of p / 11
+
+
+def test_a_difficult_object_matched_at_exactly_half_ignores_the_detection():
+    # The detection's best box is difficult at IoU 0.5: ignored, not a false positive, so the
+    # later hit keeps precision 1 (AP 1). Counted as a false positive it would be AP 1/2.
+    gt = {"a": truth([HALF_GT, [300, 300, 340, 340]], [True, False])}
+    dets = [("a", 0.9, HALF_DET), ("a", 0.8, [300, 300, 340, 340])]
+    result = evaluate(dets, gt)
+    assert result["ap"] == 1.0 and result["ap_07"] == 1.0 and result["positives"] == 1
+    assert result["ap"] == devkit_ap(dets, gt, False)
+
+
+def test_a_detection_overlapping_no_box_is_false_even_at_threshold_zero():
+    gt = {"c": truth([[0, 0, 10, 10]])}
+    ids, scores, boxes = ["c"], np.array([0.9]), np.array([[20, 20, 30, 30]], float)
+    assert evaluate_class(ids, scores, boxes, gt, iou_threshold=0.0)["recall"] == 0.0
 
 
 def test_voc_ap_area_and_11_point_on_a_curve():
@@ -77,7 +110,9 @@ def test_voc_ap_area_and_11_point_on_a_curve():
 
 
 def devkit_ap(dets, gt, use_07):
-    """A literal transcription of the devkit's voc_eval on 1-based inclusive coordinates."""
+    """A literal transcription of the devkit's VOCevaldet.m on 1-based inclusive coordinates:
+    only boxes that intersect the detection are measured, the first of equal overlaps wins,
+    and a match needs ``ovmax >= minoverlap``."""
     npos = sum(int((~g.difficult).sum()) for g in gt.values())
     found = {k: [False] * len(g.boxes) for k, g in gt.items()}
     order = sorted(range(len(dets)), key=lambda i: -dets[i][1])
@@ -86,19 +121,20 @@ def devkit_ap(dets, gt, use_07):
         image, _, (x1, y1, x2, y2) = dets[i]
         bb = [x1 + 1, y1 + 1, x2, y2]  # to VOC pixels
         g = gt[image]
-        bbgt = g.boxes + np.array([1, 1, 0, 0])
-        ovmax = -np.inf
-        if len(bbgt):
-            ixmin, iymin = np.maximum(bbgt[:, 0], bb[0]), np.maximum(bbgt[:, 1], bb[1])
-            ixmax, iymax = np.minimum(bbgt[:, 2], bb[2]), np.minimum(bbgt[:, 3], bb[3])
-            iw, ih = np.maximum(ixmax - ixmin + 1.0, 0.0), np.maximum(iymax - iymin + 1.0, 0.0)
-            inters = iw * ih
-            area = (bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-            areas = (bbgt[:, 2] - bbgt[:, 0] + 1.0) * (bbgt[:, 3] - bbgt[:, 1] + 1.0)
-            uni = area + areas - inters
-            overlaps = inters / uni
-            ovmax, jmax = overlaps.max(), overlaps.argmax()
-        if ovmax > 0.5:
+        ovmax, jmax = -np.inf, None
+        for j, (gx1, gy1, gx2, gy2) in enumerate(g.boxes + np.array([1, 1, 0, 0])):
+            iw = min(bb[2], gx2) - max(bb[0], gx1) + 1
+            ih = min(bb[3], gy2) - max(bb[1], gy1) + 1
+            if iw > 0 and ih > 0:
+                ua = (
+                    (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1)
+                    + (gx2 - gx1 + 1) * (gy2 - gy1 + 1)
+                    - iw * ih
+                )
+                ov = iw * ih / ua
+                if ov > ovmax:
+                    ovmax, jmax = ov, j
+        if ovmax >= 0.5:
             if not g.difficult[jmax]:
                 if not found[image][jmax]:
                     tp[d], found[image][jmax] = 1.0, True

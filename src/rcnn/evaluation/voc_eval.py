@@ -2,7 +2,7 @@
 
 For one class, detections of every image are taken in order of decreasing score. A detection
 is a true positive when the ground-truth box of that class it overlaps most in its image has
-IoU > 0.5 and no higher-scored detection matched that box before; a second detection of a box
+IoU >= 0.5 and no higher-scored detection matched that box before; a second detection of a box
 already matched is a false positive (a duplicate). The devkit is peculiar in two ways, kept
 here: the best-overlapping box is searched among all boxes of the class, matched or not,
 difficult or not (a detection whose best box is already matched does not fall back to the
@@ -10,7 +10,13 @@ next best); and a detection whose best box is *difficult* is ignored, neither tr
 positive, while difficult boxes do not count in the number of positives.
 
 IoU uses the project's exclusive box convention, which gives the devkit's numbers exactly:
-the devkit's ``xmax - xmin + 1`` on 1-based inclusive pixels is ``x2 - x1`` here.
+the devkit's ``xmax - xmin + 1`` on 1-based inclusive pixels is ``x2 - x1`` here, and the
+overlap is the same ``inter / (area1 + area2 - inter)``, so an IoU of exactly 0.5 (integer
+boxes often give one) is exactly 0.5 in both. The devkit's ``VOCevaldet.m`` matches at
+``ovmax >= minoverlap``, and so does this module; py-faster-rcnn's and detectron2's Python
+ports test ``ovmax > ovthresh`` and differ from the devkit on such boxes. The devkit only
+measures boxes that intersect the detection, so a detection overlapping no box is a false
+positive whatever the threshold.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 
 from rcnn.ops.boxes import paired_iou
 
-IOU_THRESHOLD = 0.5  # strictly greater counts, as in the devkit
+IOU_THRESHOLD = 0.5  # an IoU of exactly 0.5 counts, as in the devkit (VOCevaldet.m)
 
 
 @dataclass
@@ -154,7 +160,7 @@ def match_flat(
         pick = overlaps.argmax(axis=1)  # the first of equal overlaps, as the devkit's max
         best[part] = rows[np.arange(len(pick)), pick]
         best_iou[part] = overlaps[np.arange(len(pick)), pick]
-    above = best_iou > iou_threshold
+    above = (best_iou >= iou_threshold) & (best_iou > 0)  # the devkit's ovmax >= minoverlap
     ignored = above & truth.difficult[best] if len(truth.boxes) else np.zeros(len(order), bool)
     hits = np.flatnonzero(above & ~ignored)
     first = np.zeros(len(order), bool)
