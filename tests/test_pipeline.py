@@ -17,7 +17,7 @@ import pytest
 from rcnn.cli import main
 from rcnn.data.synth import make_synthetic_voc
 from rcnn.detection.ablate import ROWS
-from tests.helpers import torchrun
+from tests.helpers import one_process, torchrun, torchrun_steps
 
 CLASSES = ["car", "bus", "person"]
 FLAGS = [
@@ -237,11 +237,17 @@ def test_bad_flags_are_named(runs, tmp_path, capsys, flags, message):
     assert not (tmp_path / "o").exists()  # nothing left behind, not even the lock
 
 
-def test_torchrun_runs_every_stage_across_processes(runs, tmp_path):
+@pytest.fixture(scope="module")
+def dist(runs, tmp_path_factory):
+    """The pipeline of one epoch run by a 2-process torchrun: its folder and what it printed."""
     root, common = runs
-    out = tmp_path / "dist"
-    argv = ["-m", "rcnn", *common, "--out", str(out), "--epochs", "1"]
-    torchrun(*argv, cwd=tmp_path)
+    cwd = tmp_path_factory.mktemp("dist")
+    argv = ["-m", "rcnn", *common, "--out", str(cwd / "out"), "--epochs", "1"]
+    return cwd / "out", torchrun(*argv, cwd=cwd), argv
+
+
+def test_torchrun_runs_every_stage_across_processes(dist):
+    out, _, argv = dist
     done = {name: json.loads(text)["state"] for name, text in records(out).items()}
     assert done == dict.fromkeys(
         ["ablation", "evaluate", "regions", "regions-svm", "train"], "done"
@@ -249,5 +255,32 @@ def test_torchrun_runs_every_stage_across_processes(runs, tmp_path):
     assert re.search(
         r"\| fc7, fine-tuned, \+ box regression \| [0-9.]+", (out / "report.md").read_text()
     )
-    again = torchrun(*argv, cwd=tmp_path)
+    again = torchrun(*argv, cwd=out.parent)
     assert "stages run: none (all up to date)" in again.stdout
+
+
+def test_the_ablation_of_several_classes_is_the_same_bytes_in_one_process_and_two(runs, dist):
+    # Three classes, a batch other than the default, both precisions: each image's regions
+    # are scored in batches of their own, so sharing the images out changes no byte, as long
+    # as each process computes with as many CPU kernel threads (torchrun: OMP_NUM_THREADS=1,
+    # here torch.set_num_threads(1)); `--threads` (warping) does not change a result.
+    root, out = runs[0], dist[0]
+    ablate = ["ablate", str(out / "run"), "--voc-root", str(root / "voc"), "--split", "test",
+              "--data", str(out / "regions-svm"), "--train-split", "svm", "--batch", "16",
+              "--device", "cpu", "--workers", "1", "--cache-dir", str(root / "cache"),
+              "--no-progress"]  # fmt: skip
+    steps = []
+    for amp in ("--amp", "--no-amp"):
+        one_process(*ablate, amp, "--threads", "2", "--out", str(out.parent / f"one{amp}"))
+        steps.append({"name": amp, "argv": [*ablate, amp, "--threads", "1", "--out",
+                                            str(out.parent / f"two{amp}")]})  # fmt: skip
+    ranks = torchrun_steps(steps, out.parent / "launch")
+    assert all(rank[s["name"]]["rc"] == 0 for rank in ranks for s in steps), ranks
+    names = ["ablation.md", "ablation.json"]
+    names += [f"heads/{net}/{layer}/svm.npz" for net in ("initial", "fine-tuned")
+              for layer in ("pool5", "fc6")]  # fmt: skip
+    names += [f"{row.network}/{row.name}/comp4_det_test_{c}.txt" for row in ROWS for c in CLASSES]
+    for amp in ("--amp", "--no-amp"):
+        one, two = out.parent / f"one{amp}", out.parent / f"two{amp}"
+        for name in names:
+            assert (one / name).read_bytes() == (two / name).read_bytes(), (amp, name)

@@ -72,7 +72,9 @@ def add_inference_flags(p) -> None:
         "--threads",
         type=int,
         default=default(InferenceConfig, "threads"),
-        help="warping threads on the CPU",
+        help="threads that cut and resize regions on the CPU; they change no result (the "
+        "network's CPU kernels use PyTorch's threads: OMP_NUM_THREADS, 1 a process under "
+        "torchrun)",
     )
 
 
