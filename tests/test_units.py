@@ -89,6 +89,24 @@ def test_named_units_are_drawn_and_bad_ones_refused(
     assert "--units 40: pool5 has 32 channels, one unit a channel: drawing 32" in caplog.text
 
 
+def test_files_it_did_not_write_are_refused_untouched(one_epoch_model, prepared, tmp_path, capsys):
+    # A folder of the user's pictures: its units.png is not replaced without --overwrite.
+    out = tmp_path / "pictures"
+    out.mkdir()
+    (out / "units.png").write_bytes(b"a picture of the user's")
+    argv = ["visualize", str(one_epoch_model), "--data", str(prepared), "--out", str(out),
+            "--units", "1", "--top", "1", *FLAGS]  # fmt: skip
+    assert main(argv) == 2
+    assert f"{out / 'units.png'} was not written by rcnn visualize" in capsys.readouterr().err
+    assert (out / "units.png").read_bytes() == b"a picture of the user's"
+    assert not (out / "units.json").exists()
+    (out / "units.json").write_text('{"another": "program"}')
+    assert main(argv) == 2 and "units.json was not written" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "units.png").read_bytes().startswith(b"\x89PNG")
+    assert main(argv) == 0  # its own drawing is replaced
+
+
 def linearized(model: nn.Module) -> nn.Module:
     """The same geometry with every nonlinearity gone: its input gradient is nonzero on every
     pixel a unit depends on."""

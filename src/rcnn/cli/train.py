@@ -271,6 +271,12 @@ def add_visualize(sub) -> None:
     p.add_argument(
         "--top", type=int, default=default(VisualizeConfig, "top"), help="regions drawn a unit"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a units.json or units.png in --out that rcnn visualize did not write "
+        "(an earlier drawing is replaced without it)",
+    )
     add_inference_flags(p)
     add_progress(p)
 
@@ -290,6 +296,7 @@ def cmd_visualize(args) -> None:
             top=args.top,
             inference=inference(args),
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     )
     print(format_units(summary))

@@ -19,3 +19,4 @@ class VisualizeConfig:
     top: int = 8  # regions drawn a unit
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     progress: bool = True
+    overwrite: bool = False  # replace a units.json or units.png it did not write

@@ -13,7 +13,9 @@ Writes ``OUT/units.png`` (a row a unit) and ``OUT/units.json`` (the same regions
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -130,6 +132,7 @@ def run_visualize(cfg: VisualizeConfig) -> dict:
     path = checkpoint_path(cfg.model, default="best.pt")
     loaded = load_model(path, cfg.classes)
     out = output_dir(cfg.out or path.parent / f"units-{cfg.split}")  # before the work
+    check_units_out(out, cfg.overwrite)
     regions = load_split(cfg.data, cfg.split, allow_store=True)
     if len(regions) == 0:
         raise ConfigError(f"--data {cfg.data}: split {cfg.split!r} has no regions")
@@ -174,6 +177,29 @@ def run_visualize(cfg: VisualizeConfig) -> dict:
     atomic_write_bytes(out / "units.png", cv2.imencode(".png", picture)[1].tobytes())
     summary["out"] = str(out)
     return summary
+
+
+OUTPUTS = ("units.json", "units.png")
+
+
+def check_units_out(out: Path, overwrite: bool) -> None:
+    """Refuses, before any work, an ``out`` whose ``units.json`` or ``units.png`` this command
+    did not write (another program's, or a picture of the user's): an earlier drawing, whose
+    ``units.json`` is a summary of this command's, is replaced; anything else only with
+    ``--overwrite``."""
+    if overwrite or not any((out / name).exists() for name in OUTPUTS):
+        return
+    try:
+        summary = json.loads((out / "units.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict) and {"model", "split", "pool5", "units"} <= set(summary):
+        return
+    found = next(name for name in OUTPUTS if (out / name).exists())
+    raise ConfigError(
+        f"--out {out}: {out / found} was not written by rcnn visualize; choose another --out "
+        "or pass --overwrite to replace it"
+    )
 
 
 def choose_units(maxima: np.ndarray, shape, count: int) -> list[int]:
