@@ -352,6 +352,20 @@ def test_an_rcnn_test_folder_is_not_rescored_in_place(trained, tmp_path, capsys)
     assert json.loads((out / "metrics.json").read_text()) == {"proposal_recall": 1.0}
 
 
+def test_another_programs_results_in_out_are_refused_untouched(trained, tmp_path, capsys):
+    # Another detector's results, without the settings.json of an rcnn test run beside them.
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "comp4_det_test_car.txt").write_text("000001 0.9 1 1 20 20\n")
+    argv = ["test", str(trained / "run"), "--voc-root", str(trained / "voc"), "--out", str(out),
+            "--cache-dir", str(trained / "cache"), *FLAGS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "comp4_det_test_car.txt, which rcnn test did not write" in err and "--overwrite" in err
+    assert (out / "comp4_det_test_car.txt").read_text() == "000001 0.9 1 1 20 20\n"
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["comp4_det_test_car.txt"]
+
+
 def test_a_model_of_other_classes_than_the_split_is_refused(trained, tmp_path, capsys):
     voc = tmp_path / "voc"
     shutil.copytree(trained / "voc", voc)

@@ -298,10 +298,28 @@ def _head_digest(folder: Path, stem: str) -> str:
     return hashlib.sha256(read_regular_file(Path(folder) / f"{stem}.npz")).hexdigest()
 
 
+# What a run writes in its folder: with no settings.json beside them, another program's files.
+OUTPUTS = ("metrics.json", "pr.png", "coco_results.json", DONE, "detections")
+
+
+def _refuse_outputs_of_others(out: Path) -> None:
+    """Refuses a folder holding files by the names of this command's outputs that no run of it
+    wrote (no ``settings.json``): another detector's results, say, would be replaced."""
+    found = [out / name for name in OUTPUTS if (out / name).exists()]
+    found += sorted(out.glob("comp4_det_*.txt"))
+    if found:
+        raise RcnnError(
+            f"--out {out} holds {found[0]}, which rcnn test did not write (no settings.json "
+            "beside it); choose another --out or pass --overwrite to replace it"
+        )
+
+
 def claim_test_folder(out: Path, settings: dict, overwrite: bool) -> None:
     """Keeps the detections of an interrupted run with the same settings; refuses those of
     other settings. ``overwrite`` clears whatever is there."""
     path = out / "settings.json"
+    if not path.is_file() and not overwrite:
+        _refuse_outputs_of_others(out)
     if path.is_file():
         try:
             old = read_json(path, "`rcnn test` settings")
