@@ -64,8 +64,10 @@ class Detector:
         cache_dir: str | Path | None = None,
         workers: int = 0,
     ) -> Detector:
-        """A detector from a run folder (its ``best.pt``), a checkpoint, or a ``model.pth`` with
-        ``classes``; the same defaults as ``rcnn detect``.
+        """A detector from a run folder (its ``best.pt``), a checkpoint, a ``model.pth`` with
+        ``classes``, or a ``.onnx`` file of ``rcnn export`` (run by onnxruntime, without torch;
+        its scorer, heads, thresholds and caps are those it was exported with); the same
+        defaults as ``rcnn detect``.
 
         Args:
             scorer: ``softmax`` (the fine-tuned network) or ``svm`` (the SVMs in ``svm``,
@@ -79,12 +81,14 @@ class Detector:
                 project's), ``workers`` its processes (0 = one per core).
         """
         from rcnn.detection.config import DetectorConfig
-        from rcnn.detection.detector import Detector as Core
-        from rcnn.heads.config import run_part
-        from rcnn.modeling.checkpoint import load_model
+        from rcnn.detection.exported import is_exported, open_exported
         from rcnn.runtime.config import InferenceConfig
 
-        if bbox_reg is True:
+        if is_exported(model):  # `rcnn export`'s ONNX file: onnxruntime, no torch
+            bbox_reg = bool(bbox_reg) and "exported"
+        elif bbox_reg is True:
+            from rcnn.heads.config import run_part
+
             bbox_reg = run_part(model, "bbox")
         cfg = DetectorConfig(
             scorer=scorer,
@@ -98,6 +102,12 @@ class Detector:
             workers=workers,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
+        if is_exported(model):
+            core = open_exported(model, cfg)
+            return cls(core, core.classes)
+        from rcnn.detection.detector import Detector as Core
+        from rcnn.modeling.checkpoint import load_model
+
         loaded = load_model(model, classes)
         return cls(Core(loaded, cfg), loaded.classes)
 

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from rcnn import __version__
-from rcnn.cli import data, detect, heads, pipeline, train
+from rcnn.cli import data, detect, export, heads, pipeline, train
 from rcnn.cli.common import Formatter
 from rcnn.errors import RcnnError
 
@@ -35,6 +35,7 @@ COMMANDS = {
     "train-svm": (heads.add_train_svm, heads.cmd_train_svm),
     "train-bbox": (heads.add_train_bbox, heads.cmd_train_bbox),
     "ablate": (detect.add_ablate, detect.cmd_ablate),
+    "export": (export.add_export, export.cmd_export),
     "demo": (train.add_demo, train.cmd_demo),
     "bench": (train.add_bench, train.cmd_bench),
 }
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "          rcnn synth (optional) -> rcnn prepare -> rcnn train -> rcnn evaluate\n"
         "          -> rcnn detect (images) / rcnn test (VOC detection AP)\n"
         "          -> rcnn features -> rcnn train-svm / train-bbox -> rcnn ablate;\n"
+        "rcnn export writes the detector as one ONNX or TorchScript file;\n"
         "rcnn visualize draws what pool5 units respond to.\n"
         "`rcnn demo` runs it all on synthetic data.\n"
         "Run `rcnn COMMAND --help` for each command's flags.",

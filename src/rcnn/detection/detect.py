@@ -20,6 +20,7 @@ import cv2
 from rcnn.data.images import read_image
 from rcnn.detection.detector import Detector, DetectorConfig
 from rcnn.detection.draw import draw_detections
+from rcnn.detection.exported import is_exported, open_exported
 from rcnn.errors import ConfigError, RcnnError
 from rcnn.files import (
     atomic_write_bytes,
@@ -105,8 +106,10 @@ def run_detect(
     paths = collect_images(inputs)
     out_dir = Path(out)
     _check_out(out_dir, paths, overwrite)
-    loaded = load_model(model, classes)
-    detector = Detector(loaded, cfg)
+    if is_exported(model):  # `rcnn export`'s ONNX file, run by onnxruntime
+        detector = open_exported(model, cfg)
+    else:
+        detector = Detector(load_model(model, classes), cfg)
     out_dir = output_dir(out_dir)
     lines, skipped, total = [], [], 0
     with output_lock(out_dir, "rcnn detect"):
@@ -119,14 +122,14 @@ def run_detect(
             names = dict(zip(paths, picture_names(paths), strict=True))
             for result, dets in detector.run(paths, progress):
                 try:
-                    picture = _picture(result, dets, loaded.classes)
+                    picture = _picture(result, dets, detector.classes)
                 except RcnnError as err:  # this image alone: the others go on
                     logger.warning("skipped %s", err)
                     skipped.append(str(err))
                     continue
                 atomic_write_bytes(staging / names[result.path], picture)
                 total += len(dets)
-                record = _record(result, names[result.path], dets, loaded.classes)
+                record = _record(result, names[result.path], dets, detector.classes)
                 lines.append(json.dumps(record))
             atomic_write_bytes(staging / RESULTS, "".join(f"{x}\n" for x in lines).encode())
             _publish(staging, out_dir)

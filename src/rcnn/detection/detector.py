@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from rcnn.data.proposals import ProposalResult
 from rcnn.data.regions import RegionSet
 from rcnn.data.warps import ImageStore
 from rcnn.detection.config import DetectorConfig, Variant
+from rcnn.detection.detections import Detections
 from rcnn.errors import RcnnError
 from rcnn.heads.bbox_regression import BBoxRegressor
 from rcnn.heads.config import run_part
@@ -41,22 +42,6 @@ from rcnn.runtime.allocator import release_freed_memory
 from rcnn.runtime.device import autocast
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Detections:
-    """One image's detections, best first."""
-
-    boxes: np.ndarray  # float32 [D, 4], project convention
-    scores: np.ndarray  # float32 [D]
-    labels: np.ndarray  # int64 [D], 1..K
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
 class Detector:
