@@ -8,6 +8,7 @@ import shutil
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from rcnn.cli import main
 from rcnn.data.proposals import ProposalResult
@@ -99,3 +100,26 @@ def test_rcnn_test_on_long_names_fifos_and_images_over_the_limit(trained, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "test.txt names 1 image(s) that are not regular files, e.g. " in err
     assert err.endswith(f"{ids[2]}.jpg") and "missing" not in err
+
+
+def test_detect_replaces_no_file_it_did_not_write_and_takes_gifs(trained, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = trained / "voc" / "JPEGImages" / "000001.jpg"
+    shutil.copy(source, images / "000001.jpg")
+    Image.open(source).save(images / "moving.gif")  # a GIF: taken, not passed over in silence
+    dataset = tmp_path / "JPEGImages"  # another dataset's images, of the same names
+    dataset.mkdir()
+    shutil.copy(trained / "voc" / "JPEGImages" / "000002.jpg", dataset / "000001.jpg")
+    before = (dataset / "000001.jpg").read_bytes()
+    argv = ["detect", str(trained / "run"), str(images), "--out", str(dataset), "--cache-dir",
+            str(trained / "cache"), *FLAGS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {dataset} already holds 000001.jpg, which rcnn detect did not write" in err
+    assert (dataset / "000001.jpg").read_bytes() == before
+    assert sorted(p.name for p in dataset.iterdir()) == ["000001.jpg"]  # no work was done
+    assert main([*argv, "--overwrite"]) == 0  # asked for
+    records = [json.loads(line) for line in (dataset / "detections.jsonl").read_text().splitlines()]
+    assert [r["picture"] for r in records] == ["000001.jpg", "moving.jpg"]
+    assert (dataset / "000001.jpg").read_bytes() != before

@@ -1,21 +1,27 @@
-"""Reading images: pixels as stored (EXIF orientation ignored), plain files only, and no more
-pixels than the limit, checked from the header before decoding."""
+"""Reading images: pixels as stored (EXIF orientation ignored, or applied as PIL applies it
+where asked), plain files only, no more pixels than the limit, checked from the header before
+decoding, and deep pixels (16-bit, float) by one rule for files and PIL images."""
 
 import io
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from rcnn.data.images import (
+    ImageDepthError,
     ImageTooLargeError,
     check_image_size,
     decode_image,
+    exif_orientation,
     image_size,
+    pil_to_rgb,
     read_image,
+    upright,
+    upright_copy,
 )
-from rcnn.errors import ConfigError
+from rcnn.errors import ConfigError, RcnnError
 from tests.helpers import png_declaring
 
 
@@ -79,3 +85,47 @@ def test_the_pixel_limit_is_read_from_the_environment(monkeypatch):
         monkeypatch.setenv("RCNN_MAX_IMAGE_PIXELS", bad)
         with pytest.raises(ConfigError, match=f"RCNN_MAX_IMAGE_PIXELS must be .* got '{bad}'"):
             decode_image(data)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_turns_pixels_as_pil_exif_transpose_does(orientation, tmp_path):
+    pixels = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "tagged.png"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())  # lossless, tag kept
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))  # the oracle
+    assert exif_orientation(path.read_bytes()) == orientation
+    np.testing.assert_array_equal(upright(pixels, orientation), expected)
+    copy = upright_copy(str(path), tmp_path / "copy.png")
+    if orientation == 1:
+        assert copy == str(path)
+    else:
+        np.testing.assert_array_equal(read_image(copy)[:, :, ::-1], expected)
+        np.testing.assert_array_equal(pil_to_rgb(Image.open(path), exif=True), expected)
+        np.testing.assert_array_equal(pil_to_rgb(Image.open(path)), pixels)
+
+
+def test_a_pil_image_of_any_mode_reads_as_its_file(tmp_path):
+    grey = (np.arange(48 * 40).reshape(40, 48) * 34 % 65536).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "grey16.png"), grey)
+    opened = Image.open(tmp_path / "grey16.png")
+    assert opened.mode == "I;16"
+    by_path = read_image(tmp_path / "grey16.png")
+    np.testing.assert_array_equal(by_path[:, :, 0], grey >> 8)  # OpenCV's own 16-to-8 rule
+    np.testing.assert_array_equal(pil_to_rgb(opened), by_path[:, :, ::-1])
+    np.testing.assert_array_equal(pil_to_rgb(opened.convert("I")), by_path[:, :, ::-1])
+    unit = np.random.default_rng(0).random((30, 20)).astype(np.float32)
+    Image.fromarray(unit, "F").save(tmp_path / "unit.tif")  # a file OpenCV read as nothing
+    by_path = read_image(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(by_path[:, :, 1], np.round(unit.astype(float) * 255))
+    np.testing.assert_array_equal(pil_to_rgb(Image.open(tmp_path / "unit.tif")), by_path)
+    Image.fromarray(unit * 255, "F").save(tmp_path / "wide.tif")
+    with pytest.raises(ImageDepthError, match=r"wide.tif: float pixels must lie in 0..1"):
+        read_image(tmp_path / "wide.tif")
+    with pytest.raises(ImageDepthError, match="mode F: float pixels must lie in 0..1"):
+        pil_to_rgb(Image.open(tmp_path / "wide.tif"))
+    closed = Image.open(tmp_path / "grey16.png")
+    closed.close()
+    with pytest.raises(RcnnError, match="mode I;16 could not be read.*closed"):
+        pil_to_rgb(closed)

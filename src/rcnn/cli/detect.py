@@ -101,11 +101,18 @@ def add_detect(sub) -> None:
         "class a score threshold and non-maximum suppression. Writes OUT/NAME.jpg with the "
         "boxes drawn (a colour per class, the score on each box) and OUT/detections.jsonl "
         "(per image: its path, picture, size and detections, boxes as x1 y1 x2 y2 with x2, y2 "
-        "exclusive). Unreadable images are skipped with a warning.",
+        "exclusive, in the upright frame of an image's EXIF orientation). Unreadable images are "
+        "skipped with a warning; no file in --out is replaced without --overwrite.",
     )
     add_model(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for the pictures and detections.jsonl")
+    p.add_argument(
+        "--no-exif",
+        action="store_true",
+        help="keep each image's pixels as stored: do not turn it upright by its EXIF "
+        "orientation first (boxes are then in the stored frame)",
+    )
     _add_detector_flags(
         p,
         "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
@@ -125,6 +132,7 @@ def cmd_detect(args) -> None:
         args.classes,
         args.overwrite,
         not args.no_progress,
+        exif=not args.no_exif,
     )
     print(
         f"{summary['detections']} detections in {summary['images']} images "

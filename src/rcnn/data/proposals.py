@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import multiprocessing as mp
 import os
 import signal
 from dataclasses import dataclass, replace
@@ -22,7 +21,14 @@ import cv2
 import numpy as np
 
 from rcnn.data.config import ProposalConfig
-from rcnn.data.images import ImageTooLargeError, check_image_size, decode_image, image_size
+from rcnn.data.images import (
+    ImageDepthError,
+    ImageTooLargeError,
+    check_image_size,
+    decode_image,
+    image_size,
+)
+from rcnn.data.search_pool import SearchWorkers
 from rcnn.files import atomic_write_bytes, read_regular_file
 from rcnn.ops.boxes import clip_boxes, nonempty, unique_boxes
 from rcnn.progress import progress_bar
@@ -130,7 +136,10 @@ def _compute_one(job: tuple[str, str, ProposalConfig, str | None]) -> ProposalRe
     data, error = _read(path)
     if data is None:
         return ProposalResult(path, None, error=error)
-    image = decode_image(data, path)
+    try:
+        image = decode_image(data, path)
+    except ImageDepthError as err:
+        return ProposalResult(path, None, error=str(err))
     if image is None:
         what = "an empty file" if not data else "not a readable image (corrupt JPEG?)"
         return ProposalResult(path, None, error=f"{path}: {what}")
@@ -184,18 +193,17 @@ class ProposalPool:
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
-            self.pool.terminate()
+            # Called bare when a search failed or was interrupted: busy workers are killed.
+            self.pool.terminate(kill=not exc or exc[0] is not None)
             self.pool = None
 
     def _map(self, jobs: list):
         if self.workers <= 1 or len(jobs) <= 1:
             return map(_compute_one, jobs)
         if self.pool is None:
-            # Not "fork": a child forked while OpenCV's or torch's thread pools hold a lock
-            # can hang forever.
-            methods = mp.get_all_start_methods()
-            context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self.pool = context.Pool(self.workers, initializer=_init_worker)
+            # Processes that do not import the caller's main module (see search_pool): a
+            # script without a main guard would otherwise be run again by every worker.
+            self.pool = SearchWorkers(self.workers)
         return self.pool.imap(_compute_one, jobs)
 
     def compute(

@@ -44,6 +44,17 @@ class VOCFormatError(DatasetError):
     """A VOC file is missing, malformed or inconsistent; the message names the file."""
 
 
+def check_image_id(image_id) -> str:
+    """``image_id``, or a :class:`~rcnn.errors.ConfigError` when it is not a file name's part
+    (an id such as ``../../etc/passwd`` would reach outside the dataset)."""
+    if not isinstance(image_id, str) or not safe_name(image_id):
+        raise ConfigError(
+            f"{image_id!r} is not an image id of a VOC dataset (ids are file names without "
+            "their extension: no '/', '\\', control characters or leading '.')"
+        )
+    return image_id
+
+
 def _text(node: ET.Element, tag: str, path: Path, default: str | None = None) -> str:
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():
@@ -174,7 +185,7 @@ class VOCDataset:
         self._parsed: dict[str, VOCAnnotation | VOCFormatError] = {}
 
     def annotation_path(self, image_id: str) -> Path:
-        return self.root / "Annotations" / f"{image_id}.xml"
+        return self.root / "Annotations" / f"{check_image_id(image_id)}.xml"
 
     def annotation(self, image_id: str) -> VOCAnnotation:
         """The parsed annotation of an image, read once (its warnings are given once).
@@ -193,7 +204,7 @@ class VOCDataset:
         return found
 
     def image_path(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
+        return self.root / "JPEGImages" / f"{check_image_id(image_id)}.jpg"
 
     def ids(self, split: str) -> list[str]:
         """Every image id of ``{split}.txt``, each once."""

@@ -3,7 +3,14 @@ file of every detection.
 
 Pictures and ``detections.jsonl`` are made in a staging folder inside ``--out`` and moved in
 when every image is done: an interrupted run leaves the previous results as they were, and
-``--overwrite`` replaces the previous run's pictures, not only those of the same names.
+``--overwrite`` replaces the previous run's pictures (those its ``detections.jsonl`` names), not
+only those of the same names. Without ``--overwrite`` no file in ``--out`` is replaced: a file
+of a picture's name there (a dataset's ``JPEGImages/``, say) refuses the run before any work,
+naming it.
+
+An image file's EXIF orientation is applied first (unless ``exif`` is off): an image stored
+sideways is detected, recorded and drawn upright, from a PNG copy of its upright pixels in the
+staging folder.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from pathlib import Path
 
 import cv2
 
-from rcnn.data.images import read_image
+from rcnn.data.images import read_image, upright_copy
 from rcnn.detection.detector import Detector, DetectorConfig
 from rcnn.detection.draw import draw_detections
 from rcnn.detection.exported import is_exported, open_exported
@@ -33,7 +40,7 @@ from rcnn.modeling.checkpoint import load_model
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 RESULTS = "detections.jsonl"
 NAME_MAX = 255  # bytes: a longer picture name has its image's stem cut
 JPEG_MAX_SIDE = 65_500  # libjpeg's largest side
@@ -99,13 +106,16 @@ def run_detect(
     classes: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    exif: bool = True,
 ) -> dict:
-    """Detects objects in every image; writes ``OUT/NAME.jpg`` pictures and
-    ``OUT/detections.jsonl`` (one line per image: its path, picture, size and detections with
-    the box in the project convention, the class and the score)."""
+    """Detects objects in every image (turned upright by its EXIF orientation with ``exif``);
+    writes ``OUT/NAME.jpg`` pictures and ``OUT/detections.jsonl`` (one line per image: its
+    path, picture, size and detections with the box in the project convention, the class and
+    the score)."""
     paths = collect_images(inputs)
     out_dir = Path(out)
-    _check_out(out_dir, paths, overwrite)
+    names = dict(zip(paths, picture_names(paths), strict=True))
+    _check_out(out_dir, paths, names.values(), overwrite)
     if is_exported(model):  # `rcnn export`'s ONNX file, run by onnxruntime
         detector = open_exported(model, cfg)
     else:
@@ -113,23 +123,26 @@ def run_detect(
     out_dir = output_dir(out_dir)
     lines, skipped, total = [], [], 0
     with output_lock(out_dir, "rcnn detect"):
-        _check_out(out_dir, paths, overwrite)  # again: another run may have finished meanwhile
+        # Again: another run may have finished meanwhile.
+        _check_out(out_dir, paths, names.values(), overwrite)
         remove_temporaries(out_dir)
         for stale in out_dir.glob(".detect-*"):  # a killed run's staging folder
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".detect-", dir=out_dir))
         try:
-            names = dict(zip(paths, picture_names(paths), strict=True))
-            for result, dets in detector.run(paths, progress):
+            read = _upright_files(paths, staging / "upright") if exif else {p: p for p in paths}
+            given = {file: path for path, file in read.items()}
+            for result, dets in detector.run(list(read.values()), progress):
+                path = given[result.path]
                 try:
                     picture = _picture(result, dets, detector.classes)
                 except RcnnError as err:  # this image alone: the others go on
-                    logger.warning("skipped %s", err)
-                    skipped.append(str(err))
+                    logger.warning("skipped %s", str(err).replace(result.path, path))
+                    skipped.append(str(err).replace(result.path, path))
                     continue
-                atomic_write_bytes(staging / names[result.path], picture)
+                atomic_write_bytes(staging / names[path], picture)
                 total += len(dets)
-                record = _record(result, names[result.path], dets, detector.classes)
+                record = _record(result, path, names[path], dets, detector.classes)
                 lines.append(json.dumps(record))
             atomic_write_bytes(staging / RESULTS, "".join(f"{x}\n" for x in lines).encode())
             _publish(staging, out_dir)
@@ -138,15 +151,37 @@ def run_detect(
     return {"images": len(lines), "detections": total, "skipped": skipped, "out": str(out_dir)}
 
 
-def _check_out(out_dir: Path, paths: list[str], overwrite: bool) -> None:
+def _upright_files(paths: list[str], folder: Path) -> dict[str, str]:
+    """The file each image is read from: itself, or (stored sideways by its EXIF orientation)
+    an upright PNG copy in ``folder``."""
+    return {path: upright_copy(path, folder / f"{i}.png") for i, path in enumerate(paths)}
+
+
+def _check_out(out_dir: Path, paths: list[str], pictures, overwrite: bool) -> None:
+    """Refuses an ``--out`` where the pictures would replace inputs, or, without
+    ``overwrite``, earlier results or a file ``rcnn detect`` did not write."""
     if (out_dir / RESULTS).exists() and not overwrite:
         raise RcnnError(f"--out {out_dir} already holds {RESULTS}; pass --overwrite to replace it")
-    if out_dir.is_dir():
-        inside = [p for p in paths if Path(p).resolve().parent == out_dir.resolve()]
-        if inside:
+    if not out_dir.is_dir():
+        return
+    inside = [p for p in paths if Path(p).resolve().parent == out_dir.resolve()]
+    if inside:
+        raise ConfigError(
+            f"--out {out_dir} holds the input image {inside[0]}: pictures written there "
+            "could replace inputs; choose another folder for the output"
+        )
+    if overwrite:
+        return
+    # Without --overwrite there is no earlier detections.jsonl (refused above): any file of a
+    # picture's name is another's. Compared case-insensitively, as some file systems do.
+    existing = {p.name.lower(): p for p in out_dir.iterdir()}
+    for name in pictures:
+        found = existing.get(name.lower())
+        if found is not None:
             raise ConfigError(
-                f"--out {out_dir} holds the input image {inside[0]}: pictures written there "
-                "could replace inputs; choose another folder for the output"
+                f"--out {out_dir} already holds {found.name}, which rcnn detect did not write "
+                f"and the picture {name} would replace; choose another folder for the output "
+                "or pass --overwrite to replace it"
             )
 
 
@@ -177,9 +212,9 @@ def _publish(staging: Path, out_dir: Path) -> None:
     os.replace(staging / RESULTS, out_dir / RESULTS)
 
 
-def _record(result, picture: str, dets, classes: list[str]) -> dict:
+def _record(result, path: str, picture: str, dets, classes: list[str]) -> dict:
     return {
-        "image": str(Path(result.path).resolve()),
+        "image": str(Path(path).resolve()),
         "picture": picture,
         "width": result.size[0],
         "height": result.size[1],

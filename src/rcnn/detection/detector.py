@@ -12,8 +12,9 @@ boxes scoring at least ``score_thresh``, suppresses overlaps above ``nms`` IoU w
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -149,7 +150,7 @@ class Detector:
         )
 
     def run(
-        self, paths: list[str], progress: bool = True
+        self, paths: Iterable[str], progress: bool = True
     ) -> Iterator[tuple[ProposalResult, Detections | None]]:
         """Detections of every image by the first variant, in order; ``None`` with
         ``result.error`` for an image that could not be read."""
@@ -161,31 +162,34 @@ class Detector:
         return ProposalConfig(self.cfg.mode, self.cfg.max_side, self.cfg.proposals)
 
     def run_variants(
-        self, paths: list[str], progress: bool = True, names: dict | None = None
+        self, paths: Iterable[str], progress: bool = True, names: dict | None = None
     ) -> Iterator[tuple[ProposalResult, dict | None]]:
         """``{variant name: Detections}`` of every image, in order. Proposals for the next
-        chunk of images are computed while the current one is scored; from ``--proposals``,
-        an image is found by ``names[path]`` (its file name without extension by default)."""
+        chunk of images are computed while the current one is scored, by one pool for the
+        whole call; ``paths`` may be any iterable, read a chunk ahead (a generator's next
+        chunk is taken on another thread). From ``--proposals``, an image is found by
+        ``names[path]`` (its file name without extension by default)."""
         pool = proposal_source(self.proposals(), self.cfg.cache_dir, self.cfg.workers)
-
-        def compute(group: list[str]):
-            return pool.compute(group, False, [names[p] for p in group] if names else None)
-
         # A chunk smaller than the pool would leave Selective Search processes idle: with 8
         # images a chunk and 16 processes, searching was the bottleneck on a 16-core machine.
         size = self.cfg.chunk or max(8, 2 * pool.workers)
-        groups = [paths[i : i + size] for i in range(0, len(paths), size)]
-        bar = progress_bar(total=len(paths), enabled=progress, desc="detect", unit="img")
+        remaining = iter(paths)
+
+        def compute_next() -> list[ProposalResult]:
+            group = list(itertools.islice(remaining, size))
+            return pool.compute(group, False, [names[p] for p in group] if names else None)
+
+        total = len(paths) if isinstance(paths, Sized) else None
+        bar = progress_bar(total=total, enabled=progress, desc="detect", unit="img")
         # Left in reverse order: the executor waits for its search before the pool stops.
         with bar, pool, ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(compute, groups[0]) if groups else None
-            for i in range(len(groups)):
-                results = pending.result()
-                if i + 1 < len(groups):
-                    pending = ahead.submit(compute, groups[i + 1])
+            results = ahead.submit(compute_next).result()
+            while results:
+                pending = ahead.submit(compute_next)
                 yield from self._detect(results)
                 release_freed_memory()
                 bar.update(len(results))
+                results = pending.result()
 
     def _detect(self, results: list[ProposalResult]):
         good = [r for r in results if not r.error and r.boxes is not None and len(r.boxes)]

@@ -12,9 +12,10 @@ and gives ``boxes`` float32 ``[D, 4]``, ``scores`` float32 ``[D]`` and ``labels`
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -163,19 +164,21 @@ class ExportedDetector:
         self.cfg, self.classes, self.source = cfg, self.model.classes, str(path)
 
     def run(
-        self, paths: list[str], progress: bool = True
+        self, paths: Iterable[str], progress: bool = True
     ) -> Iterator[tuple[ProposalResult, Detections | None]]:
         """Every image's detections, in order; ``None`` with ``result.error`` for an image
-        that could not be read."""
+        that could not be read. ``paths`` may be any iterable (taken a chunk at a time)."""
         from rcnn.data.proposal_files import proposal_source  # OpenCV: imported when used
 
         proposals = ProposalConfig(self.cfg.mode, self.cfg.max_side, self.cfg.proposals)
         pool = proposal_source(proposals, self.cfg.cache_dir, self.cfg.workers)
         size = self.cfg.chunk or max(8, 2 * pool.workers)
-        bar = progress_bar(total=len(paths), enabled=progress, desc="detect", unit="img")
+        total = len(paths) if isinstance(paths, Sized) else None
+        bar = progress_bar(total=total, enabled=progress, desc="detect", unit="img")
+        remaining = iter(paths)
         with bar, pool:
-            for start in range(0, len(paths), size):
-                for result in pool.compute(paths[start : start + size], False):
+            while group := list(itertools.islice(remaining, size)):
+                for result in pool.compute(group, False):
                     yield self._detect(result)
                     bar.update(1)
 
