@@ -82,9 +82,7 @@ def test_an_ablation_of_other_settings_is_refused_before_any_work(ablation, trai
     assert (out / "ablation.md").read_text() == table
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert main([*argv, "--nms", "0.5"]) == 2
-    assert f"--out {out} holds an ablation made otherwise (test.detector.nms)" in (
-        capsys.readouterr().err
-    )
+    assert f"--out {out} holds an ablation made otherwise (--nms)" in (capsys.readouterr().err)
     after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
     assert main([*argv, "--scorer", "svm"]) == 2

@@ -123,3 +123,42 @@ def test_the_commands_reference_is_the_parsers_help():
     from tools.commands_doc import DOC, commands_markdown
 
     assert DOC.read_text() == commands_markdown(), "run python tools/commands_doc.py"
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["test", "run", "--out", "o", "--voc-root", "v", "--scorer", "svm",
+          "--score-thresh", "nan"], "--score-thresh"),
+        (["test", "run", "--out", "o", "--voc-root", "v", "--nms", "NaN"], "--nms"),
+        (["ablate", "run", "--data", "d", "--out", "o", "--voc-root", "v", "--nms", "nan"],
+         "--nms"),
+        (["prepare", "--voc-root", "v", "--out", "o", "--neg-min-area", "nan"], "--neg-min-area"),
+        (["train", "--data", "d", "--out", "o", "--momentum", "nan"], "--momentum"),
+        (["train-svm", "run", "--data", "d", "--C", "nan"], "--C"),
+        (["train-bbox", "run", "--data", "d", "--min-iou", "nan"], "--min-iou"),
+    ],
+)  # fmt: skip
+def test_nan_is_refused_by_every_number_flag(argv, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing there: refused before any file is looked at
+    assert main(argv) == 2
+    assert f"error: {flag} must be a number, got nan" in capsys.readouterr().err
+
+
+def test_nan_is_refused_by_the_settings_of_the_api():
+    from rcnn.data.labels import LabelConfig
+    from rcnn.detection.config import DetectorConfig
+    from rcnn.errors import ConfigError
+    from rcnn.heads.config import BBoxConfig, SVMConfig
+
+    nan = float("nan")
+    cases = [
+        (lambda: DetectorConfig(scorer="svm", score_thresh=nan), "--score-thresh"),
+        (lambda: SVMConfig(bias=nan), "--bias"),
+        (lambda: SVMConfig(neg_iou=nan), "--neg-iou"),
+        (lambda: BBoxConfig(feature_norm=nan), "--feature-norm"),
+        (lambda: LabelConfig(neg_min_area_frac=nan), "--neg-min-area"),
+    ]
+    for make, flag in cases:
+        with pytest.raises(ConfigError, match=f"^{flag} must be a number, got nan$"):
+            make()

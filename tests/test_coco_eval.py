@@ -66,6 +66,35 @@ def test_every_category_of_the_file_is_scored_as_cocoeval_does(scene, tmp_path):
     assert same(chosen["coco"], found["coco"]) and chosen["map"] == found["map"]
 
 
+def test_many_detections_an_image_are_scored_as_cocoeval_scores_the_file(scene, tmp_path):
+    path, flags = scene
+    # 150 detections an image over two categories: every true box scored low, below 100
+    # higher-scored misses of the other category, which COCOeval ranks apart.
+    rng = np.random.default_rng(0)
+    results = []
+    for image in (1, 2):
+        for category in (1, 2):
+            xy = rng.uniform(0, 150, (75, 2)).round(2)
+            wh = rng.uniform(5, 50, (75, 2)).round(2)
+            scores = rng.uniform(0.3, 1, 75).round(4)
+            results += [
+                {"image_id": image, "category_id": category, "bbox": [*p, *s], "score": float(v)}
+                for p, s, v in zip(xy.tolist(), wh.tolist(), scores, strict=True)
+            ]
+    truth_boxes = [(1, CARS), (2, BUSES)]
+    results += [{"image_id": i, "category_id": k, "bbox": box, "score": 0.2 + 0.01 * k}
+                for k, boxes in truth_boxes for i, box in boxes]  # fmt: skip
+    found = score(results, flags, tmp_path / "many")
+    truth = COCO(str(path))  # the oracle: pycocotools on the same files
+    run = COCOeval(truth, truth.loadRes(results), "bbox")
+    run.evaluate(), run.accumulate(), run.summarize()
+    assert run.stats[0] > 0
+    for key, value in zip(("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"),
+                          run.stats, strict=False):  # fmt: skip
+        expected = value if value >= 0 else None  # COCO's -1 (no large object) is null
+        assert found["coco"][key] == pytest.approx(expected, abs=1e-12), key
+
+
 def test_results_entries_are_checked_each_in_one_line(scene, tmp_path, capsys):
     _, flags = scene
     good = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30], "score": 0.9}

@@ -9,6 +9,7 @@ import torch
 from rcnn.cli import main
 from rcnn.data.regions import RegionSet
 from rcnn.evaluation.evaluate import run_evaluate
+from rcnn.modeling.checkpoint import save_checkpoint
 from rcnn.runtime.config import InferenceConfig
 from tests.helpers import TINY_FLAGS, copy_run, torchrun_steps
 
@@ -52,7 +53,7 @@ def disagreeing_steps(root, prepared, run, trained) -> list[dict]:
     state = torch.load(run / "best.pt", weights_only=True)
     state["model"]["classifier.6.bias"] += 1e-3
     (root / "b" / "run" / "best.pt").unlink()
-    torch.save(state, root / "b" / "run" / "best.pt")
+    save_checkpoint(root / "b" / "run" / "best.pt", state)  # as a run writes it: recorded
     inference = ["--device", "cpu", "--no-progress", "--workers", "1"]
     detect = [str(trained / "run"), "--voc-root", str(trained / "voc"), "--cache-dir",
               str(trained / "cache"), *inference]  # fmt: skip

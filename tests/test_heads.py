@@ -13,11 +13,13 @@ import torch
 from torchvision.models.detection._utils import BoxCoder
 
 from rcnn.cli import main
+from rcnn.files import file_digest
 from rcnn.heads.bbox_regression import BBoxRegressor, fit_ridge
 from rcnn.heads.config import BBoxConfig, SVMConfig
 from rcnn.heads.feature_store import FeatureStore, FeatureStoreError
 from rcnn.heads.negatives import NegativeCache, NegativePool
 from rcnn.heads.svm import fit_svm, svm_objective
+from rcnn.modeling.checkpoint import save_checkpoint
 from rcnn.modeling.features import feature_dims
 from rcnn.ops.boxes import decode_boxes, encode_boxes
 from rcnn.runtime.config import InferenceConfig
@@ -278,7 +280,7 @@ def test_heads_refuse_what_does_not_fit(heads_run, prepared, tmp_path, capsys):
     )
     best = torch.load(other / "best.pt", weights_only=True)
     best["model"]["classifier.6.bias"] += 1e-3  # same architecture, other weights
-    torch.save(best, other / "best.pt")
+    save_checkpoint(other / "best.pt", best)  # as a run would: its record follows
     cases = [
         (["train-svm", str(other), "--data", str(heads_run / "regions"), "--features",
           str(heads_run / "feats"), *FLAGS], "holds features of another model"),
@@ -376,6 +378,10 @@ def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_p
             value.pop(key)
         path.write_text(json.dumps(value))
 
+    def pickled_npz(folder):  # with the digest of its svm.json: the arrays are refused
+        np.savez(folder / "svm.npz", weights=np.array([object()]), biases=np.zeros(1))
+        keep_json_but(folder / "svm.json", npz_sha256=file_digest(folder / "svm.npz"))
+
     state = torch.load(run / "best.pt", weights_only=True)
     pth = tmp_path / "pth"
     pth.mkdir()
@@ -397,8 +403,10 @@ def test_damaged_or_foreign_files_are_one_line_errors(heads_run, prepared, tmp_p
         (lambda: damage(pth / "config.json", b'{"input_size": 8}'), ["detect",
          str(pth / "model.pth"), image, "--classes", "car", "--out", str(tmp_path / "d"),
          *FLAGS], "config.json: a setting that rcnn cannot use"),
+        (lambda: pickled_npz(run / "svm"), svm, f"{run / 'svm' / 'svm.npz'}: not a readable"),
         (lambda: torch.save({k: v for k, v in state.items() if k != "model"}, run / "best.pt"),
-         detect, "model missing"),
+         detect, "best.pt is damaged: its bytes are not those rcnn wrote"),
+        (lambda: (run / "checkpoints.json").unlink(), detect, "model missing"),  # unrecorded
         (lambda: damage(run / "metrics.csv", b"epoch,lr\nfirst,0.1\n"),
          ["compare", str(run), "--out", str(tmp_path / "c.png")], "not a metrics table"),
         (lambda: None, ["compare", str(heads_run / "run"), "--out", str(tmp_path / "c.gif")],
@@ -790,7 +798,7 @@ def test_the_caches_stay_under_the_memory_budget_with_a_weak_network(heads_run, 
     from rcnn.modeling.model import build_model
 
     state["model"] = build_model("alexnet_tiny", 2, "none").state_dict()
-    torch.save(state, run / "best.pt")
+    save_checkpoint(run / "best.pt", state)
     common = [str(run), "--data", str(heads_run / "regions"), *FLAGS, "--first-negatives", "50",
               "--retrain-every", "40"]  # fmt: skip
     assert main(["train-svm", *common, "--out", str(tmp_path / "free")]) == 0

@@ -125,3 +125,33 @@ def test_the_tiny_backbone_has_no_pretrained_weights(tmp_path):
     torch.save(trained.state_dict(), tmp_path / "tiny.pth")
     loaded = build_model("alexnet_tiny", 3, str(tmp_path / "tiny.pth"))
     torch.testing.assert_close(loaded.classifier[6].weight, trained.classifier[6].weight)
+
+
+def test_every_field_of_a_checkpoint_is_checked_when_loading(one_epoch_model, tmp_path, capsys):
+    from rcnn.cli import main
+    from rcnn.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
+
+    good = torch.load(one_epoch_model / "best.pt", weights_only=True)
+    data = str(one_epoch_model.parent / "regions")
+    cases = [
+        ({"classes": None}, "its classes is not a list of distinct class names"),
+        ({"classes": 3}, "its classes is not a list of distinct class names"),
+        ({"classes": ["background", "car", "Car"]}, "its classes is not a list of distinct"),
+        ({"classes": ["background", ""]}, "its classes is not a list of distinct"),
+        ({"classes": ["background", "../car"]}, "not a usable class name"),
+        ({"epoch": "one"}, "its epoch is not a count of epochs"),
+        ({"model": {"w": 1}}, "its model is not a state dict"),
+        ({"history": 5}, "its history is not a list of epoch rows"),
+        ({"best": []}, "its best is not the best epoch"),
+        ({"config": None}, "its config is not a mapping of settings"),
+    ]
+    path = tmp_path / "best.pt"
+    for change, message in cases:
+        torch.save({**good, **change}, path)
+        for load in (load_checkpoint, load_model):
+            with pytest.raises(CheckpointError, match=f"^{path}: .*{message}"):
+                load(path)
+        assert main(["evaluate", str(path), "--data", data, "--device", "cpu",
+                     "--no-progress"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert str(path) in err and message in err and len(err.strip().splitlines()) == 1, err

@@ -1,5 +1,7 @@
 """The devkit's result files: written, read back, and scored by `rcnn test --dets`."""
 
+import json
+
 import numpy as np
 
 from rcnn.cli import main
@@ -39,7 +41,13 @@ def test_scored_result_files_must_be_finite_unambiguous_and_of_the_split(trained
         ({"comp4_det_test_car.txt": good, "comp3_det_test_car.txt": good}, [],
          "--competition comp3"),
         ({"comp4_det_test_car.txt": "notanimage 0.9 10 10 50 50\n"}, [], "another dataset"),
-        ({"comp4_det_test_bus.txt": good}, [], "no (non-difficult) object of ['bus']"),
+        ({"comp4_det_test_bus.txt": good}, ["--classes", "bus"],
+         "no (non-difficult) object of ['bus']"),
+        # Python's float() reads 0.5_5 as 0.55; no other reader of these files does.
+        ({"comp4_det_test_car.txt": good + f"{ids[0]} 0.5_5 10 10 50 50\n"}, [],
+         f"{dets / 'comp4_det_test_car.txt'}:2: expected 'image_id score xmin ymin xmax ymax' "
+         "('0.5_5' is not a number)"),
+        ({"comp4_det_test_car.txt": f"{ids[0]} 0.5 1_0 10 50 50\n"}, [], "'1_0' is not a number"),
     ]  # fmt: skip
     for files, extra, message in cases:
         for old in dets.iterdir():
@@ -69,3 +77,31 @@ def test_metrics_read_back_list_the_classes_in_training_order():
     found = in_class_order(read, ["car", "bus"])
     assert list(found["classes"]) == list(found["coco"]["classes"]) == ["car", "bus"]
     assert list(found["false_positives"]) == ["car", "bus"] and found["classes"]["car"] == 2
+
+
+def test_a_folder_missing_a_class_file_is_refused_naming_it(make_voc, tmp_path, capsys):
+    voc = make_voc(
+        [("000001", "test", [("car", (10, 10, 50, 40), False), ("dog", (60, 10, 90, 60), False)])],
+        class_files=("car", "dog"),
+    )
+    dets = tmp_path / "dets"
+    dets.mkdir()
+    (dets / "comp4_det_test_car.txt").write_text("000001 0.9 11 11 50 40\n")
+    argv = ["test", "--dets", str(dets), "--voc-root", str(voc), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no result file for ['dog']" in err and str(dets / "comp4_det_test_dog.txt") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o" / "metrics.json").exists()
+    # Chosen classes are scored alone; an empty file is a class found nowhere: AP 0.
+    assert main([*argv, "--classes", "car"]) == 0
+    (dets / "comp4_det_test_dog.txt").write_text("")
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert (
+        metrics["classes"]["dog"]["ap"] == 0
+        and metrics["map"] == metrics["classes"]["car"]["ap"] / 2
+    )
+    # A devkit file given as --dets is named as a file, not as a missing folder.
+    assert main([*argv[:2], str(dets / "comp4_det_test_car.txt"), *argv[3:]]) == 2
+    err = capsys.readouterr().err
+    assert "is a file: give the folder of the devkit result files" in err, err

@@ -184,12 +184,15 @@ def require_keys(mapping: dict, keys, path: str | Path, made_by: str | None = No
         raise DamagedFileError(f"{path}: {', '.join(missing)} missing (damaged?){again}")
 
 
-def load_npz(source: str | Path | bytes, what: str, made_by: str | None = None) -> dict:
-    """Every array of an ``.npz`` file (or its bytes), read at once. Pickled objects are never
-    loaded; a truncated or foreign file is a :class:`DamagedFileError`."""
+def load_npz(
+    source: str | Path | bytes, what: str, made_by: str | None = None, name: str | Path = ""
+) -> dict:
+    """Every array of an ``.npz`` file (or its bytes, read from the file ``name``), read at
+    once. Pickled objects are never loaded; a truncated or foreign file is a
+    :class:`DamagedFileError`."""
     import numpy as np
 
-    name = "data" if isinstance(source, bytes) else str(source)
+    name = str(name or ("data" if isinstance(source, bytes) else source))
     again = f"; run `{made_by}` again" if made_by else ""
     try:
         data = source if isinstance(source, bytes) else read_regular_file(source)
@@ -238,7 +241,7 @@ def read_arrays(
             f"{npz_path} is not the file {json_path.name} was written with (an interrupted "
             f"or older `{made_by}`?): run `{made_by}` again"
         )
-    loaded = load_npz(data, f"{made_by} output", made_by)
+    loaded = load_npz(data, f"{made_by} output", made_by, npz_path)
     require_keys(loaded, arrays, npz_path, made_by)
     require_keys(meta, keys, json_path, made_by)
     return loaded, meta

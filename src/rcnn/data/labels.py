@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from rcnn.errors import ConfigError
+from rcnn.errors import ConfigError, check_numbers
 from rcnn.ops.boxes import box_area, box_iou, unique_boxes
 
 BACKGROUND = 0
@@ -33,6 +33,7 @@ class LabelConfig:
     keep_difficult: bool = False  # difficult objects count as ground truth
 
     def __post_init__(self):
+        check_numbers(self, {"neg_min_area_frac": "--neg-min-area"})
         if not 0.0 < self.pos_iou <= 1.0:
             raise ConfigError(f"--pos-iou must be in (0, 1], got {self.pos_iou}")
         if not -1.0 <= self.neg_iou_min < self.neg_iou_max:

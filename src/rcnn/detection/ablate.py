@@ -139,7 +139,7 @@ def claim_ablation(out: Path, cfg: AblationConfig) -> None:
         if found is None:
             differ = ["results of an unknown version"]
         else:
-            differ = _differences(found.get("settings"), record["settings"])
+            differ = [_flag(d) for d in _differences(found.get("settings"), record["settings"])]
             if found.get("networks") != record["networks"]:
                 differ.append("the networks' weights")
         differ = ", ".join(differ)
@@ -155,6 +155,12 @@ def _differences(a, b, prefix: str = "") -> list[str]:
         return [d for k in sorted(set(a) | set(b))
                 for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]  # fmt: skip
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def _flag(setting: str) -> str:
+    """The flag of a setting of the ablation's record (``test.detector.nms`` is ``--nms``)."""
+    name = setting.rsplit(".", 1)[-1]
+    return "MODEL" if setting == "test.model" else "--" + name.replace("_", "-")
 
 
 def _variant(row: Row, layers: dict) -> Variant:

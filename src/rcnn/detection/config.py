@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rcnn.data.config import DEFAULT_MAX_SIDE, MODES
-from rcnn.errors import ConfigError
+from rcnn.errors import ConfigError, check_numbers
 from rcnn.runtime.config import InferenceConfig
 
 SCORERS = ("softmax", "svm")
@@ -44,6 +44,7 @@ class DetectorConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
+        check_numbers(self)
         thresh = self.score_thresh
         checks = [
             (self.scorer in SCORERS, f"--scorer must be one of {SCORERS}, got {self.scorer!r}"),

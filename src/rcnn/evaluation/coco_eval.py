@@ -10,8 +10,10 @@ numbers where they all are numbers (:func:`~rcnn.data.coco.coco_image_ids`, as `
 height, and a difficult object is a crowd region (COCO's way of an object that neither counts
 nor penalizes; unlike VOC, a crowd region may absorb several detections).
 
-As COCO's results files, each image keeps its 100 highest-scored detections over all classes.
-A results file is read back by :func:`read_results_file` and :func:`detections_of`.
+As COCO's results files, each image of `rcnn test`'s own detections keeps its 100
+highest-scored detections over all classes. A results file is read back by
+:func:`read_results_file` and :func:`detections_of` and scored as it is: COCOeval's own cap
+(100 detections an image and category) is the only one.
 """
 
 from __future__ import annotations
@@ -82,9 +84,12 @@ def ground_truth(dataset, split: str, ids: list[str], classes: list[str]) -> COC
     return COCOTruth(coco, keys, list(range(1, len(classes) + 1)))
 
 
-def results_of(detections: dict, truth: COCOTruth, per_image: int = MAX_PER_IMAGE) -> list[dict]:
+def results_of(
+    detections: dict, truth: COCOTruth, per_image: int | None = MAX_PER_IMAGE
+) -> list[dict]:
     """COCO results entries (``image_id, category_id, bbox [x, y, w, h], score``) of
-    ``detections`` (``{k: (image indices, scores, boxes)}``), each image's ``per_image`` best."""
+    ``detections`` (``{k: (image indices, scores, boxes)}``), each image's ``per_image`` best
+    over all classes (``None``: every detection)."""
     parts = [(np.asarray(i, np.int64), np.asarray(s, float), np.asarray(b, float).reshape(-1, 4),
               np.full(len(s), k)) for k, (i, s, b) in detections.items()]  # fmt: skip
     if not parts:
@@ -93,7 +98,7 @@ def results_of(detections: dict, truth: COCOTruth, per_image: int = MAX_PER_IMAG
     order = np.lexsort((-scores, images))  # by image, best first
     ranked = images[order]
     rank = np.arange(len(order)) - np.searchsorted(ranked, ranked, side="left")
-    keep = order[rank < per_image]  # by image, best first
+    keep = order if per_image is None else order[rank < per_image]  # by image, best first
     xywh = boxes_to_coco(boxes[keep])
     return [
         {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.data.annotations import boxes_to_voc, check_split_name, voc_to_boxes
+from rcnn.data.annotations import boxes_to_voc, check_split_name, class_key, voc_to_boxes
 from rcnn.data.coco import COCODataset
 from rcnn.data.readers import Dataset
 from rcnn.errors import ConfigError, RcnnError
@@ -64,7 +64,7 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         try:
             if len(parts) != 6:
                 raise ValueError(f"{len(parts)} fields")
-            values = [float(v) for v in parts[1:]]
+            values = [_number(v) for v in parts[1:]]
             if not np.isfinite(values).all():
                 raise ValueError("a score or coordinate that is not a finite number")
         except ValueError as err:
@@ -77,12 +77,22 @@ def read_results(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.array(scores, float), voc_to_boxes(np.array(boxes, float).reshape(-1, 4))
 
 
-def coco_metrics(out: Path, truth, classes: list[str], detections) -> dict:
-    """Writes ``out/coco_results.json`` of ``detections`` against ``truth`` (a
-    :class:`~rcnn.evaluation.coco_eval.COCOTruth`) and returns COCO's metrics of it."""
-    from rcnn.evaluation.coco_eval import evaluate_results, results_of
+def _number(text: str) -> float:
+    """A score or coordinate of a result file: ``float``, but not Python's own spellings that
+    no other reader takes (``0.5_5``, which ``float`` reads as 0.55)."""
+    if "_" in text:
+        raise ValueError(f"{text!r} is not a number")
+    return float(text)
 
-    results = results_of(detections, truth)
+
+def coco_metrics(out: Path, truth, classes: list[str], detections, capped: bool = True) -> dict:
+    """Writes ``out/coco_results.json`` of ``detections`` against ``truth`` (a
+    :class:`~rcnn.evaluation.coco_eval.COCOTruth`) and returns COCO's metrics of it. ``capped``:
+    each image keeps its 100 best detections over all classes, as COCO's results files (else
+    every detection is scored, COCOeval capping each image and category as pycocotools does)."""
+    from rcnn.evaluation.coco_eval import MAX_PER_IMAGE, evaluate_results, results_of
+
+    results = results_of(detections, truth, MAX_PER_IMAGE if capped else None)
     atomic_write_bytes(out / COCO_RESULTS, json.dumps(results).encode())
     return evaluate_results(results, truth, classes)
 
@@ -139,16 +149,42 @@ def evaluate_result_files(
         coco_truth = ground_truth(dataset, split, dataset.ids(split), names)
     ids = dataset.ids(split)
     truth = load_ground_truth(dataset, ids, names)
+    if classes is None and path.is_dir():
+        _check_every_class(path, truth, names, split, competition)
     check_classes_present(truth, names, dataset.describe(split))
     target = output_dir(out) if out else path
     metrics = evaluate_detections(detections, truth, names, analyze, dataset.groups(split))
-    metrics["coco"] = coco_metrics(target, coco_truth, names, detections)
+    # Another detector's files are scored as they are: COCOeval's own cap is the only one.
+    metrics["coco"] = coco_metrics(target, coco_truth, names, detections, capped=False)
     metrics.update(split=split, dets=str(path), images=len(ids))
     finish(target, metrics)
     return metrics
 
 
+def _check_every_class(folder: Path, truth, names: list[str], split: str, competition) -> None:
+    """Refuses a folder without the result file of a class that the split's annotations name:
+    scored over the other classes alone, its mean AP would not be the detector's. (A class's
+    empty file is a detector that found none: AP 0. A COCO results file has no file a class,
+    and a category it never names is such a class.)"""
+    have = {class_key(n) for n in names}
+    missing = sorted(n for n in truth.names if class_key(n) not in have)
+    if missing:
+        prefix = (
+            competition or next(iter(result_files(folder, split).values())).name.split("_det_")[0]
+        )
+        raise FileNotFoundError(
+            f"--dets {folder}: no result file for {missing}, which the split's annotations "
+            f"name: expected {folder / (prefix + '_det_' + split + '_' + missing[0] + '.txt')} "
+            "(an empty file if the detector found none), or choose the classes with --classes"
+        )
+
+
 def _read_result_folder(folder: Path, dataset, split, classes, out, competition):
+    if folder.is_file():
+        raise ConfigError(
+            f"--dets {folder} is a file: give the folder of the devkit result files "
+            "(*_det_SPLIT_CLASS.txt), or a COCO results file ending in .json"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"--dets {folder}: folder (or COCO results .json) not found")
     if out is None and (folder / "settings.json").is_file():

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcnn.data.annotations import check_split_name
-from rcnn.errors import ConfigError
+from rcnn.errors import ConfigError, check_numbers
 from rcnn.heads.feature_store import CHUNK
 from rcnn.modeling.config import LAYERS
 from rcnn.runtime.config import InferenceConfig
@@ -96,6 +96,7 @@ class SVMConfig:
     layer: str = "fc7"  # the features the SVMs score: pool5, fc6 or fc7 (the paper's Table 2)
 
     def __post_init__(self):
+        check_numbers(self)
         _check([
             (self.C > 0, f"--C must be > 0, got {self.C}"),
             (self.pos_weight > 0, f"--pos-weight must be > 0, got {self.pos_weight}"),
@@ -119,6 +120,7 @@ class BBoxConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_numbers(self)
         _check([
             (self.ridge >= 0, f"--ridge must be >= 0, got {self.ridge}"),
             (0 < self.min_iou <= 1, f"--min-iou must be in (0, 1], got {self.min_iou}"),

@@ -4,7 +4,15 @@ A checkpoint (``last.pt``, ``best.pt``) is a dict with ``format: "rcnn-checkpoin
 model's and the optimizer's state, the epoch, the training settings, the classes (background
 first), the history and the best epoch. It is read with ``weights_only=True``: no pickle is
 ever run. ``model.pth`` is the plain state dict of the best weights, with the run's
-``config.json`` beside it.
+``config.json`` beside it. Every field is checked when loading: a damaged or crafted file is
+a one-line error naming it, never a traceback from deep inside.
+
+Each file written here has its SHA-256 in the folder's ``checkpoints.json`` (the bytes are
+hashed as they are written and as they are read, one pass each): a file whose bytes changed
+since (a flipped bit) is refused naming it. A file without an entry (a user's own weights)
+loads unchecked. Replacing a file writes its new digest to the record first, with the old one
+still accepted, then the file, then the record without the old digest: a kill anywhere in
+between leaves a file that the record accepts.
 """
 
 from __future__ import annotations
@@ -20,9 +28,16 @@ from pathlib import Path
 
 import torch
 
-from rcnn.data.annotations import check_class_names
+from rcnn.data.annotations import check_class_names, class_key
 from rcnn.errors import ConfigError, RcnnError
-from rcnn.files import DamagedFileError, atomic_write_bytes, read_json, require_keys
+from rcnn.files import (
+    DamagedFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    read_regular_file,
+    require_keys,
+)
 from rcnn.modeling.model import ModelSpec, build_model
 from rcnn.runtime.config import InferenceConfig
 
@@ -30,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "rcnn-checkpoint"
 KEYS = ("epoch", "config", "classes", "model", "optimizer", "scheduler", "history", "best")
+RECORD = "checkpoints.json"  # the digests of the checkpoints of a folder
+RECORD_FORMAT = "rcnn-checkpoint-digests"
 
 
 class CheckpointError(RcnnError):
@@ -49,20 +66,96 @@ def checkpoint_record(
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
+    """``obj`` written to ``path`` atomically, its digest in the folder's record."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    path = Path(path)
+    _replace_recorded(
+        path, hashlib.sha256(data).hexdigest(), lambda: atomic_write_bytes(path, data)
+    )
 
 
 def link_atomic(source: Path, target: Path) -> None:
-    """Makes ``target`` another name of ``source``'s bytes, replacing it atomically."""
-    tmp = target.with_name(f".{target.name}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    """Makes ``target`` another name of ``source``'s bytes (in the same folder), replacing it
+    atomically; the record gives it ``source``'s digest."""
+    source, target = Path(source), Path(target)
+
+    def link() -> None:
+        tmp = target.with_name(f".{target.name}.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+
+    entry = _read_record(source.parent)["files"].get(source.name)
+    if entry is None:  # a source this module did not write: nothing to record
+        link()
+        return
+    _replace_recorded(target, entry["sha256"], link)
+
+
+def _read_record(folder: Path) -> dict:
+    """``folder/checkpoints.json``: ``{"format", "files": {name: {"sha256"[, "replacing"]}}}``
+    (no file: no entry); a damaged one is an error naming it."""
+    path = folder / RECORD
+    if not path.exists():
+        return {"format": RECORD_FORMAT, "files": {}}
+    record = read_json(path, "record of checkpoint digests")
+    files = record.get("files")
+    good = record.get("format") == RECORD_FORMAT and isinstance(files, dict)
+    if not good or not all(_entry_ok(e) for e in files.values()):
+        raise DamagedFileError(
+            f"{path}: not a record of checkpoint digests (damaged?); remove it to load the "
+            "checkpoints beside it unchecked"
+        )
+    return record
+
+
+def _entry_ok(entry) -> bool:
+    digests = [entry.get("sha256"), *([entry["replacing"]] if "replacing" in entry else [])]
+    return all(d is None or (isinstance(d, str) and len(d) == 64) for d in digests) and (
+        isinstance(entry.get("sha256"), str)
+    )
+
+
+def _replace_recorded(path: Path, digest: str, write) -> None:
+    """Runs ``write()``, which replaces ``path`` by bytes of SHA-256 ``digest``, with the
+    record replaced around it: first the new digest with the file's present one still
+    accepted (``replacing``; ``None`` for a file without an entry), then the file, then the
+    new digest alone. A kill at any point leaves a file the record accepts."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    record = _read_record(folder)
+    files = record["files"]
+    old = files.get(path.name)
+    if path.exists():
+        files[path.name] = {"sha256": digest, "replacing": old["sha256"] if old else None}
+        atomic_write_json(folder / RECORD, record)
+    write()
+    files[path.name] = {"sha256": digest}
+    atomic_write_json(folder / RECORD, record)
+
+
+def _verify(path: Path, data: bytes) -> None:
+    """Refuses ``data``, read from ``path``, when its folder's record holds another digest."""
+    path = path.resolve()
+    entry = _read_record(path.parent)["files"].get(path.name)
+    if entry is None:
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == entry["sha256"]:
+        return
+    if "replacing" in entry and entry["replacing"] in (None, digest):
+        logger.info("%s: the file before a replacement that did not finish (a killed run)", path)
+        return
+    raise CheckpointError(
+        f"{path} is damaged: its bytes are not those rcnn wrote (SHA-256 in "
+        f"{path.parent / RECORD}); use the other checkpoint of the run or train again (a "
+        f"file replaced on purpose: remove its entry from {RECORD})"
+    )
 
 
 def checkpoint_path(path: str | Path, default: str = "last.pt") -> Path:
@@ -76,8 +169,14 @@ def checkpoint_path(path: str | Path, default: str = "last.pt") -> Path:
 
 
 def _read(path: Path):
+    """The object of a checkpoint file, its bytes checked against the folder's record."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = read_regular_file(path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror or err})") from None
+    _verify(path, data)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(
             f"{path}: not a readable checkpoint, truncated or damaged ({type(err).__name__}: {err})"
@@ -104,9 +203,54 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an rcnn checkpoint (use `rcnn train` to make one)")
     require_keys(ckpt, KEYS, path, "rcnn train")
-    if not isinstance(ckpt["config"], dict):
-        raise CheckpointError(f"{path}: its config is not a mapping (damaged?)")
+    check_fields(ckpt, path)
     return ckpt
+
+
+def _is_classes(value) -> bool:
+    """Background and at least one class, each a non-empty string, no two alike."""
+    return (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(c, str) and c.strip() for c in value)
+        and len({class_key(c) for c in value}) == len(value)
+    )
+
+
+def _is_history(value) -> bool:
+    return isinstance(value, list) and all(isinstance(row, dict) for row in value)
+
+
+# What each field of a checkpoint must be, and how the error calls it.
+_FIELDS = {
+    "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "a count of epochs"),
+    "config": (lambda v: isinstance(v, dict), "a mapping of settings"),
+    "classes": (_is_classes, "a list of distinct class names, background first"),
+    "model": (_is_state_dict, "a state dict (names to tensors)"),
+    "optimizer": (lambda v: isinstance(v, dict), "an optimizer's state (a mapping)"),
+    "scheduler": (lambda v: isinstance(v, dict), "a scheduler's state (a mapping)"),
+    "history": (_is_history, "a list of epoch rows"),
+    "best": (lambda v: v is None or isinstance(v, dict), "the best epoch (a mapping or null)"),
+}  # fmt: skip
+
+
+def check_fields(ckpt: dict, path) -> None:
+    """Refuses a checkpoint any of whose fields is not what `rcnn train` writes, naming the
+    file and the field."""
+    for key, (ok, what) in _FIELDS.items():
+        if key in ckpt and not ok(ckpt[key]):
+            found = repr(ckpt[key]) if not isinstance(ckpt[key], dict) else "a mapping"
+            found = found if len(found) <= 60 else found[:57] + "..."
+            raise CheckpointError(
+                f"{path}: its {key} is not {what} but {found} (damaged, or not written by "
+                "rcnn train)"
+            )
+    if "classes" in ckpt:
+        try:
+            check_class_names(ckpt["classes"][1:], str(path))
+        except ConfigError as err:  # the names came from the file, not from a flag
+            raise CheckpointError(str(err)) from None
 
 
 def check_classes(ckpt: dict, class_names: list[str], path) -> None:
@@ -175,8 +319,9 @@ def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedMode
     state = _read(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         require_keys(state, ("config", "classes", "model"), path, "rcnn train")
-        spec = _spec(state["config"], path)
-        names = check_class_names(state["classes"][1:], str(path))
+        check_fields(state, path)
+        spec, where = _spec(state["config"], path), "as its settings say"
+        names, named_by = list(state["classes"][1:]), "its classes give"
         if classes and [c.lower() for c in classes] != [c.lower() for c in names]:
             raise CheckpointError(f"--classes {' '.join(classes)}: {path} was trained for {names}")
         weights = state["model"]
@@ -186,19 +331,24 @@ def load_model(path: str | Path, classes: list[str] | None = None) -> LoadedMode
                 f"{path} holds only weights: give its run folder (or best.pt), which knows the "
                 "classes; commands that have --classes also take them in the training order"
             )
-        names = check_class_names(classes, "--classes")
-        spec, weights = _spec_beside(path), state
+        names, named_by = check_class_names(classes, "--classes"), "--classes gives"
+        if not _is_state_dict(state):
+            raise CheckpointError(f"{path}: neither an rcnn checkpoint nor a state dict")
+        (spec, where), weights = _spec_beside(path), state
     model = build_model(spec.backbone, len(names) + 1, "none")
-    head = weights.get(f"{model.rcnn_head}.weight") if isinstance(weights, dict) else None
+    head = weights.get(f"{model.rcnn_head}.weight")
     if head is not None and head.shape[0] != len(names) + 1:
         raise CheckpointError(
-            f"{path} has {head.shape[0]} outputs but --classes gives {len(names)} classes "
-            f"+ background"
+            f"{path} has {head.shape[0]} outputs but {named_by} {len(names)} classes + background"
         )
     try:
         model.load_state_dict(weights)
     except (RuntimeError, AttributeError, TypeError) as err:
-        raise CheckpointError(f"{path} does not fit --backbone {spec.backbone}") from err
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()[:200]
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {spec.backbone} network ({where}): {detail}"
+        ) from None
     return LoadedModel(model.eval(), names, spec, str(path))
 
 
@@ -211,12 +361,13 @@ def _spec(settings, source: Path) -> ModelSpec:
         raise DamagedFileError(f"{source}: a setting that rcnn cannot use ({err})") from None
 
 
-def _spec_beside(path: Path) -> ModelSpec:
+def _spec_beside(path: Path) -> tuple[ModelSpec, str]:
+    """The settings of a plain state dict, and where they come from."""
     config = path.parent / "config.json"
     if not config.is_file():
         logger.info("no config.json beside %s: AlexNet at 227x227, no context padding", path)
-        return ModelSpec()
-    return _spec(read_json(config, "`rcnn train` config"), config)
+        return ModelSpec(), "no config.json beside it: the default"
+    return _spec(read_json(config, "`rcnn train` config"), config), f"as {config} says"
 
 
 def initial_network(run: str | Path, scratch: str | Path) -> tuple[Path, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rcnn.errors import ConfigError
+from rcnn.errors import ConfigError, check_numbers
 
 PIPELINES = ("auto", "device", "threads", "loader")  # where regions are warped (data.feeders)
 OPTIMIZERS = ("sgd", "adam")
@@ -50,6 +50,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_numbers(self)
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),

@@ -197,7 +197,7 @@ def resume_config(run: str | Path, **overrides) -> TrainConfig:
 
 
 RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.pth",
-             "initial.pt")  # fmt: skip
+             "initial.pt", "checkpoints.json")  # fmt: skip
 
 
 def claim_run_folder(out: Path, overwrite: bool) -> None:
