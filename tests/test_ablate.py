@@ -90,3 +90,13 @@ def test_an_ablation_of_other_settings_is_refused_before_any_work(ablation, trai
     argv[1] = str(trained / "run" / "best.pt")
     assert main(argv) == 2
     assert "needs the run folder of `rcnn train`" in capsys.readouterr().err
+
+
+def test_data_without_the_train_split_names_the_flag_that_chooses_it(ablation, trained, capsys):
+    root, common = ablation
+    argv = ["ablate", str(trained / "run"), "--data", str(root / "paper"), "--out",
+            str(root / "other"), *common]  # fmt: skip
+    assert main(argv) == 2  # --train-split trainval by default, and the store has train only
+    err = capsys.readouterr().err
+    assert "has no split 'trainval' (it has train); choose one with --train-split," in err
+    assert not (root / "other").exists()

@@ -819,3 +819,39 @@ def test_the_caches_stay_under_the_memory_budget_with_a_weak_network(heads_run, 
     )
     assert main(argv) == 0
     assert "have no cached negative left and train on their positives alone" in caplog.text
+
+
+def test_layers_mined_together_share_one_cache_budget(heads_run, tmp_path):
+    """pool5, fc6 and fc7 mined in one pass (as `rcnn ablate` does) with a random network,
+    whose caches grow: the three pools together stay under --max-cache-gb, each layer's
+    share in proportion to its features' size."""
+    from rcnn.data.regions import load_split
+    from rcnn.heads.mining import layer_budgets, train_layer_svms
+    from rcnn.heads.stream import FeatureStream
+    from rcnn.modeling.checkpoint import load_model
+    from rcnn.modeling.model import build_model
+
+    run = tmp_path / "random"
+    shutil.copytree(heads_run / "run", run, ignore=shutil.ignore_patterns("svm", "bbox", "feat*"))
+    state = torch.load(run / "best.pt", weights_only=True)
+    torch.manual_seed(1)
+    state["model"] = build_model("alexnet_tiny", 2, "none").state_dict()
+    torch.save(state, run / "best.pt")
+    regions = load_split(heads_run / "regions", "train")
+    layers = ("pool5", "fc6", "fc7")
+
+    def peaks(budget_gb: float) -> dict:
+        stream = FeatureStream(load_model(run), regions, "pool5", InferenceConfig(device="cpu",
+                               amp=False), layers=layers)  # fmt: skip
+        cfg = SVMConfig(first_negatives=50, retrain_every=40, max_cache_gb=budget_gb)
+        found = train_layer_svms(regions, stream, cfg)
+        return {n: max(r["cache_mb"] for r in log) for n, (_, log) in found.items()}
+
+    grown = peaks(8.0)
+    budget_mb = sum(grown.values()) / 3
+    assert max(grown.values()) > budget_mb  # a budget each layer alone would pass
+    bounded = peaks(budget_mb / 1000)
+    assert sum(bounded.values()) <= budget_mb
+    shares = layer_budgets(1.0, {"pool5": 9216, "fc7": 4096})
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["pool5"] / shares["fc7"] == pytest.approx((9216 * 2 + 20) / (4096 * 2 + 20))

@@ -24,8 +24,9 @@ SVM_FLAGS = {
     "first_negatives": "negatives of a class's first training (its first ones, in region order)",
     "layer": "the features the SVMs score: pool5, fc6 or fc7 (the paper's Table 2 compares them)",
     "solver": "newton (warm-started, on the device) or liblinear (scikit-learn's LinearSVC)",
-    "max_cache_gb": "memory of the hard-negative caches of all classes together; past it the "
-    "easiest cached negatives go first",
+    "max_cache_gb": "memory of the hard-negative caches of all classes together (of all layers "
+    "together where several are mined at once, as `rcnn ablate` does: each layer's share in "
+    "proportion to its feature size); past it the easiest cached negatives go first",
 }
 BBOX_FLAGS = {
     "ridge": "ridge penalty lambda",

@@ -235,15 +235,16 @@ def _load_array(directory: Path, name: str, spec: dict, verify: bool) -> np.ndar
     return array
 
 
-def load_split(data: str | Path, split: str, allow_store: bool = False) -> RegionSet:
-    """``data/split`` of a `rcnn prepare` output folder, or, with ``allow_store``, ``data``
-    when it is a store itself."""
+def store_dir(data: str | Path, split: str, allow_store: bool = False, flag: str = "--split"):
+    """The folder of ``data/split``, a `rcnn prepare` output folder's store (or, with
+    ``allow_store``, ``data`` when it is a store itself); ``flag`` is the flag that chooses
+    the split, named when ``data`` lacks it."""
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data}: folder not found (create it with `rcnn prepare`)")
     if (data / "meta.json").is_file():
         if allow_store:
-            return RegionSet.load(data)
+            return data
         raise ConfigError(
             f"--data {data} is a single region store; give the `rcnn prepare` output folder "
             f"that holds train/ and val/ (here perhaps {data.parent})"
@@ -253,9 +254,17 @@ def load_split(data: str | Path, split: str, allow_store: bool = False) -> Regio
         if stores:
             raise RegionStoreError(
                 f"--data {data} has no split {split!r} (it has {', '.join(stores)}); choose one "
-                f"with --split, or prepare {split!r} with `rcnn prepare --split {split}`"
+                f"with {flag}, or prepare {split!r} with `rcnn prepare --split {split}`"
             )
-    return RegionSet.load(data / split)
+    return data / split
+
+
+def load_split(
+    data: str | Path, split: str, allow_store: bool = False, flag: str = "--split"
+) -> RegionSet:
+    """``data/split`` of a `rcnn prepare` output folder, or, with ``allow_store``, ``data``
+    when it is a store itself (see :func:`store_dir`)."""
+    return RegionSet.load(store_dir(data, split, allow_store, flag))
 
 
 def load_train_val(data: str | Path) -> tuple[RegionSet, RegionSet]:

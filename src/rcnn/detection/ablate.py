@@ -73,8 +73,11 @@ def key(row: Row) -> str:
 def run_ablation(cfg: AblationConfig) -> dict | None:
     """Trains what the rows need and scores every row; returns ``{"rows": {key: metrics},
     "table": markdown, "out": OUT}`` (``None`` on torchrun's other ranks)."""
+    from rcnn.data.regions import store_dir
+
     test, out = cfg.test, Path(cfg.test.out)
     run = Path(test.model)
+    store_dir(cfg.data, cfg.train_split, flag="--train-split")  # named before any work
     with run_stage("rcnn ablate", test.detector.inference.device, cfg) as stage:
         stage.claim(out, lambda folder: claim_ablation(folder, cfg))
         found: dict = {}

@@ -67,16 +67,18 @@ def train_svms(
 
 def train_layer_svms(regions, stream, cfg: SVMConfig, report=None, device="cpu") -> dict:
     """Every class's SVMs on each layer of a :class:`~rcnn.heads.stream.FeatureStream` of
-    several (``stream.layers``), from one pass of the network: ``{layer: (model, log)}``."""
+    several (``stream.layers``), from one pass of the network: ``{layer: (model, log)}``. The
+    layers' caches share ``cfg.max_cache_gb`` (:func:`layer_budgets`)."""
     examples = _checked_examples(regions, cfg)
     union = np.unique(np.concatenate([ex.positives for ex in examples]))
     found = stream.rows_layers(union)
+    budgets = layer_budgets(cfg.max_cache_gb * 1e9, {n: x.shape[1] for n, x in found.items()})
     miners = {}
     for layer, rows in found.items():
         rows = half(rows)
         positives = [rows[np.searchsorted(union, ex.positives)] for ex in examples]
         miners[layer] = Miner(regions, examples, positives, replace(cfg, layer=layer), report,
-                              device)  # fmt: skip
+                              device, budgets[layer])  # fmt: skip
     for pass_ in range(1, cfg.passes + 1):
         for rows, xs in stream.stream_layers(next(iter(miners.values())).negatives):
             for layer, miner in miners.items():
@@ -86,17 +88,28 @@ def train_layer_svms(regions, stream, cfg: SVMConfig, report=None, device="cpu")
     return {layer: miner.model() for layer, miner in miners.items()}
 
 
+def layer_budgets(total: float, dims: dict[str, int]) -> dict[str, float]:
+    """``--max-cache-gb`` shared by layers mined together: each layer's caches get a share in
+    proportion to the bytes of one of its negatives, so every layer can hold as many
+    negatives (pool5's 9216 features take 2.2 times fc7's 4096), and together they stay
+    under ``total`` bytes."""
+    rows = {layer: NegativePool(dim, 0).row_bytes for layer, dim in dims.items()}
+    return {layer: total * size / sum(rows.values()) for layer, size in rows.items()}
+
+
 class Miner:
     """The state of one pass of hard-negative mining over the negatives of every class: the
     classes' trainers, their shared pool of cached negatives, the feature scale once known,
     and the log. :meth:`block` takes the blocks of the pass in order."""
 
-    def __init__(self, regions, examples, positives, cfg: SVMConfig, report=None, device="cpu"):
+    def __init__(self, regions, examples, positives, cfg: SVMConfig, report=None, device="cpu",
+                 budget: float | None = None):  # fmt: skip
         self.regions, self.examples, self.cfg, self.report = regions, examples, cfg, report
         self.truth = regions.require_truth("train-svm")
         self.negatives = np.unique(np.concatenate([ex.negatives for ex in examples]))
         self.dim = positives[0].shape[1]
-        self.budget = cfg.max_cache_gb * 1e9
+        # Bytes its caches may take: --max-cache-gb, or a layer's share of it.
+        self.budget = cfg.max_cache_gb * 1e9 if budget is None else budget
         self.pool = NegativePool(self.dim, len(regions))
         # Room for the first negatives and a retraining's worth, within the budget.
         room = cfg.first_negatives + cfg.retrain_every
@@ -108,7 +121,7 @@ class Miner:
 
     def train(self, group: list[ClassTrainer], pass_: int) -> None:
         for row in train_classes(group, self.scale, pass_) if group else []:
-            row["cache_mb"] = round(self.pool.nbytes / 1e6, 1)
+            row["cache_mb"] = round(self.pool.nbytes / 1e6, 3)
             self.log.append(row)
             if self.report is not None:
                 self.report(row)
