@@ -836,7 +836,7 @@ def test_layers_mined_together_share_one_cache_budget(heads_run, tmp_path):
     state = torch.load(run / "best.pt", weights_only=True)
     torch.manual_seed(1)
     state["model"] = build_model("alexnet_tiny", 2, "none").state_dict()
-    torch.save(state, run / "best.pt")
+    save_checkpoint(run / "best.pt", state)  # as a run writes it (its digest recorded)
     regions = load_split(heads_run / "regions", "train")
     layers = ("pool5", "fc6", "fc7")
 

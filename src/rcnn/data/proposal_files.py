@@ -147,7 +147,11 @@ def write_proposal_file(path: str | Path, ids: list[str], boxes: list[np.ndarray
         names[i, 0] = image_id
     buf = BytesIO()
     savemat(buf, {"boxes": cells, "images": names}, do_compression=True)
-    atomic_write_bytes(path, buf.getvalue())
+    data = bytearray(buf.getvalue())
+    # The MAT header's 116 bytes of text hold the time of writing: a fixed text instead, so
+    # the same proposals give the same bytes.
+    data[:116] = b"MATLAB 5.0 MAT-file, written by rcnn proposals".ljust(116)
+    atomic_write_bytes(path, bytes(data))
 
 
 class FileProposals:

@@ -77,8 +77,9 @@ def run_ablation(cfg: AblationConfig) -> dict | None:
 
     test, out = cfg.test, Path(cfg.test.out)
     run = Path(test.model)
-    store_dir(cfg.data, cfg.train_split, flag="--train-split")  # named before any work
     with run_stage("rcnn ablate", test.detector.inference.device, cfg) as stage:
+        # Named before any work, once the ranks agree on their arguments.
+        store_dir(cfg.data, cfg.train_split, flag="--train-split")
         stage.claim(out, lambda folder: claim_ablation(folder, cfg))
         found: dict = {}
         rank_zero_first(stage.world, lambda: found.update(initial=initial_network(run, out)))
