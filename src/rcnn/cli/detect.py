@@ -21,10 +21,10 @@ from rcnn.detection.config import SCORERS, DetectorConfig, eval_detector_config
 from rcnn.errors import ConfigError
 
 
-def _add_detector_flags(p, thresh_help: str, caps) -> None:
-    """The detector's flags; ``caps`` gives the defaults of --max-per-image/-class (a
-    DetectorConfig)."""
-
+def add_scoring_flags(p, thresh_help: str, caps) -> None:
+    """How proposals become detections (scorer, heads, threshold, NMS, caps): the flags of
+    ``rcnn detect``, ``test``, ``ablate`` and ``export``; ``caps`` gives the defaults of
+    --max-per-image/-class (a DetectorConfig)."""
     p.add_argument(
         "--scorer",
         choices=SCORERS,
@@ -57,6 +57,19 @@ def _add_detector_flags(p, thresh_help: str, caps) -> None:
         default=caps.max_per_class,
         help="best boxes kept per image and class (0 = all)",
     )
+
+
+def scoring(args, keep_all: bool = False) -> dict:
+    """The :class:`DetectorConfig` fields of :func:`add_scoring_flags`."""
+    return dict(scorer=args.scorer, svm=args.svm, bbox_reg=args.bbox_reg,
+                score_thresh=args.score_thresh, keep_all=keep_all, nms=args.nms,
+                max_per_image=args.max_per_image, max_per_class=args.max_per_class)  # fmt: skip
+
+
+def _add_detector_flags(p, thresh_help: str, caps) -> None:
+    """The detector's flags: :func:`add_scoring_flags`, then where proposals come from and
+    how the network runs."""
+    add_scoring_flags(p, thresh_help, caps)
     p.add_argument(
         "--mode",
         choices=["fast", "quality"],
@@ -74,14 +87,7 @@ def _add_detector_flags(p, thresh_help: str, caps) -> None:
 
 def _detector_config(args, keep_all: bool = False):
     return DetectorConfig(
-        scorer=args.scorer,
-        svm=args.svm,
-        bbox_reg=args.bbox_reg,
-        score_thresh=args.score_thresh,
-        keep_all=keep_all,
-        nms=args.nms,
-        max_per_image=args.max_per_image,
-        max_per_class=args.max_per_class,
+        **scoring(args, keep_all),
         mode=args.mode,
         max_side=args.max_side,
         proposals=args.proposals,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from rcnn.cli.common import add_model, default, parser
-from rcnn.detection.config import SCORERS, DetectorConfig
+from rcnn.cli.common import add_model, parser
+from rcnn.cli.detect import add_scoring_flags, scoring
+from rcnn.detection.config import DetectorConfig
 from rcnn.detection.exported import FORMATS, OPSET, ExportConfig
 
 
@@ -23,28 +24,14 @@ def add_export(sub) -> None:
     add_model(p)
     p.add_argument("--out", required=True, help="the file to write (.onnx, or .pt for TorchScript)")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="the kind of file")
-    p.add_argument(
-        "--scorer",
-        choices=SCORERS,
-        default=default(DetectorConfig, "scorer"),
-        help="score by the network's softmax or by the SVMs (RUN/svm, or --svm)",
-    )
-    p.add_argument("--svm", metavar="SVMDIR", help="`rcnn train-svm` output (default: RUN/svm)")
-    p.add_argument("--bbox-reg", metavar="BBOXDIR", help="box regressors (`rcnn train-bbox`)")
-    p.add_argument(
-        "--score-thresh",
-        type=float,
-        help="drop boxes scoring less (default: 0.6 for softmax scores, 0 for SVM scores)",
+    add_scoring_flags(
+        p,
+        "drop boxes scoring less (default: 0.6 for softmax scores, 0 for SVM scores)",
+        DetectorConfig(),
     )
     p.add_argument(
         "--keep-all", action="store_true", help="no score threshold (for AP, as `rcnn test`)"
     )
-    p.add_argument("--nms", type=float, default=default(DetectorConfig, "nms"),
-                   help="IoU above which a lower-scored box of a class is suppressed")  # fmt: skip
-    p.add_argument("--max-per-image", type=int, default=default(DetectorConfig, "max_per_image"),
-                   help="best boxes kept (0 = all)")  # fmt: skip
-    p.add_argument("--max-per-class", type=int, default=default(DetectorConfig, "max_per_class"),
-                   help="best boxes kept per class (0 = all)")  # fmt: skip
     p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 16)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -52,16 +39,7 @@ def add_export(sub) -> None:
 def cmd_export(args) -> None:
     from rcnn.detection.export import run_export
 
-    detector = DetectorConfig(
-        scorer=args.scorer,
-        svm=args.svm,
-        bbox_reg=args.bbox_reg,
-        score_thresh=args.score_thresh,
-        keep_all=args.keep_all,
-        nms=args.nms,
-        max_per_image=args.max_per_image,
-        max_per_class=args.max_per_class,
-    )
+    detector = DetectorConfig(**scoring(args, args.keep_all))
     cfg = ExportConfig(args.model, args.out, args.format, detector, args.classes, args.opset,
                        args.overwrite)  # fmt: skip
     summary = run_export(cfg)
