@@ -855,3 +855,33 @@ def test_layers_mined_together_share_one_cache_budget(heads_run, tmp_path):
     shares = layer_budgets(1.0, {"pool5": 9216, "fc7": 4096})
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["pool5"] / shares["fc7"] == pytest.approx((9216 * 2 + 20) / (4096 * 2 + 20))
+
+
+def test_svms_mine_the_background_only_images_and_refuse_an_older_paper_store(
+    one_epoch_model, tmp_path, capsys
+):
+    """Scenes of cars and buses, SVMs for cars: the paper preset's images with buses alone
+    give negatives too (svm.json counts them); a paper store without the setting (made before
+    the preset kept them) is refused with what to do."""
+    from rcnn.data.synth import make_synthetic_voc
+
+    voc = tmp_path / "voc"
+    make_synthetic_voc(voc, 8, seed=1, image_size=(128, 96), classes=["car", "bus"])
+    flags = (voc / "ImageSets" / "Main" / "car_train.txt").read_text().split()[1::2]
+    assert "-1" in flags  # some train images show no car
+    assert main(["prepare", "--voc-root", str(voc), "--split", "train", "--preset", "paper",
+                 "--mode", "fast", "--workers", "1", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "paper"), "--no-progress"]) == 0  # fmt: skip
+    run = copy_run(one_epoch_model, tmp_path / "run")
+    argv = ["train-svm", str(run), "--data", str(tmp_path / "paper"), "--split", "train", *FLAGS]
+    assert main(argv) == 0
+    found = json.loads((run / "svm" / "svm.json").read_text())["negatives_from"]
+    assert found == {"images": 4, "background_only": flags.count("-1")}
+    meta_path = tmp_path / "paper" / "train" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["info"]["labels"]["background_images"]
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 2
+    assert "prepared by an earlier `--preset paper` that left out the images without a chosen " \
+        "object" in capsys.readouterr().err  # fmt: skip

@@ -400,3 +400,47 @@ def test_region_set_numbers_ground_truth_across_images():
     assert regions.truth.gt_index.tolist() == [0, -1, 2, 1, -1]
     assert regions.image_index.tolist() == [0, 0, 1, 1, 1]
     assert regions.truth.image.tolist() == [0, 1, 1]
+
+
+def test_the_paper_preset_keeps_every_image_of_the_split(make_voc, tmp_path, capsys):
+    """Images without a car (a dog alone; nothing at all) are background-only images of the
+    paper's stores, every region of theirs a negative; the seed's keep the car images."""
+    voc = make_voc([
+        ("1", "train", [("car", (10, 10, 50, 40), False)]),
+        ("2", "train", [("dog", (20, 20, 60, 60), False)]),
+        ("3", "train", []),
+        ("4", "train", [("car", (40, 20, 90, 60), False)]),
+    ])  # fmt: skip
+    common = [
+        "prepare",
+        "--voc-root",
+        str(voc),
+        "--split",
+        "train",
+        "--mode",
+        "fast",
+        "--workers",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
+    assert main([*common, "--out", str(tmp_path / "paper"), "--preset", "paper"]) == 0
+    table = capsys.readouterr().out
+    paper = RegionSet.load(tmp_path / "paper" / "train")
+    assert [Path(p).stem for p in paper.image_paths] == ["1", "2", "3", "4"]
+    for background in (1, 2):
+        mine = paper.image_index == background
+        assert mine.sum() > 0 and (paper.labels[mine] == 0).all()
+        assert (paper.truth.gt_index[mine] == -1).all() and not paper.truth.class_ious[mine].any()
+    assert sorted(set(paper.truth.image.tolist())) == [0, 3]
+    s = json.loads((tmp_path / "paper" / "summary.json").read_text())["splits"]["train"]
+    assert (s["images"], s["with_objects"], s["background_only"], s["skipped"]) == (4, 2, 2, [])
+    assert s["negatives"] == paper.num_negative
+    assert paper.info["labels"]["background_images"] is True
+    assert table.splitlines()[1].split()[:5] == ["train", "4", "2", "2", "0"]
+    assert main([*common, "--out", str(tmp_path / "seed")]) == 0  # the seed's car images
+    seed = RegionSet.load(tmp_path / "seed" / "train")
+    assert [Path(p).stem for p in seed.image_paths] == ["1", "4"]
+    s = json.loads((tmp_path / "seed" / "summary.json").read_text())["splits"]["train"]
+    assert (s["images"], s["with_objects"], s["background_only"]) == (2, 2, 0)

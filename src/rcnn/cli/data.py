@@ -94,9 +94,12 @@ def add_prepare(sub) -> None:
         "Run Selective Search on every chosen image of each split (in parallel, "
         "cached by image content), label each proposal by its IoU with the ground truth, and "
         "write OUT/{split}/ region stores plus OUT/summary.json.\n\nPresets:\n"
-        "  seed   positive IoU >= 0.5; negative 0 < IoU < 0.5 and area > 1/5 of the largest\n"
-        "         ground-truth box; difficult objects left out (the recipe's rule)\n"
-        "  paper  Girshick et al. 2014: ground truth added as positives, every proposal with\n"
+        "  seed   the images that show a chosen class; positive IoU >= 0.5; negative\n"
+        "         0 < IoU < 0.5 and area > 1/5 of the largest ground-truth box; difficult\n"
+        "         objects left out (the recipe's rule)\n"
+        "  paper  Girshick et al. 2014: every image of the split (those without a chosen\n"
+        "         object are background only: all their regions negatives, where the SVMs\n"
+        "         mine hard negatives); ground truth added as positives, every proposal with\n"
         "         IoU < 0.5 negative, difficult objects kept\n"
         "Threshold flags override the preset.",
     )
@@ -173,14 +176,16 @@ def cmd_prepare(args) -> None:
 
 def format_prepare_summary(summary: dict, out: str) -> str:
     lines = [
-        f"{'split':<8}{'images':>8}{'skipped':>9}{'proposals':>11}{'positives':>11}"
-        f"{'negatives':>11}{'seconds':>9}"
+        f"{'split':<8}{'images':>8}{'objects':>9}{'bg-only':>9}{'skipped':>9}{'proposals':>11}"
+        f"{'positives':>11}{'negatives':>11}{'seconds':>9}"
     ]
     for split, s in summary["splits"].items():
         lines.append(
-            f"{split:<8}{s['images']:>8}{len(s['skipped']):>9}{s['proposals']:>11}"
-            f"{s['positives']:>11}{s['negatives']:>11}{s['seconds']:>9.1f}"
+            f"{split:<8}{s['images']:>8}{s['with_objects']:>9}{s['background_only']:>9}"
+            f"{len(s['skipped']):>9}{s['proposals']:>11}{s['positives']:>11}"
+            f"{s['negatives']:>11}{s['seconds']:>9.1f}"
         )
+    lines.append("(objects: images with an object of a chosen class; bg-only: without one)")
     lines.append(
         f"region stores in {out}/{{{','.join(summary['splits'])}}}, summary in {out}/summary.json"
     )

@@ -22,7 +22,9 @@ class LabelConfig:
 
     A region is positive when its best IoU with a ground-truth box is ``>= pos_iou``; negative
     when ``neg_iou_min < IoU < neg_iou_max`` and its area is larger than ``neg_min_area_frac``
-    times the image's largest ground-truth box; anything else is left out.
+    times the image's largest ground-truth box; anything else is left out. With
+    ``background_images`` the images without a chosen object are kept, every region of theirs
+    a negative (with ``neg_iou_min < 0``: they touch no box).
     """
 
     pos_iou: float = 0.5
@@ -31,6 +33,9 @@ class LabelConfig:
     neg_min_area_frac: float = 0.2
     add_gt: bool = False  # the ground-truth boxes themselves become positives
     keep_difficult: bool = False  # difficult objects count as ground truth
+    # Every image of the split, those without a chosen object too (all their regions are
+    # negatives); else only the images that show a chosen class.
+    background_images: bool = False
 
     def __post_init__(self):
         check_numbers(self, {"neg_min_area_frac": "--neg-min-area"})
@@ -57,8 +62,15 @@ PRESETS = {
     # positives, and only negatives that touch an object and are not tiny.
     "seed": LabelConfig(),
     # Girshick et al. (2014): ground truth added as positives, everything below 0.5 is
-    # background, difficult objects kept.
-    "paper": LabelConfig(neg_iou_min=-1.0, neg_min_area_frac=0.0, add_gt=True, keep_difficult=True),
+    # background, difficult objects kept, and every image of the split: the SVMs mine their
+    # hard negatives from all trainval images, whatever they show.
+    "paper": LabelConfig(
+        neg_iou_min=-1.0,
+        neg_min_area_frac=0.0,
+        add_gt=True,
+        keep_difficult=True,
+        background_images=True,
+    ),  # fmt: skip
 }
 
 

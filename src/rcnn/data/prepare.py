@@ -43,8 +43,18 @@ class BadImageError(RcnnError):
     """An image could not be used; raised instead of skipping it under ``--strict``."""
 
 
-def _load_annotations(dataset: Dataset, ids: list[str]) -> tuple[dict, list[dict]]:
-    """Each image's annotation, and the images left out (unreadable, or without objects)."""
+def split_images(dataset: Dataset, split: str, cfg: PrepareConfig) -> list[str]:
+    """The ids of the images to label: every image of the split with ``background_images``
+    (the paper preset), else those that show a chosen class (the seed preset)."""
+    chosen = dataset.select_images(split, cfg.classes)  # also checks --classes
+    return dataset.ids(split) if cfg.labels.background_images else chosen
+
+
+def _load_annotations(
+    dataset: Dataset, ids: list[str], keep_empty: bool = False
+) -> tuple[dict, list[dict]]:
+    """Each image's annotation, and the images left out (unreadable, or without objects
+    unless ``keep_empty``)."""
     annotations, skipped = {}, []
     for image_id in ids:
         path = dataset.annotation_path(image_id)
@@ -53,7 +63,7 @@ def _load_annotations(dataset: Dataset, ids: list[str]) -> tuple[dict, list[dict
         except DatasetError as err:
             skipped.append({"image": image_id, "reason": str(err)})
             continue
-        if not ann.objects:
+        if not ann.objects and not keep_empty:
             skipped.append({"image": image_id, "reason": f"{path}: {image_id} has no object"})
             continue
         annotations[image_id] = ann
@@ -124,7 +134,9 @@ def prepare_split(
 ) -> tuple[RegionSet, dict] | None:
     """Builds one split's region set and its summary (on rank 0; ``None`` on the others)."""
     start = time.perf_counter()
-    annotations, skipped = _load_annotations(dataset, dataset.select_images(split, cfg.classes))
+    annotations, skipped = _load_annotations(
+        dataset, split_images(dataset, split, cfg), cfg.labels.background_images
+    )
     paths = [str(dataset.image_path(i)) for i in annotations]
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     agree(world, digest, f"rcnn prepare: split {split}'s images", FILES)
@@ -178,7 +190,9 @@ def label_split(cfg: PrepareConfig, dataset: Dataset, images: SplitImages):
     labelled, skipped = [], list(images.skipped)
     for (image_id, ann), result in zip(images.annotations.items(), images.proposals, strict=True):
         if result.error or len(result.boxes) == 0:
-            reason = result.error or f"{result.path}: Selective Search found no proposals"
+            none = (f"--proposals {cfg.proposals.file} holds no box for it" if cfg.proposals.file
+                    else "Selective Search found no proposals")  # fmt: skip
+            reason = result.error or f"{result.path}: {none}"
             skipped.append({"image": image_id, "reason": reason})
         else:
             labelled.append(label_image(cfg, ann, result))
@@ -208,8 +222,11 @@ def label_split(cfg: PrepareConfig, dataset: Dataset, images: SplitImages):
         logger.warning("split '%s': no object region of %s; check --classes against the "
                        "object names of %s", split, ", ".join(absent),
                        dataset.describe(split))  # fmt: skip
+    background = sum(len(image.gt_boxes) == 0 for image in labelled)
     summary = {
         "images": len(labelled),
+        "with_objects": len(labelled) - background,  # a (kept) box of a chosen class
+        "background_only": background,  # every region a negative (the paper preset)
         "skipped": skipped,
         "proposals": sum(image.proposals for image in labelled),
         "from_cache": sum(image.cached for image in labelled),

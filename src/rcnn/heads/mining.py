@@ -58,6 +58,9 @@ def train_svms(
     examples = _checked_examples(regions, cfg)
     positives = _features_of(features, [ex.positives for ex in examples])
     miner = Miner(regions, examples, positives, cfg, report, device)
+    found = negative_images(regions, miner.negatives)
+    logger.info("mining the negatives of %d images, %d of them background only",
+                found["images"], found["background_only"])  # fmt: skip
     for pass_ in range(1, cfg.passes + 1):
         for rows, x in features.stream(miner.negatives):
             miner.block(rows, x, pass_)
@@ -166,8 +169,18 @@ class Miner:
             weights[c], biases[c] = trainer.weights, trainer.bias
         classes = list(self.regions.classes)
         untrained = [classes[c] for c in range(count) if c not in self.trainers]
-        info = {"config": asdict(self.cfg), "passes": self.cfg.passes, "untrained": untrained}
+        info = {"config": asdict(self.cfg), "passes": self.cfg.passes, "untrained": untrained,
+                "negatives_from": negative_images(self.regions, self.negatives)}  # fmt: skip
         return SVMModel(weights, biases, self.scale, classes, info), self.log
+
+
+def negative_images(regions, negatives: np.ndarray) -> dict:
+    """How many images the candidate negatives come from, and how many of those have no box of
+    a chosen class (background only: kept by the paper preset)."""
+    truth = regions.require_truth("train-svm")
+    images = np.unique(regions.image_index[negatives])
+    background = np.setdiff1d(images, truth.image)
+    return {"images": int(len(images)), "background_only": int(len(background))}
 
 
 def hold_budget(pool: NegativePool, trainers, budget: float) -> int:

@@ -43,6 +43,13 @@ def head_inputs(cfg: HeadConfig, command: str) -> tuple:
     loaded = load_model(cfg.model)
     regions = load_split(cfg.data, cfg.split)
     regions.require_truth(command.removeprefix("rcnn "))
+    labels = regions.info.get("labels", {})
+    if labels.get("add_gt") and "background_images" not in labels:
+        raise RcnnError(
+            f"--data {cfg.data}: split '{cfg.split}' was prepared by an earlier `--preset paper` "
+            "that left out the images without a chosen object, where the SVMs mine negatives "
+            "too: run `rcnn prepare --preset paper` again (cached proposals are reused)"
+        )
     if [class_key(c) for c in regions.classes] != [class_key(c) for c in loaded.classes]:
         raise RcnnError(
             f"--data {cfg.data}: its regions are of classes {regions.classes}, but "
