@@ -111,8 +111,8 @@ def test_prepare_reads_the_searched_proposals_back_from_a_file(small_voc, tmp_pa
     argv[argv.index(str(tmp_path / "t.mat"))] = str(tmp_path / "edited.mat")
     argv[-1] = str(tmp_path / "edited")
     assert main(argv) == 0
-    assert "1 image(s) past the image, clipped to it: 000001" in caplog.text
-    assert "1 image(s) empty, repeated or not finite, left out: 000001" in caplog.text
+    assert "1 box(es) of 1 image(s) past the image, clipped to it: 000001" in caplog.text
+    assert "box(es) of 1 image(s) empty, repeated or not finite, left out: 000001" in caplog.text
     # A file without an image of the split: refused, naming it, before any work.
     ids = [str(np.asarray(x).ravel()[0]) for x in raw["images"].ravel()]
     rcnn_mat(tmp_path / "part.mat", ids[1:], [b for b in raw["boxes"].ravel()[1:]])
@@ -155,3 +155,35 @@ def test_a_file_missing_images_of_the_split_is_named(trained, tmp_path, capsys):
     assert not (tmp_path / "t" / "detections").exists()
     with pytest.raises(ProposalFileError):
         read_proposal_file(tmp_path / "some.mat").check_ids(ids, "the test split")
+
+
+def test_an_image_of_more_boxes_than_the_cap_keeps_the_files_first(small_voc, tmp_path, caplog):
+    """--max-proposals: the first boxes in the file's order, the image named in one warning
+    for all the images read (not one a chunk); an image without boxes in the file is said so."""
+    from rcnn.data.proposal_files import FileProposals
+
+    many = [[1 + i, 1 + i, 30 + i, 40 + i] for i in range(40)]  # y1 x1 y2 x2, all distinct
+    ids = ["000001", "000002", "000003", "000004"]
+    rcnn_mat(tmp_path / "p.mat", ids, [many, many[:3], [], many[:5]])
+    paths = [str(small_voc / "JPEGImages" / f"{i}.jpg") for i in ids]
+    with FileProposals(tmp_path / "p.mat", 10) as source:
+        first = source.compute(paths[:2])  # two chunks, as `rcnn detect` reads them
+        source.compute(paths[2:])
+        assert "max-proposals" not in caplog.text  # told once, on leaving
+    expected = read_proposal_file(tmp_path / "p.mat").boxes["000001"][:10]
+    np.testing.assert_array_equal(np.unique(first[0].boxes, axis=0), np.unique(expected, axis=0))
+    assert len(first[1].boxes) == 3
+    (cut,) = [r for r in caplog.records if "--max-proposals" in r.getMessage()]
+    assert "1 image(s) have more than --max-proposals 10 boxes; the first 10 of each, in " \
+        "the file's order, are read: 000001 (40)" in cut.getMessage()  # fmt: skip
+    argv = ["prepare", "--voc-root", str(small_voc), "--split", "train", "--no-progress",
+            "--proposals", str(tmp_path / "p.mat"), "--max-proposals", "10", "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    regions = RegionSet.load(tmp_path / "out" / "train")
+    digest = read_proposal_file(tmp_path / "p.mat").digest
+    assert regions.info["proposals"] == f"file/sha256={digest}/first=10"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["train"]
+    (skipped,) = summary["skipped"]
+    assert skipped["image"] == "000003" and "Selective Search" not in skipped["reason"]
+    assert f"--proposals {tmp_path / 'p.mat'} holds no box for it" in skipped["reason"]

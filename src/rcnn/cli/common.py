@@ -110,6 +110,21 @@ def add_proposals(p) -> None:
         "their ids), e.g. selective_search_data/voc_2007_test.mat, or one `rcnn proposals` "
         "wrote",
     )
+    add_max_proposals(p)
+
+
+def add_max_proposals(p) -> None:
+    """``--max-proposals``: the boxes read of one image of a proposal file."""
+    from rcnn.data.config import DEFAULT_MAX_PROPOSALS
+
+    p.add_argument(
+        "--max-proposals",
+        type=int,
+        default=DEFAULT_MAX_PROPOSALS,
+        help="boxes read of one image of a --proposals file: the first ones in the file's "
+        "order (R-CNN's files rank them; they hold about 2,000 an image); each costs its warped "
+        "crop in memory; 0 = all (default %(default)s)",
+    )
 
 
 def add_search_workers(p) -> None:

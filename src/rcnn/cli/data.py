@@ -163,7 +163,12 @@ def cmd_prepare(args) -> None:
         splits=args.splits,
         classes=args.classes,
         labels=labels,
-        proposals=ProposalConfig(mode=args.mode, max_side=args.max_side, file=args.proposals),
+        proposals=ProposalConfig(
+            mode=args.mode,
+            max_side=args.max_side,
+            file=args.proposals,
+            max_proposals=args.max_proposals,
+        ),
         workers=args.workers,
         cache_dir=args.cache_dir,
         strict=args.strict,

@@ -91,6 +91,7 @@ def _detector_config(args, keep_all: bool = False):
         mode=args.mode,
         max_side=args.max_side,
         proposals=args.proposals,
+        max_proposals=args.max_proposals,
         inference=inference(args),
         workers=args.workers,
         cache_dir=args.cache_dir,

@@ -7,6 +7,7 @@ import argparse
 from rcnn.cli.common import (
     add_cache_dir,
     add_inference_flags,
+    add_max_proposals,
     add_max_side,
     add_progress,
     add_search_workers,
@@ -98,6 +99,7 @@ def add_pipeline(sub) -> None:
         "holding every image of its splits (fine-tuning: train and val in one file), e.g. "
         "--proposals voc_2007_trainval.mat voc_2007_test.mat",
     )
+    add_max_proposals(search)
     search.add_argument(
         "--nms",
         type=float,
@@ -135,7 +137,7 @@ def cmd_pipeline(args) -> None:
         val_split=args.val_split,
         test_split=args.test_split,
         svm_split=args.svm_split,
-        proposals=ProposalConfig(args.mode, args.max_side),
+        proposals=ProposalConfig(args.mode, args.max_side, max_proposals=args.max_proposals),
         proposal_files=args.proposals,
         nms=args.nms,
         inference=inference(args),

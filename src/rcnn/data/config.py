@@ -18,6 +18,11 @@ MODES = ("quality", "fast")  # Selective Search strategies
 # images are shrunk to this for the search (VOC's and COCO's images, at most 500 and 640
 # pixels, are searched as they are).
 DEFAULT_MAX_SIDE = 1000
+# Boxes read of one image of a proposal file (--max-proposals): each box costs its warped crop
+# in `rcnn detect` (57,000 boxes of one image took 7.9 GB), and R-CNN's files hold about 2,000
+# an image (Selective Search's fast mode), read whole under this cap. Beyond it the first ones
+# in the file's order are kept: R-CNN's files list them by Selective Search's rank.
+DEFAULT_MAX_PROPOSALS = 10_000
 
 
 @dataclass(frozen=True)
@@ -25,10 +30,13 @@ class ProposalConfig:
     mode: str = "quality"
     max_side: int = DEFAULT_MAX_SIDE  # longer side shrunk to at most this first; 0 = never
     file: str | None = None  # precomputed proposals (R-CNN's .mat layout) instead of a search
+    max_proposals: int = DEFAULT_MAX_PROPOSALS  # of an image of `file`; 0 = all
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_proposals < 0:
+            raise ConfigError(f"--max-proposals must be >= 0 (0 = all), got {self.max_proposals}")
         if self.max_side < 0 or 0 < self.max_side < 32:
             raise ConfigError(f"--max-side must be 0 (off) or >= 32, got {self.max_side}")
 
@@ -45,7 +53,7 @@ class ProposalConfig:
         if self.file:
             from rcnn.data.proposal_files import read_proposal_file
 
-            return f"file/sha256={read_proposal_file(self.file).digest}"
+            return read_proposal_file(self.file).tag(self.max_proposals)
         import cv2
 
         # OpenCV's version is part of the key: another release may segment differently.

@@ -6,7 +6,10 @@ The layout (``selective_search_data/voc_2007_trainval.mat``, read by Fast R-CNN'
 an image of ``[y1 x1 y2 x2]`` 1-based inclusive pixels, and ``images``, the image ids in the
 same order. Boxes convert once, in :func:`rcnn.data.annotations.mat_to_boxes`. A box of
 non-finite numbers, or empty, is left out, and one past the image is clipped to it, each kind
-named in one warning; an image of the split that the file lacks is an error naming it.
+named in one warning for the images read through one source; an image of the split that the
+file lacks is an error naming it. Of an image with more than ``--max-proposals`` boxes only
+the first ones in the file's order are read (R-CNN's files list them by Selective Search's
+rank), the images named in a warning.
 
 The file's SHA-256 is its identity: region stores and ``rcnn test`` folders record it, so
 proposals that change are never mixed with results made from others.
@@ -47,6 +50,11 @@ class ProposalFile:
     path: Path
     boxes: dict[str, np.ndarray]
     digest: str
+
+    def tag(self, cap: int = 0) -> str:
+        """What proposals of it are: its digest, and the cap where the cap cuts an image's."""
+        cut = cap and max((len(b) for b in self.boxes.values()), default=0) > cap
+        return f"file/sha256={self.digest}" + (f"/first={cap}" if cut else "")
 
     def record(self) -> dict:
         """What outputs made from these proposals record of them."""
@@ -161,20 +169,39 @@ class FileProposals:
 
     workers = 1
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_proposals: int = 0):
         self.file = read_proposal_file(path)
+        self.max_proposals = max_proposals  # 0 = every box
+        # The images whose boxes were clipped, dropped or cut, told once, on leaving.
+        self.seen: dict[str, dict[str, int]] = {"clipped": {}, "dropped": {}, "cut": {}}
 
     def __enter__(self) -> FileProposals:
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        self.warn()
+
+    def warn(self) -> None:
+        """One warning a kind, with the totals of every image read since the last one."""
+        seen, path, cap = self.seen, self.file.path, self.max_proposals
+        if seen["cut"]:
+            shown = ", ".join(f"{i} ({n:,})" for i, n in list(seen["cut"].items())[:5])
+            logger.warning("--proposals %s: %d image(s) have more than --max-proposals %d boxes; "
+                           "the first %d of each, in the file's order, are read: %s", path,
+                           len(seen["cut"]), cap, cap, shown)  # fmt: skip
+        for kind, what in (("clipped", "past the image, clipped to it"),
+                           ("dropped", "empty, repeated or not finite, left out")):  # fmt: skip
+            if seen[kind]:
+                logger.warning("--proposals %s: %d box(es) of %d image(s) %s: %s", path,
+                               sum(seen[kind].values()), len(seen[kind]), what,
+                               ", ".join(list(seen[kind])[:5]))  # fmt: skip
+        self.seen = {kind: {} for kind in seen}
 
     def compute(self, image_paths: list[str], progress: bool = False, names=None):
-        """A :class:`ProposalResult` an image: the file's boxes clipped to the image, the
-        empty and non-finite ones left out (named in a warning)."""
+        """A :class:`ProposalResult` an image: the file's first ``max_proposals`` boxes clipped
+        to the image, the empty and non-finite ones left out (told on leaving the context)."""
         names = names or [Path(p).stem for p in image_paths]
-        results, dropped, clipped = [], [], []
+        results, seen = [], self.seen
         for path, name in zip(image_paths, names, strict=True):
             boxes = self.file.boxes.get(name)
             if boxes is None:
@@ -185,20 +212,18 @@ class FileProposals:
             if error:
                 results.append(ProposalResult(path, None, error=error))
                 continue
+            if self.max_proposals and len(boxes) > self.max_proposals:
+                seen["cut"][name] = len(boxes)
+                boxes = boxes[: self.max_proposals]
             finite = np.isfinite(boxes).all(axis=1)
             whole = np.round(boxes[finite]).astype(np.int32)
             inside = clip_boxes(whole, *size)
             if (inside != whole).any():
-                clipped.append(name)
+                seen["clipped"][name] = int((inside != whole).any(axis=1).sum())
             kept = unique_boxes(inside[nonempty(inside)])
             if len(kept) < len(boxes):
-                dropped.append(name)
+                seen["dropped"][name] = len(boxes) - len(kept)
             results.append(ProposalResult(path, kept, size, cached=True))
-        for ids, what in ((clipped, "past the image, clipped to it"),
-                          (dropped, "empty, repeated or not finite, left out")):  # fmt: skip
-            if ids:
-                logger.warning("--proposals %s: boxes of %d image(s) %s: %s", self.file.path,
-                               len(ids), what, ", ".join(ids[:5]))  # fmt: skip
         return results
 
 
@@ -207,7 +232,9 @@ def proposal_source(config, cache_dir, workers: int = 0):
     :class:`rcnn.data.proposals.ProposalPool` over the cache)."""
     from rcnn.data.proposals import ProposalPool
 
-    return FileProposals(config.file) if config.file else ProposalPool(config, cache_dir, workers)
+    if config.file:
+        return FileProposals(config.file, config.max_proposals)
+    return ProposalPool(config, cache_dir, workers)
 
 
 def export_proposals(dataset, split: str, config, cache_dir, out: str, workers: int = 0,

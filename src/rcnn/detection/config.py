@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rcnn.data.config import DEFAULT_MAX_SIDE, MODES
+from rcnn.data.config import DEFAULT_MAX_PROPOSALS, DEFAULT_MAX_SIDE, MODES
 from rcnn.errors import ConfigError, check_numbers
 from rcnn.runtime.config import InferenceConfig
 
@@ -38,6 +38,7 @@ class DetectorConfig:
     mode: str = "fast"  # Selective Search at test time, as the reference detector
     max_side: int = DEFAULT_MAX_SIDE  # larger images are shrunk for Selective Search
     proposals: str | None = None  # precomputed proposals (a .mat file) instead of a search
+    max_proposals: int = DEFAULT_MAX_PROPOSALS  # boxes read of an image of `proposals`
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     workers: int = 0  # Selective Search processes; 0 = one per core
     chunk: int = 0  # images scored together; 0: twice the Selective Search processes, >= 8

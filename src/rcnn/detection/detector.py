@@ -159,7 +159,9 @@ class Detector:
             yield result, None if found is None else found[first]
 
     def proposals(self) -> ProposalConfig:
-        return ProposalConfig(self.cfg.mode, self.cfg.max_side, self.cfg.proposals)
+        return ProposalConfig(
+            self.cfg.mode, self.cfg.max_side, self.cfg.proposals, self.cfg.max_proposals
+        )
 
     def run_variants(
         self, paths: Iterable[str], progress: bool = True, names: dict | None = None

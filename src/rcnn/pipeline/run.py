@@ -133,7 +133,8 @@ def steps_of(cfg: PipelineConfig, dataset, svm_split: str) -> list[Step]:
     test = TestConfig(str(run), cfg.voc_root, str(out / "ablation"), split=cfg.test_split,
                       detector=eval_detector_config(
                           mode=cfg.proposals.mode, max_side=cfg.proposals.max_side, nms=cfg.nms,
-                          proposals=tested and str(tested.path), inference=cfg.inference,
+                          proposals=tested and str(tested.path),
+                          max_proposals=cfg.proposals.max_proposals, inference=cfg.inference,
                           workers=cfg.workers, cache_dir=cfg.cache_dir),
                       progress=cfg.progress, analyze=cfg.analyze, coco=cfg.coco,
                       images=cfg.images)  # fmt: skip
