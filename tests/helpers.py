@@ -156,15 +156,18 @@ def same_files(a: Path, b: Path, names) -> None:
 
 
 def one_process(*argv: str) -> None:
-    """``rcnn ARGV`` in this process with one thread, as each of torchrun's processes: the same
-    sums in the same order."""
+    """``rcnn ARGV`` in this process with one thread, as each of torchrun's processes (whose
+    OMP_NUM_THREADS=1 holds torch's kernels and the BLAS under numpy and scikit-learn): the
+    same sums in the same order."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from rcnn.cli import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(list(argv)) == 0, argv
+        with threadpool_limits(1):
+            assert main(list(argv)) == 0, argv
     finally:
         torch.set_num_threads(threads)
