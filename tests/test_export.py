@@ -103,6 +103,31 @@ def test_rcnn_detect_of_the_onnx_file_gives_the_torch_detections(heads, trained,
     assert total > len(images)  # the comparison is not of empty lists
 
 
+def test_an_onnx_detector_reads_a_proposal_file_under_the_same_cap(heads, trained, tmp_path,
+                                                                   caplog):
+    # --max-proposals cuts each image's boxes of a --proposals file for the exported detector
+    # as for the torch one: the same first boxes, the same detections, the images named.
+    mat = tmp_path / "test.mat"
+    assert main(["proposals", "--voc-root", str(trained / "voc"), "--split", "test", "--out",
+                 str(mat), "--mode", "fast", "--cache-dir", str(trained / "cache"),
+                 "--no-progress"]) == 0  # fmt: skip
+    flags = ["--scorer", "svm", "--bbox-reg", str(heads / "run" / "bbox"), "--score-thresh=-1e9",
+             "--proposals", str(mat), "--max-proposals", "4", *CPU]  # fmt: skip
+    path = export(heads, "capped.onnx", "--score-thresh=-1e9")
+    images = test_images(trained)[:2]
+    found = {}
+    for name, model in (("torch", str(heads / "run")), ("onnx", path)):
+        caplog.clear()
+        assert main(["detect", model, *images, "--out", str(tmp_path / name), *flags]) == 0
+        assert "more than --max-proposals 4 boxes" in caplog.text, name
+        lines = (tmp_path / name / "detections.jsonl").read_text().splitlines()
+        found[name] = [json.loads(line)["detections"] for line in lines]
+    for a, b in zip(found["torch"], found["onnx"], strict=True):
+        assert 0 < len(a) <= 4 and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert x["class"] == y["class"] and abs(x["score"] - y["score"]) < 1e-3
+
+
 def test_onnx_detections_score_the_torch_detectors_ap(heads, trained, tmp_path, capsys):
     from rcnn.api import Detector
     from rcnn.evaluation.result_files import write_results

@@ -170,7 +170,9 @@ class ExportedDetector:
         that could not be read. ``paths`` may be any iterable (taken a chunk at a time)."""
         from rcnn.data.proposal_files import proposal_source  # OpenCV: imported when used
 
-        proposals = ProposalConfig(self.cfg.mode, self.cfg.max_side, self.cfg.proposals)
+        proposals = ProposalConfig(
+            self.cfg.mode, self.cfg.max_side, self.cfg.proposals, self.cfg.max_proposals
+        )
         pool = proposal_source(proposals, self.cfg.cache_dir, self.cfg.workers)
         size = self.cfg.chunk or max(8, 2 * pool.workers)
         total = len(paths) if isinstance(paths, Sized) else None
