@@ -1,7 +1,7 @@
 """Car SVMs mined with and without the background-only images, scored on a test split.
 
 It synthesizes ``--images`` trainval scenes and as many test scenes of cars, buses and people
-(many show no car), fine-tunes a tiny network on the car regions (the seed preset's train/val
+(many show no car), fine-tunes the demo's network on the car regions (the seed preset's train/val
 stores), then prepares the trainval regions with the paper preset twice: as it is, every image
 of the split (those without a car are background only: all their regions negatives), and with
 ``background_images`` off, the car images alone (the rule before). Car SVMs on fc7 are trained
@@ -22,9 +22,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-TRAIN = ["--backbone", "alexnet_tiny", "--weights", "none", "--input-size", "64", "--num-pos",
-         "8", "--num-neg", "24", "--optimizer", "adam", "--lr", "1e-3", "--epochs", "4",
-         "--workers", "0"]  # fmt: skip
+# The demo's network (`rcnn demo`): AlexNet from random initialisation at 80x80, Adam at 1e-4
+# for 3 epochs, whose car SVMs reach an AP near 0.7 on these scenes, so that a difference
+# between the two stores is more than noise.
+TRAIN = ["--preset", "adam", "--weights", "none", "--input-size", "80", "--epochs", "3",
+         "--workers", "2"]  # fmt: skip
 COMMON = ["--device", "cpu", "--no-progress", "--no-amp"]
 
 
