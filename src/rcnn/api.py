@@ -166,6 +166,24 @@ class Detector:
         self._core.cfg = replace(self._core.cfg, chunk=int(batch_images))
         return self._detect(stream)
 
+    def explain(self, image, annotation: str | Path | None = None):
+        """One image's trip through the detector, stage by stage, as data: an
+        :class:`rcnn.detection.explain.Explanation` with ``proposals [N, 4]``, their
+        ``scores [N, K]`` per class, what NMS kept (``kept_rows``, ``kept_labels``,
+        ``detections``: this detector's result for the image), each kept box ``before`` and
+        ``after`` box regression, and the regions ``warped`` as the network sees them. With
+        ``annotation`` (the image's VOC XML), ``truth`` holds the proposals' labels by the
+        run's rules and the objects' best proposals. ``rcnn.detection.explain_figure.
+        draw_explanation(ex, "explain.png")`` draws it as ``rcnn explain`` does."""
+        from rcnn.detection.explain import explain_path
+
+        # An annotation's boxes are of the stored pixels (as a dataset's are): with one the
+        # image is read as stored, without one upright by its EXIF orientation (``exif``).
+        exif = self.exif and annotation is None
+        with tempfile.TemporaryDirectory(prefix="rcnn-") as scratch:
+            read, given = _as_file(image, Path(scratch) / "image.png", exif)
+            return explain_path(self._core, read, annotation, by_name=given is not None)
+
     def _detect(self, stream: Iterator) -> Iterator[Result]:
         with tempfile.TemporaryDirectory(prefix="rcnn-") as scratch:
             sent: deque = deque()  # (the file read, the path given or None) of each image

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from rcnn import __version__
-from rcnn.cli import data, detect, export, heads, pipeline, train
+from rcnn.cli import data, detect, explain, export, heads, pipeline, train
 from rcnn.cli.common import Formatter
 from rcnn.errors import RcnnError
 
@@ -31,6 +31,7 @@ COMMANDS = {
     "compare": (train.add_compare, train.cmd_compare),
     "detect": (detect.add_detect, detect.cmd_detect),
     "test": (detect.add_test, detect.cmd_test),
+    "explain": (explain.add_explain, explain.cmd_explain),
     "features": (heads.add_features, heads.cmd_features),
     "train-svm": (heads.add_train_svm, heads.cmd_train_svm),
     "train-bbox": (heads.add_train_bbox, heads.cmd_train_bbox),

@@ -133,13 +133,7 @@ class Detector:
     def postprocess(self, boxes: np.ndarray, out: dict, size, variant=None) -> Detections:
         """Scores, box regression, threshold, per-class NMS and caps for one image."""
         variant = variant or self.variants[0]
-        if variant.scorer == "svm":
-            svm = self.svms[self.svm_folder(variant)]
-            scores = svm.scores(out[svm.layer])
-        else:
-            scores = out["probs"][:, 1:]
-        if variant.bbox_reg:
-            boxes = self.bbox.apply(boxes, out["pool5"], size)
+        boxes, scores = self.scored(boxes, out, size, variant)
         return select_detections(
             boxes,
             scores,
@@ -148,6 +142,19 @@ class Detector:
             self.cfg.max_per_class,
             self.cfg.max_per_image,
         )
+
+    def scored(self, boxes: np.ndarray, out: dict, size, variant: Variant):
+        """A variant's scores ``[N, K]`` of one image's boxes ``[N, 4]``, and the boxes they
+        are for: ``[N, K, 4]`` moved by each class's regressor with box regression, else
+        the boxes themselves."""
+        if variant.scorer == "svm":
+            svm = self.svms[self.svm_folder(variant)]
+            scores = svm.scores(out[svm.layer])
+        else:
+            scores = out["probs"][:, 1:]
+        if variant.bbox_reg:
+            boxes = self.bbox.apply(boxes, out["pool5"], size)
+        return boxes, scores
 
     def run(
         self, paths: Iterable[str], progress: bool = True
@@ -278,9 +285,27 @@ def select_detections(
     Returns:
         Detections sorted by decreasing score; labels are ``1..K``.
     """
-    rows, cols = np.nonzero((scores >= score_thresh) & (scores > -np.inf))
+    rows, cols = select_rows(boxes, scores, score_thresh, nms, max_per_class, max_per_image)
     if len(rows) == 0:
         return Detections.empty()
+    boxes = np.asarray(boxes, dtype=np.float32)
+    chosen = boxes[rows, cols] if boxes.ndim == 3 else boxes[rows]
+    return Detections(chosen, scores[rows, cols].astype(np.float32), cols + 1)
+
+
+def select_rows(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    score_thresh: float,
+    nms: float,
+    max_per_class: int = 0,
+    max_per_image: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`select_detections` keeps: the proposal (row, int64 ``[D]``) and class
+    (column, 0-based, int64 ``[D]``) of each detection, best first."""
+    rows, cols = np.nonzero((scores >= score_thresh) & (scores > -np.inf))
+    if len(rows) == 0:
+        return rows.astype(np.int64), cols.astype(np.int64)
     boxes = np.asarray(boxes, dtype=np.float32)
     chosen = boxes[rows, cols] if boxes.ndim == 3 else boxes[rows]
     candidate = torch.from_numpy(np.ascontiguousarray(chosen))
@@ -295,4 +320,4 @@ def select_detections(
         keep = keep[ranks < max_per_class]
     if max_per_image:
         keep = keep[:max_per_image]
-    return Detections(chosen[keep], scores[rows, cols][keep].astype(np.float32), cols[keep] + 1)
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)

@@ -273,10 +273,10 @@ def figure_format(path: str | Path) -> str:
     return suffix
 
 
-def save_figure(fig: Figure, path: str | Path) -> None:
-    """Writes ``fig`` to ``path`` (PNG, PDF or SVG by its suffix), atomically: rendered to
-    memory first, so the file on disk is replaced in one step, never half-written."""
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> None:
+    """Writes ``fig`` to ``path`` (PNG, PDF or SVG by its suffix) at ``dpi``, atomically:
+    rendered to memory first, so the file on disk is replaced in one step, never half-written."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=figure_format(path), dpi=DPI)
+    fig.savefig(buffer, format=figure_format(path), dpi=dpi)
     atomic_write_bytes(path, buffer.getvalue())
     logger.debug("wrote %s", path)
