@@ -142,3 +142,35 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path, capsys):
     assert main([*base[:2], path, *base[2:], "--out", str(out), "--overwrite"]) == 0
     assert "earlier" not in (out / "explain.md").read_text()
     assert not list(tmp_path.glob(".out-*")), "the staging folders are gone"
+
+
+def test_a_phone_photo_is_explained_upright_as_rcnn_detect_sees_it(trained, tmp_path, capsys):
+    import cv2
+    from PIL import Image
+
+    stored = cv2.imread(image_of(trained)[0])[:, :, ::-1]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown a quarter turn clockwise
+    phone = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(phone, quality=95, exif=exif.tobytes())
+    det = Detector.load(trained / "run", score_thresh=0.05, device="cpu", amp=False, workers=1,
+                        cache_dir=trained / "cache")  # fmt: skip
+    expected = det(phone)  # upright, as rcnn detect reads it
+    assert len(expected) > 0
+    base = ["explain", str(trained / "run"), str(phone), "--score-thresh", "0.05", "--cache-dir",
+            str(trained / "cache"), *FLAGS]  # fmt: skip
+    for flags, frame in (([], expected), (["--no-exif"], Detector.load(
+            trained / "run", score_thresh=0.05, device="cpu", amp=False, workers=1,
+            cache_dir=trained / "cache", exif=False)(phone))):  # fmt: skip
+        out = tmp_path / f"out{len(flags)}"
+        assert main([*base, *flags, "--out", str(out)]) == 0
+        record = json.loads((out / "explain.json").read_text())
+        np.testing.assert_array_equal(frame.boxes, [d["box"] for d in record["detections"]])
+    np.testing.assert_array_equal(det.explain(phone).detections.boxes, expected.boxes)
+    assert det.explain(phone).image.shape[:2] == stored.shape[1::-1]  # upright: turned
+    # An exported graph has no stages to show: said at once, naming the file.
+    fake = tmp_path / "detector.onnx"
+    fake.write_bytes(b"")
+    assert main(["explain", str(fake), str(phone), "--out", str(tmp_path / "x"), *FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "detector.onnx" in err and "exported" in err and "\n" not in err

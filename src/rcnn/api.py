@@ -175,6 +175,14 @@ class Detector:
         ``annotation`` (the image's VOC XML), ``truth`` holds the proposals' labels by the
         run's rules and the objects' best proposals. ``rcnn.detection.explain_figure.
         draw_explanation(ex, "explain.png")`` draws it as ``rcnn explain`` does."""
+        from rcnn.detection.exported import ExportedDetector
+
+        if isinstance(self._core, ExportedDetector):
+            raise RcnnError(
+                "Detector.explain needs the network's own stages (its scores before NMS, its "
+                "warped regions), which an exported graph does not expose: load the run "
+                "folder or checkpoint it was exported from"
+            )
         from rcnn.detection.explain import explain_path
 
         # An annotation's boxes are of the stored pixels (as a dataset's are): with one the

@@ -31,6 +31,12 @@ def add_explain(sub) -> None:
         help="the image's VOC annotation: recall, labels and the IoU gain of box regression",
     )
     p.add_argument("--out", required=True, help="folder for explain.png, explain.md, explain.json")
+    p.add_argument(
+        "--no-exif",
+        action="store_true",
+        help="read the image's pixels as stored, not turned upright by its EXIF orientation "
+        "(an --annotation's boxes are of the stored pixels: the image is then read as stored)",
+    )
     _add_detector_flags(
         p,
         "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
@@ -50,6 +56,7 @@ def cmd_explain(args) -> None:
         args.annotation,
         args.overwrite,
         args.classes,
+        exif=not args.no_exif,
     )
     print(
         f"{found['proposals']} proposals, {found['candidates']} above the threshold, "

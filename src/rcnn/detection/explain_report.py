@@ -37,16 +37,31 @@ def run_explain(
     annotation: str | None = None,
     overwrite: bool = False,
     classes: list[str] | None = None,
+    exif: bool = True,
 ) -> dict:
     """Explains ``image`` by the detector ``model`` with ``cfg`` into ``out``; returns what
-    it wrote and the counts of each stage."""
+    it wrote and the counts of each stage. The image is turned upright by its EXIF orientation
+    (with ``exif``, as ``rcnn detect`` does) unless an ``annotation`` is given, whose boxes are
+    of the stored pixels, as a dataset's."""
+    from rcnn.data.images import upright_copy
+    from rcnn.detection.exported import is_exported
+
+    if is_exported(model):
+        raise ConfigError(
+            f"{model}: rcnn explain needs the network's own stages (its scores before NMS, its "
+            "warped regions), which an exported graph does not expose; give the run folder "
+            "or checkpoint it was exported from"
+        )
     out_dir = Path(out)
     check_out(out_dir, overwrite)
     parsed = read_inputs(image, annotation)  # before the model: a mistake is said at once
     detector = Detector(load_model(model, classes), cfg)
-    ex = explain_image(detector, str(image), parsed)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-explain-", dir=out_dir.parent))
     try:
+        read = upright_copy(str(image), staging / "upright.png") if exif and not parsed else image
+        ex = explain_image(detector, str(read), parsed)
+        ex.path = str(image)
+        Path(staging / "upright.png").unlink(missing_ok=True)
         draw_explanation(ex, staging / "explain.png")
         atomic_write_bytes(staging / "explain.md", explain_markdown(ex).encode())
         atomic_write_bytes(staging / "explain.json", json.dumps(explain_record(ex)).encode())
