@@ -28,7 +28,11 @@ def test_demo_runs_end_to_end_and_says_where_things_are(tmp_path, capsys):
                  "detections.png", "ablation.md", "ablation.png"):  # fmt: skip
         assert (ablation / name).is_file(), name
     assert 0 <= found["test"]["map_07"] <= 1
-    assert "## The paper's Table 2" in (demo / "report.md").read_text()
+    report = (demo / "report.md").read_text()
+    assert "## The paper's Table 2" in report
+    # One test image's trip (`rcnn explain` of the final detector), shown in the report.
+    assert (demo / "explain" / "explain.png").is_file() and "explain/explain.png" in report
+    assert report.count("## One test image's trip") == 1
     # The demo fine-tunes AlexNet: its model.pth loads into torchvision's own AlexNet.
     reference = models.alexnet()
     reference.classifier[6] = nn.Linear(4096, 3)  # background, car, bus

@@ -99,6 +99,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     ablation = out / "ablation"
     figure = ablation / "detections.png"
     draw_test_images(voc, ablation / "fine-tuned" / "softmax", figure)
+    explained = explain_test_image(cfg, voc, out)
     table = (ablation / "ablation.md").read_text().strip()
     final = json.loads((ablation / "fine-tuned" / "fc7-bbox" / "metrics.json").read_text())
     regions = json.loads((out / "evaluate" / "metrics.json").read_text())
@@ -119,11 +120,43 @@ def run_demo(cfg: DemoConfig) -> dict:
         ("box regressors", run / "bbox"),
         ("ablation", ablation / "ablation.md"),
         ("detections", figure),
+        ("one image", explained / "explain.png"),
     ]:
         print(f"  {label:<15}{path}")
     seconds = {name: r["seconds"] for name, r in found["stages"].items() if r}
     return {"regions": regions, "test": final, "table": table, "ran": found["ran"],
             "seconds": {**seconds, "total": round(elapsed, 1)}}  # fmt: skip
+
+
+def explain_test_image(cfg: DemoConfig, voc: Path, out: Path) -> Path:
+    """`rcnn explain` of the first test image by the final detector (SVMs on fc7 and box
+    regression) into OUT/explain, and a section of report.md that shows it."""
+    from rcnn.detection.config import DetectorConfig
+    from rcnn.detection.explain_report import run_explain
+    from rcnn.files import atomic_write_bytes
+
+    image_id = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
+    run, folder = out / "run", out / "explain"
+    inference = InferenceConfig(device=cfg.device, threads=cfg.workers)
+    detector = DetectorConfig(scorer="svm", bbox_reg=str(run / "bbox"),
+                              cache_dir=str(out / "cache"), inference=inference,
+                              workers=cfg.workers)  # fmt: skip
+    found = run_explain(str(run), str(voc / "JPEGImages" / f"{image_id}.jpg"), str(folder),
+                        detector, str(voc / "Annotations" / f"{image_id}.xml"),
+                        overwrite=True)  # fmt: skip
+    report = out / "report.md"
+    if report.is_file():
+        section = (
+            f"\n## One test image's trip through the detector\n\n`rcnn explain` of test image "
+            f"{image_id}: {found['proposals']} proposals, {found['candidates']} scoring at least "
+            f"the threshold, {found['detections']} kept by NMS (numbers in "
+            f"[explain/explain.md](explain/explain.md)).\n\n![one image's trip]"
+            "(explain/explain.png)\n"
+        )
+        # An up-to-date pipeline leaves its report as it was: the section is replaced, not added.
+        text = report.read_text().split("\n## One test image's trip")[0].rstrip()
+        atomic_write_bytes(report, (text + "\n" + section).encode())
+    return folder
 
 
 def draw_test_images(voc: Path, test: Path, path: Path, count: int = 6) -> None:
