@@ -103,8 +103,9 @@ def test_rcnn_detect_of_the_onnx_file_gives_the_torch_detections(heads, trained,
     assert total > len(images)  # the comparison is not of empty lists
 
 
-def test_an_onnx_detector_reads_a_proposal_file_under_the_same_cap(heads, trained, tmp_path,
-                                                                   caplog):
+def test_an_onnx_detector_reads_a_proposal_file_under_the_same_cap(
+    heads, trained, tmp_path, caplog
+):
     # --max-proposals cuts each image's boxes of a --proposals file for the exported detector
     # as for the torch one: the same first boxes, the same detections, the images named.
     mat = tmp_path / "test.mat"

@@ -113,15 +113,18 @@ def plot_pr_grid(
     save_figure(fig, path)
 
 
-def plot_images(images: list[np.ndarray], titles: list[str], path: str | Path, ncols=3) -> None:
-    """RGB images in a grid with a title each (e.g. test images with their detections)."""
+def plot_images(
+    images: list[np.ndarray], titles: list[str], path: str | Path, ncols=3, dpi: int = DPI
+) -> None:
+    """RGB images in a grid with a title each (e.g. test images with their detections), at
+    ``dpi``."""
     fig, axes = _grid(len(images), ncols, (4, 3.3))
     for ax, image, title in zip(axes, images, titles, strict=False):
         ax.imshow(image)
         ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.set_axis_off()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi)
 
 
 def plot_compare(
