@@ -289,3 +289,11 @@ def test_per_class_nms_is_torchvisions_batched_nms():
     assert sorted(zip(rows[:, 0].tolist(), rows[:, 2].tolist(), strict=True)) == expected
     capped = per_class_nms(boxes, scores, 0.3, 2)
     assert torch.bincount(capped[:, 0]).tolist() == [2, 2]
+
+
+def test_an_exported_detector_has_no_stages_to_explain(heads, trained):
+    from rcnn import Detector, RcnnError
+
+    det = Detector.load(export(heads, "eval.onnx", *EVAL))
+    with pytest.raises(RcnnError, match="exported graph"):
+        det.explain(test_images(trained)[0])
