@@ -153,21 +153,21 @@ def test_a_phone_photo_is_explained_upright_as_rcnn_detect_sees_it(trained, tmp_
     exif[0x0112] = 6  # shown a quarter turn clockwise
     phone = tmp_path / "phone.jpg"
     Image.fromarray(stored).save(phone, quality=95, exif=exif.tobytes())
-    det = Detector.load(trained / "run", score_thresh=0.05, device="cpu", amp=False, workers=1,
-                        cache_dir=trained / "cache")  # fmt: skip
+    load = dict(score_thresh=0.05, device="cpu", amp=False, workers=1, cache_dir=trained / "cache")
+    det = Detector.load(trained / "run", **load)
     expected = det(phone)  # upright, as rcnn detect reads it
     assert len(expected) > 0
+    stored_frame = Detector.load(trained / "run", exif=False, **load)(phone)
     base = ["explain", str(trained / "run"), str(phone), "--score-thresh", "0.05", "--cache-dir",
             str(trained / "cache"), *FLAGS]  # fmt: skip
-    for flags, frame in (([], expected), (["--no-exif"], Detector.load(
-            trained / "run", score_thresh=0.05, device="cpu", amp=False, workers=1,
-            cache_dir=trained / "cache", exif=False)(phone))):  # fmt: skip
+    for flags, frame in (([], expected), (["--no-exif"], stored_frame)):
         out = tmp_path / f"out{len(flags)}"
         assert main([*base, *flags, "--out", str(out)]) == 0
         record = json.loads((out / "explain.json").read_text())
         np.testing.assert_array_equal(frame.boxes, [d["box"] for d in record["detections"]])
-    np.testing.assert_array_equal(det.explain(phone).detections.boxes, expected.boxes)
-    assert det.explain(phone).image.shape[:2] == stored.shape[1::-1]  # upright: turned
+    ex = det.explain(phone)
+    np.testing.assert_array_equal(ex.detections.boxes, expected.boxes)
+    assert ex.image.shape[:2] == stored.shape[1::-1]  # upright: turned
     # An exported graph has no stages to show: said at once, naming the file.
     fake = tmp_path / "detector.onnx"
     fake.write_bytes(b"")

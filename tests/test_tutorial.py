@@ -14,9 +14,7 @@ NOTEBOOK = Path(__file__).parents[1] / "docs" / "tutorial.ipynb"
 def test_the_tutorial_runs_without_a_cell_error(tmp_path):
     from tools.tutorial import execute
 
-    nb = execute(tmp_path)  # nbclient raises CellExecutionError on a cell's error
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    execute(tmp_path)  # nbclient raises CellExecutionError on a cell's error
     # Every stage drew its picture, and the committed notebook keeps its outputs to be read.
     for name in ("scenes.png", "curves.png", "detections.png", "explain.png"):
         assert list(tmp_path.rglob(name)), name

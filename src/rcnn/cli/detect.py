@@ -120,12 +120,7 @@ def add_detect(sub) -> None:
         help="keep each image's pixels as stored: do not turn it upright by its EXIF "
         "orientation first (boxes are then in the stored frame)",
     )
-    _add_detector_flags(
-        p,
-        "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
-        "0 for SVM scores)",
-        DetectorConfig(),
-    )
+    add_detect_flags(p)
 
 
 def cmd_detect(args) -> None:
@@ -144,6 +139,17 @@ def cmd_detect(args) -> None:
     print(
         f"{summary['detections']} detections in {summary['images']} images "
         f"({len(summary['skipped'])} skipped); pictures and detections.jsonl in {summary['out']}"
+    )
+
+
+def add_detect_flags(p) -> None:
+    """:func:`_add_detector_flags` with the defaults of one image's detection (`rcnn detect`,
+    `rcnn explain`): a score threshold and the caps of :class:`DetectorConfig`."""
+    _add_detector_flags(
+        p,
+        "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
+        "0 for SVM scores)",
+        DetectorConfig(),
     )
 
 

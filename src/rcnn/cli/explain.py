@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from rcnn.cli.common import add_model, parser
-from rcnn.cli.detect import _add_detector_flags, _detector_config
-from rcnn.detection.config import DetectorConfig
+from rcnn.cli.detect import _detector_config, add_detect_flags
 
 
 def add_explain(sub) -> None:
@@ -37,12 +36,7 @@ def add_explain(sub) -> None:
         help="read the image's pixels as stored, not turned upright by its EXIF orientation "
         "(an --annotation's boxes are of the stored pixels: the image is then read as stored)",
     )
-    _add_detector_flags(
-        p,
-        "keep boxes scoring at least this for their class (default: 0.6 for softmax scores, "
-        "0 for SVM scores)",
-        DetectorConfig(),
-    )
+    add_detect_flags(p)
 
 
 def cmd_explain(args) -> None:

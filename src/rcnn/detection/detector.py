@@ -286,11 +286,23 @@ def select_detections(
         Detections sorted by decreasing score; labels are ``1..K``.
     """
     rows, cols = select_rows(boxes, scores, score_thresh, nms, max_per_class, max_per_image)
+    return detections_at(boxes, scores, rows, cols)
+
+
+def detections_at(boxes: np.ndarray, scores: np.ndarray, rows, cols) -> Detections:
+    """The detections of proposals ``rows`` for classes ``cols`` (0-based), as
+    :func:`select_rows` gives them: each its box for its class and its score."""
     if len(rows) == 0:
         return Detections.empty()
+    return Detections(_boxes_at(boxes, rows, cols), scores[rows, cols].astype(np.float32),
+                      cols + 1)  # fmt: skip
+
+
+def _boxes_at(boxes: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32 ``[D, 4]``: the box of each (row, class) pair, from ``[N, 4]`` boxes or the
+    ``[N, K, 4]`` of box regression."""
     boxes = np.asarray(boxes, dtype=np.float32)
-    chosen = boxes[rows, cols] if boxes.ndim == 3 else boxes[rows]
-    return Detections(chosen, scores[rows, cols].astype(np.float32), cols + 1)
+    return boxes[rows, cols] if boxes.ndim == 3 else boxes[rows]
 
 
 def select_rows(
@@ -306,9 +318,7 @@ def select_rows(
     rows, cols = np.nonzero((scores >= score_thresh) & (scores > -np.inf))
     if len(rows) == 0:
         return rows.astype(np.int64), cols.astype(np.int64)
-    boxes = np.asarray(boxes, dtype=np.float32)
-    chosen = boxes[rows, cols] if boxes.ndim == 3 else boxes[rows]
-    candidate = torch.from_numpy(np.ascontiguousarray(chosen))
+    candidate = torch.from_numpy(np.ascontiguousarray(_boxes_at(boxes, rows, cols)))
     score = torch.from_numpy(np.ascontiguousarray(scores[rows, cols], dtype=np.float32))
     label = torch.from_numpy(cols.astype(np.int64) + 1)
     keep = batched_nms(candidate, score, label, nms).numpy()  # best first

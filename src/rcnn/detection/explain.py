@@ -26,7 +26,7 @@ from rcnn.data.proposal_files import proposal_source
 from rcnn.data.regions import RegionSet
 from rcnn.data.voc import parse_annotation
 from rcnn.data.warps import ImageStore
-from rcnn.detection.detector import Detections, Detector, select_rows
+from rcnn.detection.detector import Detections, Detector, detections_at, select_rows
 from rcnn.errors import RcnnError
 from rcnn.files import parse_json, read_regular_file
 from rcnn.ops.boxes import box_iou
@@ -125,11 +125,7 @@ def explain_image(core: Detector, path: str, annotation: VOCAnnotation | None = 
     threshold = core.cfg.threshold(variant.scorer)
     caps = (core.cfg.max_per_class, core.cfg.max_per_image)
     rows, cols = select_rows(boxes, scores, threshold, core.cfg.nms, *caps)
-    detections = (
-        core.postprocess(proposals, out, result.size, variant)
-        if len(proposals)
-        else (Detections.empty())
-    )
+    detections = detections_at(boxes, scores, rows, cols)  # what core.postprocess returns
     image = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
     truth = label_truth(core, result, annotation) if annotation is not None else None
     chosen = warped_choice(scores, truth)

@@ -58,9 +58,7 @@ def train_svms(
     examples = _checked_examples(regions, cfg)
     positives = _features_of(features, [ex.positives for ex in examples])
     miner = Miner(regions, examples, positives, cfg, report, device)
-    found = negative_images(regions, miner.negatives)
-    logger.info("mining the negatives of %d images, %d of them background only",
-                found["images"], found["background_only"])  # fmt: skip
+    _log_negatives(miner)
     for pass_ in range(1, cfg.passes + 1):
         for rows, x in features.stream(miner.negatives):
             miner.block(rows, x, pass_)
@@ -82,6 +80,7 @@ def train_layer_svms(regions, stream, cfg: SVMConfig, report=None, device="cpu")
         positives = [rows[np.searchsorted(union, ex.positives)] for ex in examples]
         miners[layer] = Miner(regions, examples, positives, replace(cfg, layer=layer), report,
                               device, budgets[layer])  # fmt: skip
+    _log_negatives(next(iter(miners.values())))  # the same candidates for every layer
     for pass_ in range(1, cfg.passes + 1):
         for rows, xs in stream.stream_layers(next(iter(miners.values())).negatives):
             for layer, miner in miners.items():
@@ -110,6 +109,7 @@ class Miner:
         self.regions, self.examples, self.cfg, self.report = regions, examples, cfg, report
         self.truth = regions.require_truth("train-svm")
         self.negatives = np.unique(np.concatenate([ex.negatives for ex in examples]))
+        self.negatives_from = negative_images(regions, self.negatives)
         self.dim = positives[0].shape[1]
         # Bytes its caches may take: --max-cache-gb, or a layer's share of it.
         self.budget = cfg.max_cache_gb * 1e9 if budget is None else budget
@@ -170,8 +170,14 @@ class Miner:
         classes = list(self.regions.classes)
         untrained = [classes[c] for c in range(count) if c not in self.trainers]
         info = {"config": asdict(self.cfg), "passes": self.cfg.passes, "untrained": untrained,
-                "negatives_from": negative_images(self.regions, self.negatives)}  # fmt: skip
+                "negatives_from": self.negatives_from}  # fmt: skip
         return SVMModel(weights, biases, self.scale, classes, info), self.log
+
+
+def _log_negatives(miner: Miner) -> None:
+    found = miner.negatives_from
+    logger.info("mining the negatives of %d images, %d of them background only",
+                found["images"], found["background_only"])  # fmt: skip
 
 
 def negative_images(regions, negatives: np.ndarray) -> dict:
