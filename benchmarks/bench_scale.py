@@ -51,21 +51,64 @@ def main() -> None:
     parser.add_argument("--work", help="folder to keep (default: a temporary one)")
     parser.add_argument("--json-out", help="write the results here too")
     parser.add_argument("--plot", help="draw each stage's numbers against the fraction here")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the fractions --json-out holds already (same --work)",
+    )
     args = parser.parse_args()
     if len(args.fractions) < 3:
         parser.error("--fractions needs three values or more to fit and see residuals")
+    if args.resume and not (args.work and args.json_out):
+        parser.error("--resume needs --work and --json-out: the scenes and the runs to go on from")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         fractions = sorted(args.fractions)
         voc, shared = make_dataset(work, fractions[-1], args)
-        runs = [run_fraction(work / f"f{f}", voc, f, shared["files"], args) for f in fractions]
-    result = {"settings": vars(args), "proposals": shared, "runs": runs, "fits": fit(runs)}
-    result["when"] = time.strftime("%Y-%m-%d")
+        done = finished_runs(args) if args.resume else {}
+        runs = []
+        for f in fractions:
+            run = done.get(f) or run_fraction(work / f"f{f}", voc, f, shared["files"], args)
+            runs.append(run)
+            if args.json_out:  # after every fraction: a run cut short keeps what it measured
+                write_json(args.json_out, results(args, shared, runs, complete=False))
+    result = results(args, shared, runs, complete=True)
     print(format_report(result))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json_out, result)
     if args.plot:
         plot(result, args.plot)
+
+
+def results(args, shared: dict, runs: list[dict], complete: bool) -> dict:
+    settings = {k: v for k, v in vars(args).items() if k != "resume"}
+    result = {"settings": settings, "proposals": shared, "runs": runs, "complete": complete}
+    if len(runs) >= 3:
+        result["fits"] = fit(runs)
+    result["when"] = time.strftime("%Y-%m-%d")
+    return result
+
+
+def write_json(path: str, result: dict) -> None:
+    """Written beside and renamed over: an interrupted write leaves the last file whole."""
+    staged = Path(f"{path}.partial")
+    staged.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(staged, path)
+
+
+def finished_runs(args) -> dict[float, dict]:
+    """The runs ``--json-out`` already holds, by fraction, where its settings are these."""
+    path = Path(args.json_out)
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    keys = ("input_size", "mode", "device", "max_cache_gb")
+    if any(earlier["settings"].get(k) != getattr(args, k) for k in keys):
+        raise SystemExit(f"{path} was measured with other settings ({earlier['settings']}): "
+                         "give another --json-out or the same settings")  # fmt: skip
+    runs = {run["fraction"]: run for run in earlier["runs"]}
+    print(f"--resume: {sorted(runs)} already measured in {path}", flush=True)
+    return runs
 
 
 def counts_of(fraction: float) -> dict[str, int]:
@@ -79,6 +122,11 @@ def make_dataset(work: Path, fraction: float, args) -> tuple[Path, dict]:
     counts = counts_of(fraction)
     total = sum(counts.values())
     voc = work / "voc"
+    record = work / "proposals.json"  # the search's own timings, kept for a later run
+    if record.is_file():
+        shared = json.loads(record.read_text())
+        if shared["images"] == total and all(Path(f).is_file() for f in shared["files"].values()):
+            return voc, shared
     if not (voc / "Annotations").is_dir():
         make_synthetic_voc(voc, total, seed=0, image_size=(500, 375), classes=["voc"],
                            val_fraction=counts["val"] / total,
@@ -93,8 +141,10 @@ def make_dataset(work: Path, fraction: float, args) -> tuple[Path, dict]:
         print(f"proposals of {split}: {json.dumps(stages[split])}", flush=True)
     images = counts["train"] + counts["val"] + counts["test"]
     seconds = sum(s["seconds"] for s in stages.values())
-    return voc, {"files": files, "stages": stages, "images": images,
-                 "seconds_per_image": round(seconds / images, 3)}  # fmt: skip
+    shared = {"files": files, "stages": stages, "images": images,
+              "seconds_per_image": round(seconds / images, 3)}  # fmt: skip
+    write_json(str(record), shared)
+    return voc, shared
 
 
 def subset(voc: Path, root: Path, counts: dict[str, int]) -> Path:
@@ -121,8 +171,16 @@ def subset(voc: Path, root: Path, counts: dict[str, int]) -> Path:
 
 def run_fraction(work: Path, voc_all: Path, fraction: float, files: dict, args) -> dict:
     """Every stage on the fraction's subset, from scratch (an earlier run's outputs of this
-    fraction are removed; the shared scenes and proposals are kept)."""
-    shutil.rmtree(work, ignore_errors=True)
+    fraction are removed; the shared scenes and proposals are kept). With ``--resume``, the
+    stages an earlier run of this fraction finished (their ``measured.json``, written after
+    each) are kept and it goes on from the first one that did not finish."""
+    measured_path = work / "measured.json"
+    stages = {}
+    if args.resume and measured_path.is_file():
+        stages = json.loads(measured_path.read_text())
+        print(f"--resume: f={fraction} keeps {list(stages)}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     counts = counts_of(fraction)
     voc = subset(voc_all, work / "voc", counts)
     run = work / "run"
@@ -143,12 +201,18 @@ def run_fraction(work: Path, voc_all: Path, fraction: float, files: dict, args) 
                  "--scorer", "svm", "--bbox-reg", str(run / "bbox"), "--proposals",
                  files["test"], *common],
     }  # fmt: skip
-    stages = {}
+    outputs = {"prepare (seed)": work / "seed", "prepare (paper)": work / "paper",
+               "train": run, "train-svm": run / "svm", "train-bbox": run / "bbox",
+               "test": work / "test"}  # fmt: skip
     for name in STAGES:
+        if name in stages:
+            continue
+        shutil.rmtree(outputs[name], ignore_errors=True)  # what a run cut short left of it
         before = disk_bytes(work, exclude=voc)
         stages[name] = run_stage(commands[name], work / f"{name}.json")
         stages[name]["disk_mb"] = round((disk_bytes(work, exclude=voc) - before) / 1e6, 1)
         print(f"f={fraction} {name}: {json.dumps(stages[name])}", flush=True)
+        write_json(str(measured_path), stages)
     regions = {
         split: json.loads((work / store / split / "meta.json").read_text())["arrays"]["labels"][
             "shape"][0]
