@@ -687,6 +687,63 @@ def test_a_class_trainer_trains_on_its_positives_and_its_cache():
     np.testing.assert_array_equal(liblinear.weights, w)
 
 
+@pytest.mark.parametrize("woodbury_max", [2048, 0])  # Newton steps by Woodbury, then by CG
+def test_float16_rows_are_read_a_block_at_a_time_as_their_float32_copy(monkeypatch, woodbury_max):
+    # Rows converts float16 parts a few rows at a time (blocks of 3 rows here, the last one
+    # short, across two parts): every product is the float32 copy's, and so is the solution.
+    import torch
+
+    from rcnn.heads import solver
+    from rcnn.heads.solver import Rows, solve_svms
+
+    x, y = svm_problem(7, n=130, dim=12)
+    half = torch.from_numpy(x.astype(np.float16))
+    dense = half.float()
+    monkeypatch.setattr(solver, "BLOCK_BYTES", 3 * 4 * 12)
+    monkeypatch.setattr(solver, "WOODBURY_MAX", woodbury_max)
+    rows = Rows([half[:50], half[50:]])
+    w = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    r = torch.randn(130, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rows @ w, dense @ w, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(rows.rmatmul(r), r.T @ dense, rtol=1e-6, atol=1e-4)
+    index = torch.tensor([129, 0, 49, 50, 77, 49])
+    assert torch.equal(rows[index], dense[index])
+    assert rows.take(index).dtype == torch.float16 and torch.equal(rows.take(index), half[index])
+    labels = torch.from_numpy(y).float()[:, None]
+    weights = torch.where(labels > 0, 2.0, 1.0)
+    blocked, _ = solve_svms(rows, labels, weights, bias=10.0)
+    whole, _ = solve_svms(dense, labels, weights, bias=10.0)
+    torch.testing.assert_close(blocked, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_classes_train_on_the_pool_in_place_as_on_their_own_examples():
+    # train_classes reads the pool where it is, holes and rows of other classes included (with
+    # weight 0): each class's SVM is the one solved on its own positives and negatives only.
+    import torch
+
+    from rcnn.heads.solver import solve_svms
+    from rcnn.heads.svm import ClassTrainer, train_classes
+
+    x, y = svm_problem(5, n=160, dim=12)
+    pool = NegativePool(12, regions=len(x))
+    cfg = SVMConfig()
+    trainers = [ClassTrainer(name, x[y > 0][k::2].astype(np.float16), cfg, pool)
+                for k, name in enumerate(("car", "bus"))]  # fmt: skip
+    negatives = np.flatnonzero(y < 0)
+    trainers[0].add(negatives[:70], x[negatives[:70]])
+    trainers[1].add(negatives[35:100], x[negatives[35:100]])  # shares 35 of them
+    pool.release(pool.take(negatives[100:], x[negatives[100:]]))  # a freed block of slots
+    train_classes(trainers, scale=1.0, pass_=1)
+    for t, kept in zip(trainers, (negatives[:70], negatives[35:100]), strict=True):
+        own = np.concatenate([t.positives, x[kept].astype(np.float16)]).astype(np.float32)
+        labels = torch.from_numpy(np.r_[np.ones(len(t.positives)), -np.ones(len(kept))])
+        labels = labels.float()[:, None]
+        weights = torch.where(labels > 0, cfg.C * cfg.pos_weight, cfg.C)
+        v, _ = solve_svms(torch.from_numpy(own), labels, weights, cfg.bias)
+        np.testing.assert_allclose(t.weights, v[:-1, 0].numpy(), rtol=1e-3, atol=1e-4)
+        assert t.bias == pytest.approx(float(v[-1, 0]) * cfg.bias, rel=1e-3, abs=1e-4)
+
+
 def test_the_features_of_rcnn_features_are_those_of_a_stream(heads_run):
     from rcnn.data.regions import load_split
     from rcnn.heads.extract import Extractor

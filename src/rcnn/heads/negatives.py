@@ -81,7 +81,7 @@ class NegativePool:
     def _grow(self, more: int) -> None:
         old = len(self.holders)
         capacity = max(old + more, old * 5 // 4, 1024)
-        features = np.empty((capacity, self.features.shape[1]), np.float16)
+        features = np.zeros((capacity, self.features.shape[1]), np.float16)  # finite rows
         features[:old] = self.features
         self.features = features
         self.holders = np.concatenate([self.holders, np.zeros(capacity - old, np.int32)])

@@ -21,6 +21,10 @@ using some of them: a weight of 0 leaves a row out of its problem): every produc
 features is then one matrix product for all classes, which reads the features once instead of
 once a class. The work is in dense products, so it runs as well on a GPU, and a refit starts
 from the class's previous solution.
+
+The examples are :class:`Rows`: float16 features (the negative pool, as it is stored) are read
+a block at a time in float32 by every product, so no float32 copy of them, which would take
+twice the pool's memory, is ever made.
 """
 
 from __future__ import annotations
@@ -31,6 +35,72 @@ DELTA = 1e-4  # the hinge's smoothing width
 MAX_STEPS = 100  # Newton steps a width
 WOODBURY_MAX = 2048  # beyond this many examples on the margin, conjugate gradients
 TOLERANCE = 1e-6  # a step that lowers a class's objective by less (relative) ends its solve
+BLOCK_BYTES = 32 * 2**20  # float32 bytes of float16 rows converted at a time by a product
+
+
+class Rows:
+    """The examples' features: the rows of ``parts`` (float16 or float32 ``[n_i, D]`` tensors
+    on one device) one after another, used only through products, so that float16 parts are
+    converted a block of rows at a time, never all at once. Products return float32."""
+
+    dtype = torch.float32
+
+    def __init__(self, parts: list[torch.Tensor]):
+        self.parts = [part for part in parts if len(part)] or parts[:1]
+        self.shape = (sum(len(part) for part in parts), parts[0].shape[1])
+        self.device = parts[0].device
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def blocks(self):
+        """``(first row, float32 block)`` covering every row in order: a float32 part whole,
+        a float16 one in blocks of about :data:`BLOCK_BYTES`."""
+        start, step = 0, max(1, BLOCK_BYTES // (4 * self.shape[1]))
+        for part in self.parts:
+            if part.dtype == torch.float32:
+                yield start, part
+            else:
+                for begin in range(0, len(part), step):
+                    yield start + begin, part[begin : begin + step].float()
+            start += len(part)
+
+    def __matmul__(self, w: torch.Tensor) -> torch.Tensor:
+        """``X w`` (``w [D, k]``): ``[N, k]``."""
+        out = torch.empty(len(self), w.shape[1], dtype=w.dtype, device=self.device)
+        for start, block in self.blocks():
+            torch.matmul(block, w, out=out[start : start + len(block)])
+        return out
+
+    def rmatmul(self, r: torch.Tensor) -> torch.Tensor:
+        """``r^T X`` (``r [N, k]``): ``[k, D]``, reading the rows in their own order (faster
+        than ``X^T r``)."""
+        rt = r.T.contiguous()
+        if len(self.parts) == 1 and self.parts[0].dtype == torch.float32:
+            return rt @ self.parts[0]
+        out = torch.zeros(r.shape[1], self.shape[1], dtype=r.dtype, device=self.device)
+        for start, block in self.blocks():
+            out.addmm_(rt[:, start : start + len(block)], block)
+        return out
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows ``index`` (a 1-D integer tensor), float32 ``[len(index), D]``."""
+        return self.take(index, torch.float32)
+
+    def take(self, index: torch.Tensor, dtype=None) -> torch.Tensor:
+        """The rows ``index`` in that order, in ``dtype`` (default: the parts' own, float32
+        where they differ)."""
+        if dtype is None:
+            dtypes = {part.dtype for part in self.parts}
+            dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        out = torch.empty(len(index), self.shape[1], dtype=dtype, device=self.device)
+        start = 0
+        for part in self.parts:
+            inside = (index >= start) & (index < start + len(part))
+            if bool(inside.any()):
+                out[inside] = part[index[inside] - start].to(dtype)
+            start += len(part)
+        return out
 
 
 def huber(z: torch.Tensor, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +117,7 @@ class Problem:
     the products, never to a copy of the features."""
 
     def __init__(self, x, y, u, bias: float, scale: float = 1.0):
+        x = x if isinstance(x, Rows) else Rows([x])
         self.x, self.y, self.u, self.bias, self.scale = x, y, u, bias, scale
 
     def margins(self, v: torch.Tensor, columns=slice(None)) -> torch.Tensor:
@@ -55,7 +126,7 @@ class Problem:
 
     def transpose(self, r: torch.Tensor) -> torch.Tensor:
         """``X~^T r`` (with the bias column): ``[D + 1, k]``."""
-        product = (r.T.contiguous() @ self.x).T  # reads x in its own order: faster than x.T @ r
+        product = self.x.rmatmul(r).T
         return torch.cat([self.scale * product, self.bias * r.sum(0, keepdim=True)])
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
@@ -94,7 +165,7 @@ def newton_steps(p: Problem, v, z, delta: float, columns: torch.Tensor) -> torch
 def _conjugate_gradients(p: Problem, margin, weights, g, steps: int = 200) -> torch.Tensor:
     """Solves ``(I + X_Q^T diag(weights) X_Q) s = g`` by conjugate gradients."""
     ones = torch.ones_like(weights)[:, None]
-    xq = Problem(p.x[margin], ones, weights[:, None], p.bias, p.scale)
+    xq = Problem(Rows([p.x.take(margin)]), ones, weights[:, None], p.bias, p.scale)
 
     def hessian(v):
         return v + xq.transpose(weights[:, None] * xq.margins(v[:, None]))[:, 0]
@@ -153,13 +224,14 @@ def solve_svms(x, y, u, bias: float, scale: float = 1.0, start=None) -> tuple[to
     taken (the most any class took).
 
     Args:
-        x: float32 ``[N, D]`` features, on the device to solve on; the examples are
-            ``scale * x``.
+        x: float32 ``[N, D]`` features, or :class:`Rows`, on the device to solve on; the
+            examples are ``scale * x``.
         y: ``[N, K]`` labels of each class, +1 or -1 (same device).
         u: ``[N, K]`` loss weights (``C`` times the positive weight or 1; 0 for a row that is
             no example of the class).
         start: previous solutions ``[D + 1, K]`` to start from (the classes' last trainings).
     """
+    x = x if isinstance(x, Rows) else Rows([x])
     p = Problem(x, y.to(x.dtype), u.to(x.dtype), bias, scale)
     v = torch.zeros(x.shape[1] + 1, y.shape[1], dtype=x.dtype, device=x.device)
     if start is not None:

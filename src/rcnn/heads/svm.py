@@ -16,7 +16,7 @@ import numpy as np
 from rcnn.heads.config import SVMConfig
 from rcnn.heads.linear import LinearHeads
 from rcnn.heads.negatives import NegativeCache, NegativePool
-from rcnn.heads.solver import solve_svms
+from rcnn.heads.solver import Rows, solve_svms
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +148,18 @@ def train_classes(trainers: list[ClassTrainer], scale: float, pass_: int) -> lis
     if cfg.solver == "liblinear":
         return [_train_liblinear(trainer, scale, pass_) for trainer in trainers]
     pool = trainers[0].cache.pool
-    slots = np.unique(np.concatenate([t.cache.slots for t in trainers]))
+    # The examples: each class's positives, then the pool's rows up to the last one any class
+    # keeps, read where they are (float16; a row no class of these keeps weighs 0).
+    end = max((int(t.cache.slots.max()) + 1 for t in trainers if len(t.cache.slots)), default=0)
+    positives = np.concatenate([t.positives for t in trainers]).astype(np.float16, copy=False)
+    parts = [torch.from_numpy(positives), torch.from_numpy(pool.features[:end])]
+    x = Rows([part.to(device) for part in parts])
     firsts = np.cumsum([0] + [len(t.positives) for t in trainers])
-    x = torch.empty((firsts[-1] + len(slots), pool.features.shape[1]), device=device)
-    for t, first in zip(trainers, firsts, strict=False):  # float16 to float32
-        x[first : first + len(t.positives)] = torch.from_numpy(t.positives).to(device)
-    x[firsts[-1] :] = torch.from_numpy(pool.features[slots]).to(device)
     y = -torch.ones((len(x), len(trainers)), device=device)
     u = torch.zeros_like(y)
     rows = []
     for k, t in enumerate(trainers):
-        mine = firsts[-1] + np.searchsorted(slots, t.cache.slots)
+        mine = firsts[-1] + t.cache.slots
         rows.append(np.concatenate([np.arange(firsts[k], firsts[k + 1]), mine]))
         y[firsts[k] : firsts[k + 1], k] = 1
         u[firsts[k] : firsts[k + 1], k] = cfg.C * cfg.pos_weight
